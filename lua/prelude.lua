@@ -1,0 +1,229 @@
+-- prelude: helpers shared by every flashgate script.
+--
+-- The script registry (src/redis/scripts.rs) prepends this file to each script
+-- in lua/ before SCRIPT LOAD, so these functions are locals of every script.
+-- Nothing here invents a key name: every key arrives through the `ctx` table,
+-- which a script fills from its own KEYS.
+--
+-- SKU hash (KEYS of the caller), fields:
+--   ver                       version, bumped by every stock mutation, never reused
+--   max, open, close, ttl     policy: per-account cap (units), sale window (ms since
+--                             the epoch), hold TTL (seconds); absent when unset
+--   l:<loc>:oh                on hand (may be negative: units owed to backorders)
+--   l:<loc>:rs                reserved (units held)
+--   l:<loc>:ss, l:<loc>:lt    safety stock, low-stock threshold
+--   l:<loc>:bo                backorder limit
+-- Holds sorted set: member `<rid>|<loc>|<qty>|<backorder 0/1>|<account>`, score
+-- = deadline in ms. Accounts hash: account -> units held or confirmed.
+-- Reservation record hash: rid sku loc acct qty state exp bo created sid.
+--
+-- Invariant kept by every script, per location: rs <= oh - ss + bo.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function new_sku(key)
+  return {key = key, ver = 0, locs = {}, names = {}, policy = {}}
+end
+
+local function add_loc(s, loc)
+  local l = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0}
+  s.locs[loc] = l
+  s.names[#s.names + 1] = loc
+  table.sort(s.names)
+  return l
+end
+
+-- Reads a SKU hash into a table; nil when the SKU does not exist.
+local function load_sku(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local s = new_sku(key)
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], tonumber(flat[i + 1])
+    local loc, attr = string.match(field, '^l:(.+):(%l%l)$')
+    if loc then
+      local l = s.locs[loc]
+      if not l then
+        l = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0}
+        s.locs[loc] = l
+        s.names[#s.names + 1] = loc
+      end
+      l[attr] = value
+    elseif field == 'ver' then
+      s.ver = value
+    else
+      s.policy[field] = value
+    end
+  end
+  table.sort(s.names)
+  return s
+end
+
+-- Units that can be sold now (negative while backorders are owed).
+local function free(l) return l.oh - l.ss - l.rs end
+-- Units that can still be held, backorders included.
+local function room(l) return l.oh - l.ss + l.bo - l.rs end
+local function available(l) return math.max(0, free(l)) end
+
+local function totals(s)
+  local avail, holdable = 0, 0
+  for _, name in ipairs(s.names) do
+    local l = s.locs[name]
+    avail = avail + available(l)
+    holdable = holdable + math.max(0, room(l))
+  end
+  return avail, holdable
+end
+
+local function save_loc(s, loc)
+  local l = s.locs[loc]
+  local p = 'l:' .. loc .. ':'
+  redis.call('HSET', s.key, 'ver', s.ver, p .. 'oh', l.oh, p .. 'rs', l.rs,
+    p .. 'ss', l.ss, p .. 'lt', l.lt, p .. 'bo', l.bo)
+end
+
+-- Bumps the version, writes the location, and appends one event to the
+-- partition stream (the journal's outbox). Returns the stream entry id.
+local function commit(ctx, s, kind, loc, fields)
+  s.ver = s.ver + 1
+  save_loc(s, loc)
+  local l = s.locs[loc]
+  local args = {'XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*',
+    'kind', kind, 'sku', ctx.sku, 'loc', loc, 'ver', s.ver,
+    'oh', l.oh, 'rs', l.rs, 'ts', ctx.now}
+  for i = 1, #fields do args[#args + 1] = fields[i] end
+  ctx.last_id = redis.call(unpack(args))
+  ctx.changed = true
+  return ctx.last_id
+end
+
+local function hold_member(rid, loc, qty, bo, acct)
+  return rid .. '|' .. loc .. '|' .. qty .. '|' .. bo .. '|' .. acct
+end
+
+local function account_add(ctx, acct, delta)
+  if redis.call('HINCRBY', ctx.accounts, acct, delta) <= 0 then
+    redis.call('HDEL', ctx.accounts, acct)
+  end
+end
+
+-- Gives back the units of one hold that is past its deadline. The caller has
+-- already removed the member from the holds set.
+local function expire_hold(ctx, s, member)
+  local rid, loc, qty, _, acct = string.match(member, '^([^|]+)|([^|]+)|(%d+)|([01])|(.+)$')
+  qty = tonumber(qty)
+  local l = s.locs[loc] or add_loc(s, loc)
+  l.rs = l.rs - qty
+  account_add(ctx, acct, -qty)
+  ctx.holds_changed = true
+  commit(ctx, s, 'expired', loc, {'rid', rid, 'acct', acct, 'qty', qty})
+end
+
+-- Expires up to `limit` overdue holds of this SKU (all of them when limit < 0).
+local function expire_overdue(ctx, s, limit)
+  local due = redis.call('ZRANGEBYSCORE', ctx.holds, '-inf', ctx.now, 'LIMIT', 0, limit)
+  for _, member in ipairs(due) do
+    redis.call('ZREM', ctx.holds, member)
+    expire_hold(ctx, s, member)
+  end
+  return #due
+end
+
+-- Keeps the partition's due index (sku -> earliest hold deadline) in step with
+-- the SKU's holds, so the sweeper finds it.
+local function refresh_due(ctx)
+  local first = redis.call('ZRANGE', ctx.holds, 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZADD', ctx.due, first[2], ctx.sku)
+  else
+    redis.call('ZREM', ctx.due, ctx.sku)
+  end
+end
+
+-- Ends a mutating script: refreshes the due index and announces the new stock.
+local function finish(ctx, s)
+  if ctx.holds_changed then refresh_due(ctx) end
+  if ctx.changed then
+    local avail, holdable = totals(s)
+    redis.call('SPUBLISH', ctx.channel, ctx.sku .. '|' .. s.ver .. '|' .. avail .. '|' .. holdable)
+  end
+end
+
+local function load_record(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local rec = {}
+  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  return rec
+end
+
+-- A hold whose deadline has passed reads as expired, whether or not a script
+-- has given its units back yet.
+local function record_status(rec, now)
+  if rec.state == 'held' and tonumber(rec.exp) <= now then return 'expired' end
+  return rec.state
+end
+
+local function record_reply(rec, now, outcome)
+  return {outcome = outcome, reservation_id = rec.rid, sku = rec.sku, location = rec.loc,
+    qty = tonumber(rec.qty), status = record_status(rec, now), expires_at_ms = tonumber(rec.exp),
+    account_id = rec.acct, backorder = rec.bo == '1', stream_id = rec.sid}
+end
+
+-- Admin mutations carry an operation id so that a command re-sent by the
+-- client library after a dropped connection is answered, not applied twice.
+local function replay_op(key)
+  return redis.call('GET', key)
+end
+
+local function store_op(key, ttl_ms, encoded)
+  redis.call('SET', key, encoded, 'PX', ttl_ms)
+  return encoded
+end
+
+-- Confirm and release share one shape: load the caller's reservation, give
+-- back overdue holds (this one's included), then move a live hold to `target`
+-- ('confirmed' or 'released'). Repeating the same transition answers the same.
+--
+-- KEYS: 1 SKU hash, 2 SKU holds, 3 SKU accounts, 4 reservation record,
+--       5 partition due index, 6 partition event stream
+-- ARGV: 1 account id, 2 lazy expiry batch, 3 stream max length,
+--       4 record retention (ms), 5 stock channel, 6 sku
+-- Returns JSON: {outcome='ok', <reservation>} | not_found |
+--   reservation_<status> (the status that forbids the transition).
+local function settle(target)
+  local ctx = {sku = ARGV[6], holds = KEYS[2], accounts = KEYS[3], due = KEYS[5],
+    events = KEYS[6], channel = ARGV[5], maxlen = ARGV[3], now = now_ms()}
+  local rec = load_record(KEYS[4])
+  if not rec or rec.acct ~= ARGV[1] then return cjson.encode({outcome = 'not_found'}) end
+  local s = load_sku(KEYS[1]) or new_sku(KEYS[1])
+  expire_overdue(ctx, s, tonumber(ARGV[2]))
+  local member = hold_member(rec.rid, rec.loc, rec.qty, rec.bo, rec.acct)
+  local status = record_status(rec, ctx.now)
+  if status == 'expired' and redis.call('ZREM', ctx.holds, member) == 1 then
+    expire_hold(ctx, s, member)
+  end
+  if status == 'held' then
+    local qty = tonumber(rec.qty)
+    local l = s.locs[rec.loc] or add_loc(s, rec.loc)
+    redis.call('ZREM', ctx.holds, member)
+    ctx.holds_changed = true
+    l.rs = l.rs - qty
+    if target == 'confirmed' then
+      l.oh = l.oh - qty
+    else
+      account_add(ctx, rec.acct, -qty)
+    end
+    rec.sid = commit(ctx, s, target, rec.loc, {'rid', rec.rid, 'acct', rec.acct, 'qty', qty})
+    rec.state = target
+    status = target
+    redis.call('HSET', KEYS[4], 'state', target, 'sid', rec.sid)
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  end
+  finish(ctx, s)
+  if status == target then return cjson.encode(record_reply(rec, ctx.now, 'ok')) end
+  return cjson.encode({outcome = 'reservation_' .. status})
+end

@@ -1,0 +1,13 @@
+-- reservation: read one reservation with its derived status (a hold past its
+-- deadline reads as expired), by Redis time like every other script.
+--
+-- KEYS: 1 reservation record
+-- ARGV: 1 account id ('' = any: the caller is an admin)
+-- Returns JSON: {outcome='ok', <reservation>} | {outcome='not_found'}.
+-- Error replies: none.
+
+local rec = load_record(KEYS[1])
+if not rec or (ARGV[1] ~= '' and rec.acct ~= ARGV[1]) then
+  return cjson.encode({outcome = 'not_found'})
+end
+return cjson.encode(record_reply(rec, now_ms(), 'ok'))

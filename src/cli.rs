@@ -1,0 +1,34 @@
+//! The command line: `flashgate [--config FILE] <command>`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "flashgate", version, about = "Redis-first flash-sale contention gateway")]
+pub struct Cli {
+    /// A TOML file layered over config/default.toml (env vars win over both).
+    #[arg(long, global = true, env = "FLASHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM or Ctrl-C.
+    Serve,
+    /// Print a token signed with the configured auth.secret.
+    Token {
+        /// The account id (the token's `sub`).
+        #[arg(long)]
+        account: String,
+        /// Grant the inventory:admin scope.
+        #[arg(long)]
+        admin: bool,
+        /// How long the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
+}

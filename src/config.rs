@@ -1,0 +1,323 @@
+//! Settings: every knob flashgate reads, with its unit and its default.
+//!
+//! Layers, later ones winning: the defaults below, `config/default.toml` (when
+//! present in the working directory), the `--config FILE`, then environment
+//! variables `FLASHGATE_<SECTION>__<KEY>`. Unknown keys are refused, so a typo
+//! in a limit is a start-up error rather than a silently ignored setting.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{Context, bail};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The secret used when `auth.secret` is not set. Anyone can mint tokens with
+/// it: fine on a laptop, never in production (the gateway says so loudly).
+pub const DEVELOPMENT_SECRET: &str = "flashgate-development-secret-do-not-use-in-production";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub redis: RedisSettings,
+    pub postgres: PostgresSettings,
+    pub auth: AuthSettings,
+    pub reservation: ReservationSettings,
+    pub expiry: ExpirySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Deadline for a whole request; past it the client gets 503.
+    pub request_timeout_ms: u64,
+}
+
+pub const DEFAULT_HTTP_BODY_LIMIT_BYTES: usize = 16 * 1024;
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT_MS: u64 = 2_000;
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: DEFAULT_HTTP_BODY_LIMIT_BYTES,
+            request_timeout_ms: DEFAULT_HTTP_REQUEST_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:port` or `redis-cluster://host:port?node=host:port&…`.
+    pub url: String,
+    /// Prefix of every key flashgate writes; lets deployments share a Redis.
+    pub key_prefix: String,
+    /// Number of partitions SKUs are spread over. Fixed for the life of the
+    /// data: a gateway configured with another number refuses to start.
+    pub partitions: u32,
+    /// Multiplexed connections (per cluster node) in the client pool.
+    pub pool_size: usize,
+    /// Deadline for one Redis command, shorter than the HTTP deadline.
+    pub command_timeout_ms: u64,
+    /// Deadline for opening a connection.
+    pub connect_timeout_ms: u64,
+    /// Extra attempts after TRYAGAIN, CLUSTERDOWN or LOADING.
+    pub busy_retries: u32,
+    /// Pause before each of those extra attempts.
+    pub busy_retry_delay_ms: u64,
+    /// Approximate cap on each partition's event stream (XADD MAXLEN ~).
+    /// Entries beyond it are trimmed oldest first: size it to hold what the
+    /// journal may lag behind (see README, "Event stream").
+    pub stream_max_len: u64,
+}
+
+pub const DEFAULT_REDIS_PARTITIONS: u32 = 256;
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 4;
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_REDIS_BUSY_RETRIES: u32 = 3;
+pub const DEFAULT_REDIS_BUSY_RETRY_DELAY_MS: u64 = 25;
+pub const DEFAULT_REDIS_STREAM_MAX_LEN: u64 = 1_000_000;
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "fg".into(),
+            partitions: DEFAULT_REDIS_PARTITIONS,
+            pool_size: DEFAULT_REDIS_POOL_SIZE,
+            command_timeout_ms: DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+            busy_retries: DEFAULT_REDIS_BUSY_RETRIES,
+            busy_retry_delay_ms: DEFAULT_REDIS_BUSY_RETRY_DELAY_MS,
+            stream_max_len: DEFAULT_REDIS_STREAM_MAX_LEN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// The journal database.
+    pub url: String,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/flashgate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 secret for shopper and admin tokens. Unset: the development
+    /// secret, announced with a warning at start.
+    pub secret: Option<String>,
+}
+
+impl AuthSettings {
+    pub fn secret_or_development(&self) -> &str {
+        self.secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReservationSettings {
+    /// How long a hold lasts when the SKU's policy sets no TTL.
+    pub ttl_seconds: u64,
+    /// Largest `qty` one request may ask for.
+    pub max_qty_per_request: u32,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_seconds: u64,
+    /// How long a reservation stays readable after its hold ends.
+    pub record_retention_seconds: u64,
+    /// How long an admin operation's reply is kept to answer a re-sent command.
+    pub operation_ttl_seconds: u64,
+}
+
+pub const DEFAULT_RESERVATION_TTL_SECONDS: u64 = 600;
+pub const DEFAULT_MAX_QTY_PER_REQUEST: u32 = 10;
+pub const DEFAULT_IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
+pub const DEFAULT_RECORD_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_OPERATION_TTL_SECONDS: u64 = 600;
+
+impl Default for ReservationSettings {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: DEFAULT_RESERVATION_TTL_SECONDS,
+            max_qty_per_request: DEFAULT_MAX_QTY_PER_REQUEST,
+            idempotency_ttl_seconds: DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+            record_retention_seconds: DEFAULT_RECORD_RETENTION_SECONDS,
+            operation_ttl_seconds: DEFAULT_OPERATION_TTL_SECONDS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpirySettings {
+    /// How often the sweeper looks for overdue holds in every partition.
+    pub sweep_interval_ms: u64,
+    /// Most SKUs the sweeper handles per partition per pass.
+    pub sweep_skus_max: u32,
+    /// Most holds one script call expires (sweeper and lazy expiry alike).
+    pub batch_max: u32,
+}
+
+pub const DEFAULT_SWEEP_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_SWEEP_SKUS_MAX: u32 = 100;
+pub const DEFAULT_EXPIRY_BATCH_MAX: u32 = 50;
+
+impl Default for ExpirySettings {
+    fn default() -> Self {
+        Self {
+            sweep_interval_ms: DEFAULT_SWEEP_INTERVAL_MS,
+            sweep_skus_max: DEFAULT_SWEEP_SKUS_MAX,
+            batch_max: DEFAULT_EXPIRY_BATCH_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `flashgate=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the layers described in the module docs and validates them.
+    pub fn load(config_file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let default_file = Path::new("config/default.toml");
+        if default_file.exists() {
+            figment = figment.merge(Toml::file(default_file));
+        }
+        if let Some(path) = config_file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("FLASHGATE_").split("__"))
+            .extract()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that would make the gateway unsafe or useless.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let prefix_ok = !self.redis.key_prefix.is_empty()
+            && self.redis.key_prefix.len() <= 32
+            && self
+                .redis
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !prefix_ok {
+            bail!("redis.key_prefix must be 1-32 characters of [A-Za-z0-9._-]");
+        }
+        if !(1..=16_384).contains(&self.redis.partitions) {
+            bail!("redis.partitions must be between 1 and 16384");
+        }
+        if self.redis.pool_size == 0 || self.redis.pool_size > 64 {
+            bail!("redis.pool_size must be between 1 and 64");
+        }
+        if self.redis.command_timeout_ms == 0
+            || self.redis.command_timeout_ms >= self.http.request_timeout_ms
+        {
+            bail!("redis.command_timeout_ms must be positive and below http.request_timeout_ms");
+        }
+        if self.redis.stream_max_len < 1_000 {
+            bail!("redis.stream_max_len must be at least 1000");
+        }
+        if self.reservation.ttl_seconds == 0 || self.reservation.ttl_seconds > 86_400 {
+            bail!("reservation.ttl_seconds must be between 1 and 86400");
+        }
+        if !(1..=1_000).contains(&self.reservation.max_qty_per_request) {
+            bail!("reservation.max_qty_per_request must be between 1 and 1000");
+        }
+        if self.reservation.idempotency_ttl_seconds == 0
+            || self.reservation.operation_ttl_seconds == 0
+        {
+            bail!("reservation.idempotency_ttl_seconds and operation_ttl_seconds must be positive");
+        }
+        if self.expiry.sweep_interval_ms == 0
+            || self.expiry.sweep_skus_max == 0
+            || self.expiry.batch_max == 0
+        {
+            bail!("expiry.sweep_interval_ms, sweep_skus_max and batch_max must be positive");
+        }
+        if self.http.body_limit_bytes < 256 {
+            bail!("http.body_limit_bytes must be at least 256");
+        }
+        if matches!(&self.auth.secret, Some(s) if s.len() < 16) {
+            bail!("auth.secret must be at least 16 bytes");
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_file_matches_the_built_in_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
+        let from_file: Settings = Figment::from(Toml::file(path)).extract().unwrap();
+        assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Figment::from(Toml::string("[http]\nlisten_typo = \"x\""))
+            .extract::<Settings>()
+            .unwrap_err();
+        assert!(err.to_string().contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn a_key_prefix_with_a_brace_is_refused() {
+        let mut s = Settings::default();
+        s.redis.key_prefix = "fg{x}".into();
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! Admin endpoints (scope `inventory:admin`): stock counts, sale policy,
+//! adjustments.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, header},
+    response::Response,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{
+    extract::{Admin, JsonBody},
+    inventory::view_response,
+    parse_rfc3339, rfc3339,
+    problem::ApiError,
+    state::AppState,
+};
+use crate::{
+    inventory::{Location, Sku},
+    redis::calls::{AdminReply, Policy, PolicyField, PolicyUpdate, StockCounts},
+};
+
+/// Largest count an admin may set or add in one request.
+const COUNT_MAX: i64 = 1_000_000_000_000;
+/// Longest hold TTL a policy may set (one day).
+const POLICY_TTL_SECONDS_MAX: i64 = 86_400;
+/// Largest per-account cap a policy may set.
+const POLICY_MAX_PER_ACCOUNT_MAX: i64 = 1_000_000;
+/// Longest adjustment reference.
+const REFERENCE_LEN_MAX: usize = 128;
+
+fn count(name: &str, value: i64) -> Result<u64, ApiError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|v| *v <= COUNT_MAX as u64)
+        .ok_or_else(|| ApiError::Validation(format!("{name} must be from 0 to {COUNT_MAX}")))
+}
+
+fn sku_and_location(sku: &str, location: &str) -> Result<(Sku, Location), ApiError> {
+    Ok((Sku::parse(sku)?, Location::parse(location)?))
+}
+
+/// `If-Match: "<version>"` (or `*`, meaning any version).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = value.to_str().unwrap_or_default().trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/")
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::Validation("If-Match must be a quoted version, e.g. \"12\"".into()))
+}
+
+fn admin_response(reply: AdminReply) -> Result<Response, ApiError> {
+    match reply {
+        AdminReply::Ok(view) => Ok(view_response(view)),
+        AdminReply::VersionMismatch { version } => Err(ApiError::PreconditionFailed { version }),
+        AdminReply::InsufficientStock { available, .. } => {
+            Err(ApiError::InsufficientStock { available })
+        }
+        AdminReply::UnknownSku => Err(ApiError::UnknownSku),
+        AdminReply::UnknownLocation => Err(ApiError::UnknownLocation),
+    }
+}
+
+fn operation_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockBody {
+    on_hand: i64,
+    #[serde(default)]
+    safety_stock: i64,
+    #[serde(default)]
+    low_stock_threshold: i64,
+    #[serde(default)]
+    backorder_limit: i64,
+}
+
+/// `PUT /v1/admin/inventory/{sku}/locations/{location}`
+pub async fn set_stock(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path((sku, location)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<StockBody>,
+) -> Result<Response, ApiError> {
+    let (sku, location) = sku_and_location(&sku, &location)?;
+    let counts = StockCounts {
+        on_hand: count("on_hand", body.on_hand)?,
+        safety_stock: count("safety_stock", body.safety_stock)?,
+        low_stock_threshold: count("low_stock_threshold", body.low_stock_threshold)?,
+        backorder_limit: count("backorder_limit", body.backorder_limit)?,
+    };
+    let expected = if_match(&headers)?;
+    let reply = state
+        .redis
+        .set_stock(&sku, &location, counts, expected, &operation_id())
+        .await?;
+    admin_response(reply)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdjustmentReason {
+    Receipt,
+    Shrinkage,
+    Correction,
+    Return,
+}
+
+impl AdjustmentReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Receipt => "receipt",
+            Self::Shrinkage => "shrinkage",
+            Self::Correction => "correction",
+            Self::Return => "return",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustBody {
+    delta: i64,
+    reason: AdjustmentReason,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+/// `POST /v1/admin/inventory/{sku}/locations/{location}/adjustments`
+pub async fn adjust(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path((sku, location)): Path<(String, String)>,
+    JsonBody(body): JsonBody<AdjustBody>,
+) -> Result<Response, ApiError> {
+    let (sku, location) = sku_and_location(&sku, &location)?;
+    if body.delta == 0 || body.delta.abs() > COUNT_MAX {
+        return Err(ApiError::Validation(format!(
+            "delta must be non-zero and at most {COUNT_MAX} in size"
+        )));
+    }
+    if let Some(r) = &body.reference {
+        let printable = r.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if r.len() > REFERENCE_LEN_MAX || !printable {
+            return Err(ApiError::Validation(format!(
+                "reference must be at most {REFERENCE_LEN_MAX} printable ASCII characters"
+            )));
+        }
+    }
+    let reply = state
+        .redis
+        .adjust(
+            &sku,
+            &location,
+            body.delta,
+            body.reason.as_str(),
+            body.reference.as_deref(),
+            &operation_id(),
+        )
+        .await?;
+    admin_response(reply)
+}
+
+/// Absent stays `None`; `null` becomes `Some(None)`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    #[serde(default, deserialize_with = "present")]
+    max_per_account: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    sale_opens_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    sale_closes_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    reservation_ttl_seconds: Option<Option<i64>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyView {
+    sku: String,
+    max_per_account: Option<i64>,
+    sale_opens_at: Option<String>,
+    sale_closes_at: Option<String>,
+    reservation_ttl_seconds: Option<i64>,
+}
+
+fn bounded(name: &str, value: Option<Option<i64>>, max: i64) -> Result<Option<PolicyField>, ApiError> {
+    Ok(match value {
+        None => None,
+        Some(None) => Some(PolicyField::Clear),
+        Some(Some(v)) if (1..=max).contains(&v) => Some(PolicyField::Set(v)),
+        Some(Some(_)) => {
+            return Err(ApiError::Validation(format!("{name} must be from 1 to {max}")));
+        }
+    })
+}
+
+fn instant(name: &str, value: Option<Option<String>>) -> Result<Option<PolicyField>, ApiError> {
+    Ok(match value {
+        None => None,
+        Some(None) => Some(PolicyField::Clear),
+        Some(Some(s)) => Some(PolicyField::Set(parse_rfc3339(&s).ok_or_else(|| {
+            ApiError::Validation(format!("{name} must be an RFC 3339 timestamp"))
+        })?)),
+    })
+}
+
+/// `PUT /v1/admin/inventory/{sku}`: the sale policy. Absent fields stay,
+/// `null` clears.
+pub async fn set_policy(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(sku): Path<String>,
+    JsonBody(body): JsonBody<PolicyBody>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let sku = Sku::parse(&sku)?;
+    let update = PolicyUpdate {
+        max_per_account: bounded(
+            "max_per_account",
+            body.max_per_account,
+            POLICY_MAX_PER_ACCOUNT_MAX,
+        )?,
+        opens_at_ms: instant("sale_opens_at", body.sale_opens_at)?,
+        closes_at_ms: instant("sale_closes_at", body.sale_closes_at)?,
+        ttl_seconds: bounded(
+            "reservation_ttl_seconds",
+            body.reservation_ttl_seconds,
+            POLICY_TTL_SECONDS_MAX,
+        )?,
+    };
+    if let (Some(PolicyField::Set(open)), Some(PolicyField::Set(close))) =
+        (update.opens_at_ms, update.closes_at_ms)
+        && open >= close
+    {
+        return Err(ApiError::Validation(
+            "sale_opens_at must be before sale_closes_at".into(),
+        ));
+    }
+    let policy: Policy = state.redis.set_policy(&sku, &update).await?;
+    Ok(Json(PolicyView {
+        sku: sku.to_string(),
+        max_per_account: policy.max,
+        sale_opens_at: policy.open.map(rfc3339),
+        sale_closes_at: policy.close.map(rfc3339),
+        reservation_ttl_seconds: policy.ttl,
+    }))
+}

@@ -1,0 +1,61 @@
+//! The edge of every request: its id, its deadline, and a net for panics.
+//!
+//! The request id is the client's `X-Request-Id` when it is 1-128 characters
+//! of `[A-Za-z0-9._:-]`, otherwise a fresh UUID. It is echoed on every
+//! response and put in every problem body; handlers and the problem renderer
+//! read it from a task-local, so no signature has to carry it.
+
+use std::{panic::AssertUnwindSafe, time::Duration};
+
+use axum::{
+    extract::{Request, State},
+    http::HeaderValue,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use futures_util::FutureExt;
+
+use super::problem::ApiError;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, or an empty string outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+fn valid_request_id(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    let ok = (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    ok.then(|| s.to_owned())
+}
+
+/// Runs the rest of the stack with a request id, a deadline and a panic net.
+pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let header = HeaderValue::from_str(&id).ok();
+    let run = AssertUnwindSafe(next.run(request)).catch_unwind();
+    let mut response = REQUEST_ID
+        .scope(id, async move {
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(_)) => ApiError::Internal("handler panicked".into()).into_response(),
+                Err(_) => ApiError::Timeout.into_response(),
+            }
+        })
+        .await;
+    if let Some(header) = header {
+        response.headers_mut().insert(REQUEST_ID_HEADER, header);
+    }
+    response
+}

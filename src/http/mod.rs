@@ -1,0 +1,79 @@
+//! The HTTP API: routes, middleware and the shared state.
+//!
+//! A request passes `middleware::edge` (id, deadline, panic net), the body
+//! limit, then its handler: auth extractor, parsing into domain types (422
+//! before Redis is touched), one typed Redis call, and a response or problem.
+
+pub mod admin;
+pub mod extract;
+pub mod inventory;
+pub mod middleware;
+pub mod ops;
+pub mod problem;
+pub mod reservations;
+pub mod state;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post, put},
+};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use problem::ApiError;
+pub use state::AppState;
+
+pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/v1/inventory/{sku}", get(inventory::get))
+        .route("/v1/reservations", post(reservations::create))
+        .route("/v1/reservations/{id}", get(reservations::get))
+        .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
+        .route("/v1/reservations/{id}/release", post(reservations::release))
+        .route(
+            "/v1/admin/inventory/{sku}/locations/{location}",
+            put(admin::set_stock),
+        )
+        .route("/v1/admin/inventory/{sku}", put(admin::set_policy))
+        .route(
+            "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
+            post(admin::adjust),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            middleware::edge,
+        ))
+        .with_state(state)
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 timestamp as milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_in_utc() {
+        let ms = parse_rfc3339("2026-11-21T10:00:00.250+01:00").unwrap();
+        assert_eq!(rfc3339(ms), "2026-11-21T09:00:00.25Z");
+    }
+}

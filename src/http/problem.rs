@@ -1,0 +1,168 @@
+//! Every error a client can see: one table of problem codes with their HTTP
+//! status, rendered as RFC 9457 problem details.
+//!
+//! This is the only layer that knows status codes. A 5xx never carries the
+//! internal error text: it is logged here, once, with the request id the
+//! client receives.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value, json};
+
+use super::middleware::current_request_id;
+use crate::{auth::AuthError, redis::RedisError};
+
+const TYPE_BASE: &str = "https://flashgate.dev/problems/";
+
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    #[error("this endpoint needs the inventory:admin scope")]
+    Forbidden,
+    #[error("unknown sku")]
+    UnknownSku,
+    #[error("unknown location for this sku")]
+    UnknownLocation,
+    #[error("no such reservation")]
+    ReservationNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("not enough units available")]
+    InsufficientStock { available: i64 },
+    #[error("the per-account purchase limit is reached")]
+    PurchaseLimit { limit: i64, already: i64 },
+    #[error("the sale has not opened yet")]
+    SaleNotOpen { opens_at: String },
+    #[error("the sale is closed")]
+    SaleClosed,
+    #[error("the reservation has expired")]
+    ReservationExpired,
+    #[error("the reservation was released")]
+    ReservationReleased,
+    #[error("the reservation is already confirmed")]
+    ReservationConfirmed,
+    #[error("this Idempotency-Key was used with another request body")]
+    IdempotencyKeyReused,
+    #[error("the SKU's version is {version}, not the one in If-Match")]
+    PreconditionFailed { version: u64 },
+    #[error("a dependency is unavailable; retry shortly")]
+    Unavailable(String),
+    #[error("the request took too long; retry shortly")]
+    Timeout,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The public code (last segment of `type`) and HTTP status of each error.
+    pub fn code(&self) -> (&'static str, StatusCode) {
+        use ApiError::*;
+        match self {
+            Validation(_) => ("validation-failed", StatusCode::UNPROCESSABLE_ENTITY),
+            MalformedJson(_) => ("malformed-json", StatusCode::BAD_REQUEST),
+            PayloadTooLarge => ("payload-too-large", StatusCode::PAYLOAD_TOO_LARGE),
+            Unauthorized(_) => ("unauthorized", StatusCode::UNAUTHORIZED),
+            Forbidden => ("forbidden", StatusCode::FORBIDDEN),
+            UnknownSku => ("unknown-sku", StatusCode::NOT_FOUND),
+            UnknownLocation => ("unknown-location", StatusCode::NOT_FOUND),
+            ReservationNotFound => ("reservation-not-found", StatusCode::NOT_FOUND),
+            RouteNotFound => ("not-found", StatusCode::NOT_FOUND),
+            MethodNotAllowed => ("method-not-allowed", StatusCode::METHOD_NOT_ALLOWED),
+            InsufficientStock { .. } => ("insufficient-stock", StatusCode::CONFLICT),
+            PurchaseLimit { .. } => ("purchase-limit", StatusCode::CONFLICT),
+            SaleNotOpen { .. } => ("sale-not-open", StatusCode::CONFLICT),
+            SaleClosed => ("sale-closed", StatusCode::CONFLICT),
+            ReservationExpired => ("reservation-expired", StatusCode::CONFLICT),
+            ReservationReleased => ("reservation-released", StatusCode::CONFLICT),
+            ReservationConfirmed => ("reservation-confirmed", StatusCode::CONFLICT),
+            IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY),
+            PreconditionFailed { .. } => ("precondition-failed", StatusCode::PRECONDITION_FAILED),
+            Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
+            Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    fn title(code: &str) -> String {
+        let mut title = code.replace('-', " ");
+        if let Some(first) = title.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        title
+    }
+
+    /// Extension members that clients act on.
+    fn members(&self) -> Map<String, Value> {
+        let value = match self {
+            Self::InsufficientStock { available } => json!({ "available": available }),
+            Self::PurchaseLimit { limit, already } => json!({ "limit": limit, "already": already }),
+            Self::SaleNotOpen { opens_at } => json!({ "opens_at": opens_at }),
+            Self::PreconditionFailed { version } => json!({ "version": version }),
+            _ => return Map::new(),
+        };
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
+impl From<RedisError> for ApiError {
+    fn from(e: RedisError) -> Self {
+        match e {
+            RedisError::Unavailable { .. } => Self::Unavailable(e.to_string()),
+            RedisError::Refused { .. } | RedisError::Reply { .. } => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, status) = self.code();
+        let request_id = current_request_id();
+        let detail = match &self {
+            Self::Unavailable(internal) | Self::Internal(internal) => {
+                tracing::error!(request_id, code, error = %internal, "request failed");
+                self.to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut body = Map::new();
+        body.insert("type".into(), format!("{TYPE_BASE}{code}").into());
+        body.insert("title".into(), Self::title(code).into());
+        body.insert("status".into(), status.as_u16().into());
+        body.insert("detail".into(), detail.into());
+        body.insert("request_id".into(), request_id.into());
+        body.extend(self.members());
+        let mut response = (status, Value::Object(body).to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+impl From<crate::inventory::InvalidValue> for ApiError {
+    fn from(e: crate::inventory::InvalidValue) -> Self {
+        Self::Validation(e.0)
+    }
+}

@@ -1,0 +1,208 @@
+//! Shopper reservations: hold, read, confirm, release.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    extract::{Authenticated, JsonBody},
+    problem::ApiError,
+    rfc3339,
+    state::AppState,
+};
+use crate::{
+    auth::Role,
+    inventory::{IdempotencyKey, Location, Qty, ReservationId, Sku},
+    redis::calls::{
+        Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
+        Settlement,
+    },
+};
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub const IDEMPOTENT_REPLAYED_HEADER: &str = "idempotent-replayed";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    sku: String,
+    qty: i64,
+    #[serde(default)]
+    location: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HoldView {
+    reservation_id: String,
+    sku: String,
+    location: String,
+    qty: u32,
+    status: ReservationStatus,
+    expires_at: String,
+    backorder: bool,
+}
+
+impl From<Hold> for HoldView {
+    fn from(h: Hold) -> Self {
+        Self {
+            reservation_id: h.reservation_id,
+            sku: h.sku,
+            location: h.location,
+            qty: h.qty,
+            status: ReservationStatus::Held,
+            expires_at: rfc3339(h.expires_at_ms),
+            backorder: h.backorder,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReservationView {
+    reservation_id: String,
+    sku: String,
+    location: String,
+    qty: u32,
+    status: ReservationStatus,
+    expires_at: String,
+    account_id: String,
+    backorder: bool,
+}
+
+impl From<Reservation> for ReservationView {
+    fn from(r: Reservation) -> Self {
+        Self {
+            reservation_id: r.reservation_id,
+            sku: r.sku,
+            location: r.location,
+            qty: r.qty,
+            status: r.status,
+            expires_at: rfc3339(r.expires_at_ms),
+            account_id: r.account_id,
+            backorder: r.backorder,
+        }
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::Validation("Idempotency-Key must be ASCII".into()))
+                .and_then(|s| Ok(IdempotencyKey::parse(s)?))
+        })
+        .transpose()
+}
+
+/// `POST /v1/reservations`
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ReserveBody>,
+) -> Result<Response, ApiError> {
+    let sku = Sku::parse(&body.sku)?;
+    let qty = Qty::parse(body.qty, state.limits.max_qty_per_request)?;
+    let location = body.location.as_deref().map(Location::parse).transpose()?;
+    let key = idempotency_key(&headers)?;
+    let id = ReservationId::generate(&sku, state.redis.keys().partition_of(&sku));
+    let reply = state
+        .redis
+        .reserve(ReserveRequest {
+            id: &id,
+            account: &caller.account,
+            qty,
+            location: location.as_ref(),
+            idempotency_key: key.as_ref(),
+        })
+        .await?;
+    let hold = match reply {
+        ReserveReply::Held(hold) => hold,
+        ReserveReply::InsufficientStock { available } => {
+            return Err(ApiError::InsufficientStock { available });
+        }
+        ReserveReply::PurchaseLimit { limit, already } => {
+            return Err(ApiError::PurchaseLimit { limit, already });
+        }
+        ReserveReply::SaleNotOpen { opens_at_ms } => {
+            return Err(ApiError::SaleNotOpen {
+                opens_at: rfc3339(opens_at_ms),
+            });
+        }
+        ReserveReply::SaleClosed => return Err(ApiError::SaleClosed),
+        ReserveReply::UnknownSku => return Err(ApiError::UnknownSku),
+        ReserveReply::UnknownLocation => return Err(ApiError::UnknownLocation),
+        ReserveReply::IdempotencyKeyReused => return Err(ApiError::IdempotencyKeyReused),
+    };
+    let replayed = hold.replayed;
+    let location = format!("/v1/reservations/{}", hold.reservation_id);
+    let mut response = (StatusCode::CREATED, Json(HoldView::from(hold))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    if replayed {
+        headers.insert(IDEMPOTENT_REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn reservation_response(reply: ReservationReply) -> Result<Json<ReservationView>, ApiError> {
+    match reply {
+        ReservationReply::Ok(r) => Ok(Json(r.into())),
+        ReservationReply::NotFound => Err(ApiError::ReservationNotFound),
+        ReservationReply::ReservationExpired => Err(ApiError::ReservationExpired),
+        ReservationReply::ReservationReleased => Err(ApiError::ReservationReleased),
+        ReservationReply::ReservationConfirmed => Err(ApiError::ReservationConfirmed),
+        ReservationReply::ReservationHeld => Err(ApiError::Internal(
+            "a live hold refused its own transition".into(),
+        )),
+    }
+}
+
+fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
+    ReservationId::parse(raw, state.redis.keys().partitions()).ok_or(ApiError::ReservationNotFound)
+}
+
+/// `GET /v1/reservations/{id}`: the owner, or an admin.
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(raw): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = parse_id(&state, &raw)?;
+    let owner = (caller.role == Role::Shopper).then_some(&caller.account);
+    reservation_response(state.redis.reservation(&id, owner).await?)
+}
+
+async fn settle(
+    state: AppState,
+    caller: crate::auth::Caller,
+    raw: String,
+    settlement: Settlement,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = parse_id(&state, &raw)?;
+    reservation_response(state.redis.settle(&id, &caller.account, settlement).await?)
+}
+
+/// `POST /v1/reservations/{id}/confirm`: the owner only.
+pub async fn confirm(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(raw): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    settle(state, caller, raw, Settlement::Confirm).await
+}
+
+/// `POST /v1/reservations/{id}/release`: the owner only.
+pub async fn release(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(raw): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    settle(state, caller, raw, Settlement::Release).await
+}

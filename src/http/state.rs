@@ -1,0 +1,39 @@
+//! What every handler shares: the Redis layer, the token checker, the
+//! request limits, and whether the gateway is draining.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use crate::{auth::Auth, redis::Redis};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub redis: Arc<Redis>,
+    pub auth: Arc<Auth>,
+    pub limits: Arc<RequestLimits>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// Request-shape limits, from `Settings`.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_qty_per_request: u32,
+}
+
+/// Set once shutdown begins, so `/readyz` turns traffic away first.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,216 @@
+//! Domain types, parsed once at the edge.
+//!
+//! A `Sku`, `Location`, `AccountId`, `Qty`, `IdempotencyKey` or
+//! `ReservationId` that exists is valid: inner code never checks again. The
+//! character sets exclude `{`, `}` and `|`, so no value can break a Redis hash
+//! tag or the `|`-separated hold members the scripts keep.
+
+pub mod view;
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// Why a raw value was refused; the message names the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn charset_ok(s: &str, extra: &[u8]) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
+}
+
+macro_rules! string_id {
+    ($name:ident, $what:literal, $max:literal, $extra:expr, $rule:literal) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+                if (1..=$max).contains(&raw.len()) && charset_ok(raw, $extra) {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err(InvalidValue(format!(
+                        concat!($what, " must be 1-", $max, " characters of ", $rule)
+                    )))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(Sku, "sku", 64, b"", "[A-Za-z0-9._-]");
+string_id!(Location, "location", 32, b"", "[A-Za-z0-9._-]");
+string_id!(AccountId, "account id", 64, b":@", "[A-Za-z0-9._:@-]");
+
+impl Location {
+    /// The location a request means when it names none for stock admin.
+    pub fn default_location() -> Self {
+        Self("default".into())
+    }
+}
+
+/// Units in one request: from 1 to `reservation.max_qty_per_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qty(u32);
+
+impl Qty {
+    pub fn parse(raw: i64, max: u32) -> Result<Self, InvalidValue> {
+        match u32::try_from(raw) {
+            Ok(q) if (1..=max).contains(&q) => Ok(Self(q)),
+            _ => Err(InvalidValue(format!("qty must be an integer from 1 to {max}"))),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A client's `Idempotency-Key`: 1-128 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if (1..=128).contains(&raw.len()) && raw.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidValue(
+                "Idempotency-Key must be 1-128 printable ASCII characters".into(),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A SKU's partition: every key of the SKU lives in this partition's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Partition(pub u32);
+
+impl Partition {
+    /// FNV-1a (32-bit) of the text, modulo the partition count. The function
+    /// is part of the data layout: changing it would move every SKU.
+    pub fn of(text: &str, partitions: u32) -> Self {
+        let mut hash: u32 = 0x811c_9dc5;
+        for b in text.bytes() {
+            hash ^= u32::from(b);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        Self(hash % partitions)
+    }
+}
+
+/// A reservation id: `<partition>.<32 hex>.<sku>`. It carries the partition
+/// and the SKU so confirm and release reach the right slot without a lookup.
+/// Clients treat it as opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationId {
+    text: String,
+    partition: Partition,
+    sku: Sku,
+}
+
+impl ReservationId {
+    pub fn generate(sku: &Sku, partition: Partition) -> Self {
+        let text = format!("{}.{}.{}", partition.0, Uuid::new_v4().simple(), sku);
+        Self {
+            text,
+            partition,
+            sku: sku.clone(),
+        }
+    }
+
+    /// Parses an id and checks that its partition is the SKU's; anything
+    /// else is `None` (the caller answers 404).
+    pub fn parse(raw: &str, partitions: u32) -> Option<Self> {
+        let (p, rest) = raw.split_once('.')?;
+        let (random, sku) = rest.split_once('.')?;
+        let partition = Partition(p.parse().ok()?);
+        let sku = Sku::parse(sku).ok()?;
+        let random_ok = random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit());
+        let canonical = p == partition.0.to_string();
+        (random_ok && canonical && Partition::of(sku.as_str(), partitions) == partition).then(
+            || Self {
+                text: raw.to_owned(),
+                partition,
+                sku,
+            },
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    pub fn sku(&self) -> &Sku {
+        &self.sku
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skus_refuse_braces_and_bars_that_would_break_keys() {
+        for bad in ["", "a{b", "a}b", "a|b", "a b", "é", &"x".repeat(65)] {
+            assert!(Sku::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Sku::parse("ABC-1.x_y").is_ok());
+    }
+
+    #[test]
+    fn account_ids_allow_colon_and_at() {
+        assert!(AccountId::parse("user:42@shop").is_ok());
+        assert!(AccountId::parse("user{42}").is_err());
+    }
+
+    #[test]
+    fn qty_is_bounded_by_the_configured_maximum() {
+        assert!(Qty::parse(0, 10).is_err());
+        assert!(Qty::parse(11, 10).is_err());
+        assert!(Qty::parse(-1, 10).is_err());
+        assert_eq!(Qty::parse(10, 10).unwrap().get(), 10);
+    }
+
+    #[test]
+    fn partition_hash_is_stable() {
+        // FNV-1a 32-bit of "a" is 0xe40c292c.
+        assert_eq!(Partition::of("a", u32::MAX).0, 0xe40c_292c % u32::MAX);
+        assert_eq!(Partition::of("ABC-1", 256), Partition::of("ABC-1", 256));
+    }
+
+    #[test]
+    fn reservation_ids_round_trip_and_refuse_forgeries() {
+        let sku = Sku::parse("ABC-1").unwrap();
+        let id = ReservationId::generate(&sku, Partition::of("ABC-1", 256));
+        let parsed = ReservationId::parse(id.as_str(), 256).unwrap();
+        assert_eq!(parsed, id);
+        let wrong_partition = (id.partition().0 + 1) % 256;
+        let forged = id
+            .as_str()
+            .replacen(&id.partition().0.to_string(), &wrong_partition.to_string(), 1);
+        assert!(ReservationId::parse(&forged, 256).is_none());
+        assert!(ReservationId::parse("1.zz.ABC-1", 256).is_none());
+        assert!(ReservationId::parse("nonsense", 256).is_none());
+    }
+}

@@ -1,0 +1,170 @@
+//! The inventory view clients see, computed from a SKU's Redis hash.
+//!
+//! Field names follow `lua/prelude.lua`: `ver`, policy fields, and
+//! `l:<location>:<oh|rs|ss|lt|bo>` per location.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StockStatus {
+    InStock,
+    LowStock,
+    OutOfStock,
+    Backorder,
+}
+
+impl StockStatus {
+    /// `available` units now, `low` the threshold, `backorder_room` units that
+    /// can still be held beyond what is available.
+    fn classify(available: i64, low: i64, backorder_room: i64) -> Self {
+        match available {
+            a if a > low => Self::InStock,
+            a if a > 0 => Self::LowStock,
+            _ if backorder_room > 0 => Self::Backorder,
+            _ => Self::OutOfStock,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocationView {
+    pub location: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub available: i64,
+    pub status: StockStatus,
+    pub low_stock_threshold: i64,
+    pub backorder_limit: i64,
+}
+
+/// `GET /v1/inventory/{sku}`: totals over locations, then each location.
+/// The top-level status compares the total available with the sum of the
+/// locations' low-stock thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InventoryView {
+    pub sku: String,
+    pub available: i64,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub status: StockStatus,
+    pub version: u64,
+    pub locations: Vec<LocationView>,
+}
+
+#[derive(Default)]
+struct Counts {
+    oh: i64,
+    rs: i64,
+    ss: i64,
+    lt: i64,
+    bo: i64,
+}
+
+impl InventoryView {
+    /// Builds the view from `HGETALL` of the SKU hash; `None` when it is empty.
+    pub fn from_hash<S: AsRef<str>>(sku: &str, fields: &[(S, S)]) -> Option<Self> {
+        if fields.is_empty() {
+            return None;
+        }
+        let mut version = 0;
+        let mut locs: std::collections::BTreeMap<&str, Counts> = Default::default();
+        for (field, value) in fields {
+            let (field, value) = (field.as_ref(), value.as_ref());
+            if field == "ver" {
+                version = value.parse().unwrap_or(0);
+                continue;
+            }
+            let Some((loc, attr)) = field.strip_prefix("l:").and_then(|f| f.rsplit_once(':'))
+            else {
+                continue;
+            };
+            let counts = locs.entry(loc).or_default();
+            let n = value.parse().unwrap_or(0);
+            match attr {
+                "oh" => counts.oh = n,
+                "rs" => counts.rs = n,
+                "ss" => counts.ss = n,
+                "lt" => counts.lt = n,
+                "bo" => counts.bo = n,
+                _ => {}
+            }
+        }
+        let (mut available, mut on_hand, mut reserved, mut low, mut room) = (0, 0, 0, 0, 0);
+        let locations = locs
+            .into_iter()
+            .map(|(name, c)| {
+                let avail = (c.oh - c.rs - c.ss).max(0);
+                let holdable = (c.oh - c.ss + c.bo - c.rs).max(0);
+                available += avail;
+                on_hand += c.oh;
+                reserved += c.rs;
+                low += c.lt;
+                room += holdable - avail;
+                LocationView {
+                    location: name.to_owned(),
+                    on_hand: c.oh,
+                    reserved: c.rs,
+                    safety_stock: c.ss,
+                    available: avail,
+                    status: StockStatus::classify(avail, c.lt, holdable - avail),
+                    low_stock_threshold: c.lt,
+                    backorder_limit: c.bo,
+                }
+            })
+            .collect();
+        Some(Self {
+            sku: sku.to_owned(),
+            available,
+            on_hand,
+            reserved,
+            status: StockStatus::classify(available, low, room),
+            version,
+            locations,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(fields: &[(&str, &str)]) -> InventoryView {
+        InventoryView::from_hash("S", fields).unwrap()
+    }
+
+    #[test]
+    fn available_subtracts_reserved_and_safety_stock_and_sums_locations() {
+        let v = view(&[
+            ("ver", "7"),
+            ("l:a:oh", "50"),
+            ("l:a:rs", "13"),
+            ("l:a:ss", "2"),
+            ("l:b:oh", "5"),
+            ("l:b:rs", "5"),
+        ]);
+        assert_eq!((v.available, v.on_hand, v.reserved, v.version), (35, 55, 18, 7));
+        assert_eq!(v.locations[0].available, 35);
+        assert_eq!(v.locations[1].status, StockStatus::OutOfStock);
+        assert_eq!(v.status, StockStatus::InStock);
+    }
+
+    #[test]
+    fn status_reads_low_stock_and_backorder() {
+        let low = view(&[("l:a:oh", "3"), ("l:a:lt", "5")]);
+        assert_eq!(low.status, StockStatus::LowStock);
+        let bo = view(&[("l:a:oh", "2"), ("l:a:rs", "2"), ("l:a:bo", "3")]);
+        assert_eq!(bo.status, StockStatus::Backorder);
+        let owed = view(&[("l:a:oh", "-3"), ("l:a:bo", "3")]);
+        assert_eq!(owed.status, StockStatus::OutOfStock);
+        assert_eq!(owed.available, 0);
+    }
+
+    #[test]
+    fn a_policy_only_sku_has_no_locations() {
+        let v = view(&[("ver", "0"), ("max", "2")]);
+        assert!(v.locations.is_empty());
+        assert_eq!(v.status, StockStatus::OutOfStock);
+    }
+}

@@ -1,0 +1,19 @@
+//! flashgate: a Redis-first flash-sale contention gateway.
+//!
+//! - `config`: settings, layered from file and environment, validated once.
+//! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
+//! - `cli`: the command line (`serve`, `token`).
+//! - `auth`: HS256 tokens, shopper and admin roles.
+//! - `inventory`: domain types parsed at the edge, and the inventory view.
+//! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
+//! - `http`: router, middleware, extractors, problem errors, one file per route area.
+//! - `telemetry`: log set-up.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod inventory;
+pub mod redis;
+pub mod telemetry;

@@ -1,0 +1,63 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use flashgate::{
+    app::{App, shutdown_signal},
+    auth::{Auth, Role},
+    cli::{Cli, Command},
+    config::Settings,
+    inventory::AccountId,
+    telemetry,
+};
+
+/// sysexits' EX_CONFIG-adjacent "usage/config" code for a bad configuration.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flashgate: {e:#}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Token {
+            account,
+            admin,
+            ttl_seconds,
+        } => {
+            let Ok(account) = AccountId::parse(&account) else {
+                eprintln!("flashgate: --account must be 1-64 characters of [A-Za-z0-9._:@-]");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            };
+            let role = if admin { Role::Admin } else { Role::Shopper };
+            let auth = Auth::new(settings.auth.secret_or_development());
+            println!("{}", auth.issue(&account, role, ttl_seconds));
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            telemetry::init(&settings.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("flashgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let app = App::build(settings).await?;
+                app.run_until_stopped(shutdown_signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("flashgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Every Redis key and channel name flashgate uses, built in one place.
+//!
+//! A SKU's keys, and its partition's due index, event stream, reservation and
+//! idempotency records, all carry the partition's hash tag `{p<N>}`, so each
+//! script touches one cluster slot. Scripts receive these names through
+//! `KEYS`; they never build one. The `*_keys` functions return each script's
+//! whole key set, in the order its header documents.
+
+use crate::inventory::{AccountId, IdempotencyKey, Partition, ReservationId, Sku};
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, partitions: u32) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            partitions,
+        }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    pub fn partition_of(&self, sku: &Sku) -> Partition {
+        Partition::of(sku.as_str(), self.partitions)
+    }
+
+    fn tagged(&self, p: Partition, rest: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{{p{}}}:{}", self.prefix, p.0, rest)
+    }
+
+    /// The partition count this data was created with (no hash tag: one key
+    /// for the whole deployment).
+    pub fn meta_partitions(&self) -> String {
+        format!("{}:meta:partitions", self.prefix)
+    }
+
+    pub fn sku(&self, p: Partition, sku: &Sku) -> String {
+        self.tagged(p, format_args!("sku:{sku}"))
+    }
+
+    fn holds(&self, p: Partition, sku: &Sku) -> String {
+        self.tagged(p, format_args!("holds:{sku}"))
+    }
+
+    fn accounts(&self, p: Partition, sku: &Sku) -> String {
+        self.tagged(p, format_args!("acct:{sku}"))
+    }
+
+    pub fn reservation(&self, id: &ReservationId) -> String {
+        self.tagged(id.partition(), format_args!("res:{}", id.as_str()))
+    }
+
+    fn idempotency(
+        &self,
+        p: Partition,
+        sku: &Sku,
+        account: &AccountId,
+        key: &IdempotencyKey,
+    ) -> String {
+        self.tagged(
+            p,
+            format_args!("idem:{sku}:{account}:{}", key.as_str()),
+        )
+    }
+
+    /// The record that ties an account's `Idempotency-Key` to one request
+    /// fingerprint whatever SKU it names. It lives in the partition of the
+    /// account and key, not of the SKU.
+    pub fn idempotency_claim(&self, account: &AccountId, key: &IdempotencyKey) -> String {
+        let p = Partition::of(&format!("{account}|{}", key.as_str()), self.partitions);
+        self.tagged(p, format_args!("idk:{account}:{}", key.as_str()))
+    }
+
+    fn operation(&self, p: Partition, sku: &Sku, op_id: &str) -> String {
+        self.tagged(p, format_args!("op:{sku}:{op_id}"))
+    }
+
+    /// Sorted set of SKUs with holds, scored by their earliest deadline.
+    pub fn due(&self, p: Partition) -> String {
+        self.tagged(p, format_args!("due"))
+    }
+
+    /// The partition's event stream: the journal's outbox.
+    pub fn events(&self, p: Partition) -> String {
+        self.tagged(p, format_args!("events"))
+    }
+
+    /// Sharded pub/sub channel announcing stock changes in the partition.
+    pub fn stock_channel(&self, p: Partition) -> String {
+        self.tagged(p, format_args!("stock"))
+    }
+
+    /// `reserve`: SKU hash, holds, accounts, reservation record, idempotency
+    /// record, due index, event stream.
+    pub fn reserve_keys(
+        &self,
+        id: &ReservationId,
+        idempotency: Option<(&AccountId, &IdempotencyKey)>,
+    ) -> Vec<String> {
+        let (p, sku) = (id.partition(), id.sku());
+        let idem = match idempotency {
+            Some((account, key)) => self.idempotency(p, sku, account, key),
+            // Unused by the script when no key was sent; still in the slot.
+            None => self.tagged(p, format_args!("idem:-")),
+        };
+        vec![
+            self.sku(p, sku),
+            self.holds(p, sku),
+            self.accounts(p, sku),
+            self.reservation(id),
+            idem,
+            self.due(p),
+            self.events(p),
+        ]
+    }
+
+    /// `confirm` and `release`: SKU hash, holds, accounts, reservation
+    /// record, due index, event stream.
+    pub fn settle_keys(&self, id: &ReservationId) -> Vec<String> {
+        let (p, sku) = (id.partition(), id.sku());
+        vec![
+            self.sku(p, sku),
+            self.holds(p, sku),
+            self.accounts(p, sku),
+            self.reservation(id),
+            self.due(p),
+            self.events(p),
+        ]
+    }
+
+    /// `expire`: SKU hash, holds, accounts, due index, event stream.
+    pub fn expire_keys(&self, sku: &Sku) -> Vec<String> {
+        let p = self.partition_of(sku);
+        vec![
+            self.sku(p, sku),
+            self.holds(p, sku),
+            self.accounts(p, sku),
+            self.due(p),
+            self.events(p),
+        ]
+    }
+
+    /// `set_stock` and `adjust`: the `expire` keys, then the operation record.
+    pub fn admin_keys(&self, sku: &Sku, op_id: &str) -> Vec<String> {
+        let mut keys = self.expire_keys(sku);
+        keys.push(self.operation(self.partition_of(sku), sku, op_id));
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::util::redis_keyslot;
+
+    fn one_slot(keys: &[String]) -> bool {
+        let first = redis_keyslot(keys[0].as_bytes());
+        keys.iter().all(|k| redis_keyslot(k.as_bytes()) == first)
+    }
+
+    #[test]
+    fn every_script_key_set_hashes_to_one_slot() {
+        let keys = Keys::new("fg", 256);
+        let account = AccountId::parse("acct:1@x").unwrap();
+        // Idempotency keys are printable ASCII and may hold braces themselves.
+        let idem = IdempotencyKey::parse("k}{p9}{").unwrap();
+        for name in ["ABC-1", "a", "sku.with.dots", &"Z".repeat(64)] {
+            let sku = Sku::parse(name).unwrap();
+            let id = ReservationId::generate(&sku, keys.partition_of(&sku));
+            let p = keys.partition_of(&sku);
+            let sets = [
+                keys.reserve_keys(&id, Some((&account, &idem))),
+                keys.reserve_keys(&id, None),
+                keys.settle_keys(&id),
+                keys.expire_keys(&sku),
+                keys.admin_keys(&sku, "op-1"),
+                vec![keys.sku(p, &sku), keys.stock_channel(p)],
+                vec![keys.reservation(&id), keys.due(p)],
+            ];
+            for set in &sets {
+                assert!(one_slot(set), "{set:?} spans slots");
+            }
+        }
+    }
+
+    #[test]
+    fn partitions_spread_over_many_slots() {
+        let keys = Keys::new("fg", 256);
+        let slots: std::collections::HashSet<u16> = (0..256)
+            .map(|p| redis_keyslot(keys.due(Partition(p)).as_bytes()))
+            .collect();
+        assert!(slots.len() > 250, "only {} distinct slots", slots.len());
+    }
+}

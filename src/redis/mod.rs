@@ -1,0 +1,238 @@
+//! Redis: client setup, key layout, script registry and typed script calls.
+//!
+//! One `Redis` value is shared by every request. It owns a fred pool that
+//! reconnects forever; each command carries the configured timeout, so a
+//! request can always be answered (with 503 when Redis cannot decide).
+
+pub mod calls;
+pub mod keys;
+pub mod scripts;
+pub mod sweeper;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fred::{
+    prelude::*,
+    types::{FromValue, MultipleKeys, MultipleValues},
+};
+
+use crate::config::{RedisSettings, Settings};
+pub use keys::Keys;
+pub use scripts::{ScriptName, Scripts};
+
+/// Failures of the Redis layer, as the HTTP layer needs to tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// Redis could not answer in time (down, failing over, overloaded): the
+    /// request may be retried.
+    #[error("redis unavailable during {script}: {source}")]
+    Unavailable {
+        script: &'static str,
+        #[source]
+        source: fred::error::Error,
+    },
+    /// Redis answered with an error no retry will fix (a script bug).
+    #[error("redis refused {script}: {source}")]
+    Refused {
+        script: &'static str,
+        #[source]
+        source: fred::error::Error,
+    },
+    /// A script replied with something this gateway does not understand.
+    #[error("unexpected reply from {script}: {detail}")]
+    Reply { script: &'static str, detail: String },
+}
+
+/// Numbers the typed calls pass to scripts, fixed at start.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    pub hold_ttl_ms: u64,
+    pub idempotency_ttl_ms: u64,
+    pub record_retention_ms: u64,
+    pub operation_ttl_ms: u64,
+    pub expiry_batch: u32,
+    pub stream_max_len: u64,
+    pub busy_retries: u32,
+    pub busy_retry_delay: Duration,
+}
+
+impl CallLimits {
+    fn from_settings(s: &Settings) -> Self {
+        Self {
+            hold_ttl_ms: s.reservation.ttl_seconds * 1000,
+            idempotency_ttl_ms: s.reservation.idempotency_ttl_seconds * 1000,
+            record_retention_ms: s.reservation.record_retention_seconds * 1000,
+            operation_ttl_ms: s.reservation.operation_ttl_seconds * 1000,
+            expiry_batch: s.expiry.batch_max,
+            stream_max_len: s.redis.stream_max_len,
+            busy_retries: s.redis.busy_retries,
+            busy_retry_delay: Duration::from_millis(s.redis.busy_retry_delay_ms),
+        }
+    }
+}
+
+pub struct Redis {
+    pool: Pool,
+    scripts: Scripts,
+    keys: Keys,
+    limits: CallLimits,
+}
+
+/// Replies that only mean "not now": retried a few times, then 503.
+fn is_busy(err: &fred::error::Error) -> bool {
+    let d = err.details();
+    ["TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"]
+        .iter()
+        .any(|p| d.starts_with(p))
+}
+
+fn is_noscript(err: &fred::error::Error) -> bool {
+    err.details().starts_with("NOSCRIPT")
+}
+
+fn classify(script: &'static str, source: fred::error::Error) -> RedisError {
+    use fred::error::ErrorKind::*;
+    match source.kind() {
+        IO | Timeout | Canceled | Cluster | Routing | Backpressure | NotFound => {
+            RedisError::Unavailable { script, source }
+        }
+        _ if is_busy(&source) => RedisError::Unavailable { script, source },
+        _ => RedisError::Refused { script, source },
+    }
+}
+
+impl Redis {
+    /// Connects, checks the partition count, and loads every script (a
+    /// script that does not compile fails the start).
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let pool = build_pool(&settings.redis)?;
+        let connect_timeout = Duration::from_millis(settings.redis.connect_timeout_ms);
+        pool.connect();
+        tokio::time::timeout(connect_timeout, pool.wait_for_connect())
+            .await
+            .with_context(|| format!("redis at {} did not answer in time", settings.redis.url))?
+            .with_context(|| format!("connecting to redis at {}", settings.redis.url))?;
+        let redis = Self {
+            pool,
+            scripts: Scripts::default(),
+            keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
+            limits: CallLimits::from_settings(settings),
+        };
+        redis.check_partitions().await?;
+        redis.load_scripts().await.context("loading lua scripts")?;
+        Ok(redis)
+    }
+
+    async fn check_partitions(&self) -> anyhow::Result<()> {
+        let wanted = self.keys.partitions().to_string();
+        let previous: Option<String> = self
+            .pool
+            .set(
+                self.keys.meta_partitions(),
+                wanted.as_str(),
+                None,
+                Some(SetOptions::NX),
+                true,
+            )
+            .await
+            .context("reading the partition count")?;
+        match previous {
+            Some(p) if p != wanted => bail!(
+                "this Redis holds data for {p} partitions but redis.partitions is {wanted}; \
+                 the count is fixed for the life of the data"
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads every script on every primary.
+    pub async fn load_scripts(&self) -> Result<(), fred::error::Error> {
+        for (_, script) in self.scripts.iter() {
+            script.load(self.pool.next()).await?;
+        }
+        Ok(())
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `EVALSHA` with NOSCRIPT reload and a bounded retry of busy replies.
+    pub async fn eval<R: FromValue>(
+        &self,
+        name: ScriptName,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, RedisError> {
+        let script = self.scripts.get(name);
+        let keys: MultipleKeys = keys.into();
+        let args: MultipleValues = args
+            .try_into()
+            .map_err(|e| classify(name.stem(), e))?;
+        let mut busy_left = self.limits.busy_retries;
+        let mut reloaded = false;
+        loop {
+            let result = self
+                .pool
+                .evalsha::<R, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
+                .await;
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if is_noscript(&e) && !reloaded => {
+                    reloaded = true;
+                    tracing::warn!(script = name.stem(), "NOSCRIPT: reloading scripts");
+                    self.load_scripts()
+                        .await
+                        .map_err(|e| classify(name.stem(), e))?;
+                }
+                Err(e) if is_busy(&e) && busy_left > 0 => {
+                    busy_left -= 1;
+                    tokio::time::sleep(self.limits.busy_retry_delay).await;
+                }
+                Err(e) => return Err(classify(name.stem(), e)),
+            }
+        }
+    }
+
+    /// Liveness of the connection, for readiness.
+    pub async fn ping(&self) -> Result<(), fred::error::Error> {
+        self.pool.ping::<String>(None).await.map(|_| ())
+    }
+
+    pub async fn quit(&self) {
+        if let Err(e) = self.pool.quit().await {
+            tracing::debug!(error = %e, "closing redis connections");
+        }
+    }
+}
+
+fn build_pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
+    let config = Config::from_url(&settings.url)
+        .with_context(|| format!("redis.url {:?} is not a redis URL", settings.url))?;
+    let command_timeout = Duration::from_millis(settings.command_timeout_ms);
+    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    Builder::from_config(config)
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = command_timeout;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = connect_timeout;
+            conn.internal_command_timeout = connect_timeout;
+            // A command in flight when a connection drops is re-sent; the
+            // scripts recognise their own second run (see DESIGN.md).
+            conn.max_command_attempts = 3;
+        })
+        // Reconnect forever (0 attempts = no limit), 50 ms to 2 s apart.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .build_pool(settings.pool_size)
+        .context("building the redis client pool")
+}

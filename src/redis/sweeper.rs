@@ -1,0 +1,77 @@
+//! The expiry sweeper: gives back overdue holds of SKUs nobody is touching.
+//!
+//! Every mutating script already expires its own SKU's overdue holds, so the
+//! sweeper only bounds how long an idle SKU shows stale `reserved` counts.
+//! Each pass reads every partition's due index (SKUs by earliest deadline)
+//! and calls `expire` for the SKUs that are due, at most
+//! `expiry.sweep_skus_max` per partition. Several instances may sweep at
+//! once: the script is atomic and finds nothing left to do.
+
+use std::{sync::Arc, time::Duration};
+
+use fred::{prelude::*, types::Limit};
+use futures_util::{StreamExt, stream};
+use tokio_util::sync::CancellationToken;
+
+use super::Redis;
+use crate::inventory::{Partition, Sku};
+
+/// Partitions swept concurrently.
+const SWEEP_CONCURRENCY: usize = 8;
+
+pub async fn run(
+    redis: Arc<Redis>,
+    interval: Duration,
+    skus_max: u32,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let partitions = redis.keys().partitions();
+        let expired: i64 = stream::iter(0..partitions)
+            .map(|p| sweep_partition(&redis, Partition(p), skus_max))
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .fold(0, |sum, n| async move { sum + n })
+            .await;
+        if expired > 0 {
+            tracing::debug!(expired, "sweeper expired holds");
+        }
+    }
+}
+
+async fn sweep_partition(redis: &Redis, p: Partition, skus_max: u32) -> i64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let due: Result<Vec<String>, _> = redis
+        .pool()
+        .zrangebyscore(
+            redis.keys().due(p),
+            "-inf",
+            now_ms,
+            false,
+            Some(Limit::from((0, i64::from(skus_max)))),
+        )
+        .await;
+    let skus = match due {
+        Ok(skus) => skus,
+        Err(e) => {
+            tracing::warn!(partition = p.0, error = %e, "sweeper could not read the due index");
+            return 0;
+        }
+    };
+    let mut expired = 0;
+    for raw in skus {
+        let Ok(sku) = Sku::parse(&raw) else { continue };
+        match redis.expire(&sku).await {
+            Ok(n) => expired += n,
+            Err(e) => tracing::warn!(partition = p.0, error = %e, "sweeper could not expire holds"),
+        }
+    }
+    expired
+}
