@@ -1,0 +1,98 @@
+//! Nobody touches another account's reservation; shoppers stay out of admin.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{Backend, TEST_SECRET, admin_token, spawn_app, token};
+use crate::on_both_topologies;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn signed(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .unwrap()
+}
+
+async fn another_account_gets_404_for_every_reservation_action(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.stock("ACCESS-1", 5).await;
+    let owner = token("owner");
+    let r = app.reserve(&owner, json!({ "sku": "ACCESS-1", "qty": 1 }), None).await;
+    let id = r.body["reservation_id"].as_str().unwrap().to_owned();
+    let intruder = token("intruder");
+    for action in [None, Some("confirm"), Some("release")] {
+        let r = app.reservation(&intruder, &id, action).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{action:?}");
+        assert_eq!(r.code(), "reservation-not-found");
+    }
+    // Nothing changed, and the owner and an admin still read it.
+    assert_eq!(app.reservation(&owner, &id, None).await.body["status"], "held");
+    let admin = app.reservation(&admin_token(), &id, None).await;
+    assert_eq!(admin.status, StatusCode::OK);
+    assert_eq!(admin.body["account_id"], "owner");
+    // Unknown and malformed ids look the same as someone else's.
+    for bogus in ["nope", "1.00000000000000000000000000000000.ACCESS-1"] {
+        assert_eq!(app.reservation(&owner, bogus, None).await.status, StatusCode::NOT_FOUND);
+    }
+}
+
+async fn a_shopper_token_on_an_admin_route_is_forbidden(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let shopper = token("shopper");
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/admin/inventory/ACCESS-2/locations/default",
+            Some(&shopper),
+            &[],
+            Some(json!({ "on_hand": 5 }).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.code(), "forbidden");
+    assert_eq!(app.view("ACCESS-2").await.status, StatusCode::NOT_FOUND);
+}
+
+async fn missing_expired_foreign_or_unsigned_tokens_get_401(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.stock("ACCESS-3", 5).await;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(json!({ "sub": "mallory", "exp": now() + 600 }).to_string());
+    let unsigned = format!("{header}.{claims}.");
+    let expired = signed(Algorithm::HS256, TEST_SECRET, json!({ "sub": "a", "exp": now() - 120 }));
+    let foreign = signed(Algorithm::HS256, "some-other-secret-xyz", json!({ "sub": "a", "exp": now() + 600 }));
+    let other_alg = signed(Algorithm::HS384, TEST_SECRET, json!({ "sub": "a", "exp": now() + 600 }));
+    let no_exp = signed(Algorithm::HS256, TEST_SECRET, json!({ "sub": "a" }));
+    let bad_sub = signed(Algorithm::HS256, TEST_SECRET, json!({ "sub": "a{b}", "exp": now() + 600 }));
+    let body = json!({ "sku": "ACCESS-3", "qty": 1 });
+    for (what, t) in [
+        ("missing", None),
+        ("expired", Some(expired)),
+        ("foreign key", Some(foreign)),
+        ("alg none", Some(unsigned)),
+        ("HS384", Some(other_alg)),
+        ("no exp", Some(no_exp)),
+        ("bad sub", Some(bad_sub)),
+        ("garbage", Some("not.a.token".to_owned())),
+    ] {
+        let r = app
+            .send(Method::POST, "/v1/reservations", t.as_deref(), &[], Some(body.to_string()))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(r.code(), "unauthorized", "{what}");
+    }
+    assert_eq!(app.view("ACCESS-3").await.body["reserved"], 0);
+}
+
+on_both_topologies!(
+    another_account_gets_404_for_every_reservation_action,
+    a_shopper_token_on_an_admin_route_is_forbidden,
+    missing_expired_foreign_or_unsigned_tokens_get_401,
+);

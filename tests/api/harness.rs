@@ -1,0 +1,407 @@
+//! Real servers for the integration tests, and a gateway per test.
+//!
+//! The first test that needs Redis starts, once per test binary, a standalone
+//! `redis-server` and a Redis Cluster of three masters on free loopback ports,
+//! each in its own directory under the system temp dir. A reaper shell waits
+//! for the test process to exit (however it exits, `kill -9` included), then
+//! stops those servers and removes the directory.
+//!
+//! Each test gets its own gateway on port 0 with its own key prefix, so tests
+//! share the servers without seeing each other's data.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use flashgate::{
+    app::App,
+    auth::{Auth, Role},
+    config::Settings,
+    inventory::AccountId,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const TEST_SECRET: &str = "flashgate-test-secret-0123456789";
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Standalone,
+    Cluster,
+}
+
+pub struct Servers {
+    pub standalone_port: u16,
+    pub cluster_ports: Vec<u16>,
+}
+
+impl Servers {
+    pub fn url(&self, backend: Backend) -> String {
+        match backend {
+            Backend::Standalone => format!("redis://127.0.0.1:{}", self.standalone_port),
+            Backend::Cluster => {
+                let nodes: Vec<String> = self.cluster_ports[1..]
+                    .iter()
+                    .map(|p| format!("node=127.0.0.1:{p}"))
+                    .collect();
+                format!(
+                    "redis-cluster://127.0.0.1:{}?{}",
+                    self.cluster_ports[0],
+                    nodes.join("&")
+                )
+            }
+        }
+    }
+
+    /// Every node serving `backend` (one for standalone, every master for the cluster).
+    pub fn ports(&self, backend: Backend) -> Vec<u16> {
+        match backend {
+            Backend::Standalone => vec![self.standalone_port],
+            Backend::Cluster => self.cluster_ports.clone(),
+        }
+    }
+}
+
+fn require(binary: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{binary}` is not installed: run `sudo apt-get install {package}` (or ./scripts/test.sh, which installs it)"
+    );
+}
+
+/// A port free for both the client port and the cluster bus port (+10000).
+fn free_port(taken: &[u16]) -> u16 {
+    loop {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+        let port = probe.local_addr().expect("probe address").port();
+        drop(probe);
+        if port > 50_000 || taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < SERVER_START_TIMEOUT, "{what} did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_redis(dir: &Path, port: u16, cluster: bool) -> u32 {
+    std::fs::create_dir_all(dir).expect("create a redis dir");
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--logfile", "redis.log"]);
+    if cluster {
+        cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "2000"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    wait_until("redis-server", || redis_cli(port, &["ping"]).trim() == "PONG");
+    child.id()
+}
+
+/// Stops `pids` and removes `dir` once this test process is gone.
+fn spawn_reaper(pids: &[u32], dir: &Path) {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let script = format!(
+        "while kill -0 {test} 2>/dev/null; do sleep 0.5; done; kill {pids} 2>/dev/null; \
+         sleep 1; kill -9 {pids} 2>/dev/null; rm -rf '{dir}'",
+        test = std::process::id(),
+        pids = pids.join(" "),
+        dir = dir.display(),
+    );
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the reaper");
+}
+
+fn start_servers() -> Servers {
+    require("redis-server", "redis-server");
+    require("redis-cli", "redis-tools");
+    let root: PathBuf = std::env::temp_dir().join(format!("flashgate-test-{}", std::process::id()));
+    let mut taken = Vec::new();
+    let mut pids = Vec::new();
+
+    let standalone_port = free_port(&taken);
+    taken.push(standalone_port);
+    pids.push(start_redis(&root.join("standalone"), standalone_port, false));
+
+    let mut cluster_ports = Vec::new();
+    for i in 0..3 {
+        let port = free_port(&taken);
+        taken.push(port);
+        pids.push(start_redis(&root.join(format!("cluster-{i}")), port, true));
+        cluster_ports.push(port);
+    }
+    spawn_reaper(&pids, &root);
+
+    let nodes: Vec<String> = cluster_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let status = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&nodes)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run redis-cli --cluster create");
+    assert!(status.success(), "redis-cli --cluster create failed");
+    for port in &cluster_ports {
+        wait_until("the cluster", || {
+            redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok")
+        });
+    }
+    Servers {
+        standalone_port,
+        cluster_ports,
+    }
+}
+
+pub fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(start_servers)
+}
+
+/// Runs a redis-cli command on every node of `backend`.
+pub fn on_every_node(backend: Backend, args: &[&str]) -> Vec<String> {
+    servers()
+        .ports(backend)
+        .into_iter()
+        .map(|p| redis_cli(p, args))
+        .collect()
+}
+
+/// Keys under `prefix` on every node of `backend`.
+pub fn keys_under(backend: Backend, prefix: &str) -> Vec<String> {
+    on_every_node(backend, &["--scan", "--pattern", &format!("{prefix}:*")])
+        .iter()
+        .flat_map(|out| out.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Settings for a test gateway: port 0, the test secret, quick sweeps.
+pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
+    let mut s = Settings::default();
+    s.http.listen = "127.0.0.1:0".parse().expect("a socket address");
+    s.redis.url = servers().url(backend);
+    s.redis.key_prefix = prefix.to_owned();
+    s.redis.partitions = 64;
+    s.auth.secret = Some(TEST_SECRET.into());
+    s.expiry.sweep_interval_ms = 100;
+    s
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub backend: Backend,
+    pub prefix: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(test_settings(backend, &unique_prefix()), backend).await
+}
+
+pub async fn spawn_app_with(settings: Settings, backend: Backend) -> TestApp {
+    let prefix = settings.redis.key_prefix.clone();
+    let app = App::build(settings).await.expect("the gateway builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .expect("an http client");
+    TestApp {
+        addr,
+        backend,
+        prefix,
+        http,
+        stop: Some(stop),
+    }
+}
+
+pub fn token(account: &str) -> String {
+    let account = AccountId::parse(account).expect("a valid account");
+    Auth::new(TEST_SECRET).issue(&account, Role::Shopper, 3600)
+}
+
+pub fn admin_token() -> String {
+    let account = AccountId::parse("ops-admin").expect("a valid account");
+    Auth::new(TEST_SECRET).issue(&account, Role::Admin, 3600)
+}
+
+/// A response, reduced to what the tests look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The problem code: the last segment of `type`.
+    pub fn code(&self) -> &str {
+        self.body["type"]
+            .as_str()
+            .and_then(|t| t.rsplit('/').next())
+            .unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Reply {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b);
+        }
+        let resp = req.send().await.expect("the gateway answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("a body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn reserve(&self, token: &str, body: Value, idempotency_key: Option<&str>) -> Reply {
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|k| vec![("idempotency-key", k)])
+            .unwrap_or_default();
+        self.send(Method::POST, "/v1/reservations", Some(token), &headers, Some(body.to_string()))
+            .await
+    }
+
+    pub async fn set_stock(&self, sku: &str, location: &str, body: Value) -> Reply {
+        let path = format!("/v1/admin/inventory/{sku}/locations/{location}");
+        self.send(Method::PUT, &path, Some(&admin_token()), &[], Some(body.to_string()))
+            .await
+    }
+
+    /// Creates `sku` with `on_hand` units at `default`, asserting success.
+    pub async fn stock(&self, sku: &str, on_hand: i64) {
+        let r = self.set_stock(sku, "default", json!({ "on_hand": on_hand })).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+
+    pub async fn policy(&self, sku: &str, body: Value) -> Reply {
+        let path = format!("/v1/admin/inventory/{sku}");
+        self.send(Method::PUT, &path, Some(&admin_token()), &[], Some(body.to_string()))
+            .await
+    }
+
+    pub async fn view(&self, sku: &str) -> Reply {
+        self.send(Method::GET, &format!("/v1/inventory/{sku}"), None, &[], None)
+            .await
+    }
+
+    pub async fn reservation(&self, token: &str, id: &str, action: Option<&str>) -> Reply {
+        match action {
+            None => {
+                self.send(Method::GET, &format!("/v1/reservations/{id}"), Some(token), &[], None)
+                    .await
+            }
+            Some(a) => {
+                let path = format!("/v1/reservations/{id}/{a}");
+                self.send(Method::POST, &path, Some(token), &[], None).await
+            }
+        }
+    }
+}
+
+/// Declares an async scenario `fn name(backend: Backend)` as two tests, one
+/// per Redis topology: `name::standalone` and `name::cluster`.
+#[macro_export]
+macro_rules! on_both_topologies {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name($crate::harness::Backend::Standalone).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name($crate::harness::Backend::Cluster).await
+            }
+        }
+    )+};
+}

@@ -1,0 +1,13 @@
+//! Integration tests against real Redis servers (standalone and a
+//! three-master cluster) that the harness starts itself. Every scenario runs
+//! on both topologies.
+
+mod harness;
+
+mod access;
+mod contention;
+mod idempotency;
+mod lifecycle;
+mod resilience;
+mod stock;
+mod validation;
