@@ -203,9 +203,13 @@ impl Redis {
         }
     }
 
-    /// Liveness of the connection, for readiness.
+    /// Readiness of the connections: every client in the pool must answer,
+    /// since requests are spread over all of them.
     pub async fn ping(&self) -> Result<(), fred::error::Error> {
-        self.pool.ping::<String>(None).await.map(|_| ())
+        for client in self.pool.clients() {
+            client.ping::<String>(None).await?;
+        }
+        Ok(())
     }
 
     pub async fn quit(&self) {

@@ -193,6 +193,54 @@ fn start_servers() -> Servers {
     }
 }
 
+/// A standalone Redis of one test's own, which the test may stop and start.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    pid: Option<u32>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        require("redis-server", "redis-server");
+        let port = free_port(&servers().ports(Backend::Cluster));
+        let dir = std::env::temp_dir().join(format!(
+            "flashgate-test-{}-private-{port}",
+            std::process::id()
+        ));
+        let mut redis = Self { port, dir, pid: None };
+        redis.resume();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            wait_until("redis-server to die", || {
+                redis_cli(self.port, &["ping"]).trim() != "PONG"
+            });
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing is persisted).
+    pub fn resume(&mut self) {
+        let pid = start_redis(&self.dir, self.port, false);
+        spawn_reaper(&[pid], &self.dir);
+        self.pid = Some(pid);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub fn servers() -> &'static Servers {
     static SERVERS: OnceLock<Servers> = OnceLock::new();
     SERVERS.get_or_init(start_servers)
@@ -234,7 +282,6 @@ pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub backend: Backend,
     pub prefix: String,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -266,7 +313,6 @@ pub async fn spawn_app_with(settings: Settings, backend: Backend) -> TestApp {
         .expect("an http client");
     TestApp {
         addr,
-        backend,
         prefix,
         http,
         stop: Some(stop),

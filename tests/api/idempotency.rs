@@ -73,7 +73,43 @@ async fn a_refused_request_is_decided_again_when_retried(backend: Backend) {
     assert_eq!(retried.header("idempotent-replayed"), None);
 }
 
+/// fred re-sends a command that was in flight when its connection dropped;
+/// the reserve script must recognise its own second run by the request's
+/// reservation id and answer it without holding again.
+async fn a_resent_reserve_command_holds_once(backend: Backend) {
+    use flashgate::{
+        inventory::{AccountId, Qty, ReservationId, Sku},
+        redis::{
+            Redis,
+            calls::{ReserveReply, ReserveRequest},
+        },
+    };
+    let app = spawn_app(backend).await;
+    app.stock("RESENT", 10).await;
+    let settings = crate::harness::test_settings(backend, &app.prefix);
+    let redis = Redis::connect(&settings).await.unwrap();
+    let sku = Sku::parse("RESENT").unwrap();
+    let id = ReservationId::generate(&sku, redis.keys().partition_of(&sku));
+    let account = AccountId::parse("resender").unwrap();
+    let request = || ReserveRequest {
+        id: &id,
+        account: &account,
+        qty: Qty::parse(3, 10).unwrap(),
+        location: None,
+        idempotency_key: None,
+    };
+    let first = redis.reserve(request()).await.unwrap();
+    let second = redis.reserve(request()).await.unwrap();
+    let (ReserveReply::Held(a), ReserveReply::Held(b)) = (first, second) else {
+        panic!("both runs should answer with the hold");
+    };
+    assert_eq!(a, b);
+    assert_eq!(a.reservation_id, id.as_str());
+    assert_eq!(app.view("RESENT").await.body["reserved"], 3);
+}
+
 on_both_topologies!(
+    a_resent_reserve_command_holds_once,
     fifty_concurrent_retries_with_one_key_make_one_hold,
     a_key_reused_with_another_body_is_refused,
     a_refused_request_is_decided_again_when_retried,

@@ -1,9 +1,11 @@
 //! Redis forgetting its scripts, or going away, is not the client's problem.
 
-use reqwest::StatusCode;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{Backend, on_every_node, spawn_app, spawn_app_with, test_settings, token, unique_prefix};
+use crate::harness::{Backend, PrivateRedis, on_every_node, spawn_app, spawn_app_with, test_settings, token, unique_prefix};
 use crate::on_both_topologies;
 
 async fn the_gateway_survives_script_flush_on_every_node(backend: Backend) {
@@ -31,19 +33,59 @@ async fn a_gateway_with_another_partition_count_refuses_to_start(backend: Backen
     assert!(format!("{err:#}").contains("partitions"), "{err:#}");
 }
 
-async fn an_unreachable_redis_answers_503_with_retry_after(backend: Backend) {
-    let app = spawn_app(backend).await;
+async fn a_gateway_refuses_to_start_without_redis(backend: Backend) {
     let mut settings = test_settings(backend, &unique_prefix());
-    // Nothing listens on port 1: the start must fail fast and say why.
+    // Nothing listens on port 1: the start fails fast and says why.
     settings.redis.url = "redis://127.0.0.1:1".into();
     settings.redis.connect_timeout_ms = 500;
-    assert!(flashgate::app::App::build(settings).await.is_err());
-    // The running gateway still answers.
-    assert_eq!(app.view("NONE").await.status, StatusCode::NOT_FOUND);
+    let err = flashgate::app::App::build(settings).await.err().expect("start refused");
+    assert!(format!("{err:#}").contains("redis"), "{err:#}");
+}
+
+/// Redis dies under a running gateway: clients get 503 with Retry-After and
+/// no internals, readiness says so, and service resumes when Redis returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_gives_503_then_service_resumes() {
+    let mut redis = PrivateRedis::start();
+    let mut settings = test_settings(Backend::Standalone, &unique_prefix());
+    settings.redis.url = redis.url();
+    settings.redis.command_timeout_ms = 300;
+    let app = spawn_app_with(settings, Backend::Standalone).await;
+    app.stock("GONE", 5).await;
+    let t = token("patient");
+    assert_eq!(app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None).await.status, StatusCode::CREATED);
+
+    redis.kill();
+    let r = app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.body["request_id"], r.header("x-request-id").unwrap());
+    let text = r.body.to_string().to_lowercase();
+    assert!(!text.contains("redis") && !text.contains("io error"), "internals leaked: {text}");
+    let view = app.view("GONE").await;
+    assert_eq!(view.status, StatusCode::SERVICE_UNAVAILABLE);
+    let ready = app.send(Method::GET, "/readyz", None, &[], None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    redis.resume();
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = app.send(Method::GET, "/readyz", None, &[], None).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the gateway did not reconnect");
+    // The restarted server kept nothing: the admin restocks, shoppers buy.
+    app.stock("GONE", 5).await;
+    let r = app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
 on_both_topologies!(
     the_gateway_survives_script_flush_on_every_node,
     a_gateway_with_another_partition_count_refuses_to_start,
-    an_unreachable_redis_answers_503_with_retry_after,
+    a_gateway_refuses_to_start_without_redis,
 );
