@@ -36,7 +36,9 @@ impl App {
                  anyone can mint tokens. Set FLASHGATE_AUTH__SECRET in production."
             );
         }
-        let redis = Redis::connect(&settings).await.context("starting the redis layer")?;
+        let redis = Redis::connect(&settings)
+            .await
+            .context("starting the redis layer")?;
         let listener = TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("binding {}", settings.http.listen))?;
@@ -59,10 +61,13 @@ impl App {
         // A bound TCP listener always has a local address.
         self.listener
             .local_addr()
-            .unwrap_or_else(|_| self.settings.http.listen)
+            .unwrap_or(self.settings.http.listen)
     }
 
-    pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Self {
             listener,
             state,

@@ -108,7 +108,13 @@ mod tests {
         let shopper = auth.issue(&acct, Role::Shopper, 60);
         let admin = auth.issue(&acct, Role::Admin, 60);
         let caller = auth.verify(Some(&format!("Bearer {shopper}"))).unwrap();
-        assert_eq!(caller, Caller { account: acct.clone(), role: Role::Shopper });
+        assert_eq!(
+            caller,
+            Caller {
+                account: acct.clone(),
+                role: Role::Shopper
+            }
+        );
         let caller = auth.verify(Some(&format!("Bearer {admin}"))).unwrap();
         assert_eq!(caller.role, Role::Admin);
     }
@@ -118,7 +124,10 @@ mod tests {
         let acct = AccountId::parse("a-1").unwrap();
         let token = Auth::new("0123456789abcdef0123").issue(&acct, Role::Shopper, 60);
         let other = Auth::new("another-secret-0123456");
-        assert_eq!(other.verify(Some(&format!("Bearer {token}"))), Err(AuthError::Invalid));
+        assert_eq!(
+            other.verify(Some(&format!("Bearer {token}"))),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(other.verify(None), Err(AuthError::Missing));
         assert_eq!(other.verify(Some("Basic abc")), Err(AuthError::Missing));
     }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "flashgate", version, about = "Redis-first flash-sale contention gateway")]
+#[command(
+    name = "flashgate",
+    version,
+    about = "Redis-first flash-sale contention gateway"
+)]
 pub struct Cli {
     /// A TOML file layered over config/default.toml (env vars win over both).
     #[arg(long, global = true, env = "FLASHGATE_CONFIG")]

@@ -12,8 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{
     extract::{Admin, JsonBody},
     inventory::view_response,
-    parse_rfc3339, rfc3339,
+    parse_rfc3339,
     problem::ApiError,
+    rfc3339,
     state::AppState,
 };
 use crate::{
@@ -55,7 +56,9 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .and_then(|s| s.strip_suffix('"'))
         .and_then(|s| s.parse().ok())
         .map(Some)
-        .ok_or_else(|| ApiError::Validation("If-Match must be a quoted version, e.g. \"12\"".into()))
+        .ok_or_else(|| {
+            ApiError::Validation("If-Match must be a quoted version, e.g. \"12\"".into())
+        })
 }
 
 fn admin_response(reply: AdminReply) -> Result<Response, ApiError> {
@@ -202,13 +205,19 @@ pub struct PolicyView {
     reservation_ttl_seconds: Option<i64>,
 }
 
-fn bounded(name: &str, value: Option<Option<i64>>, max: i64) -> Result<Option<PolicyField>, ApiError> {
+fn bounded(
+    name: &str,
+    value: Option<Option<i64>>,
+    max: i64,
+) -> Result<Option<PolicyField>, ApiError> {
     Ok(match value {
         None => None,
         Some(None) => Some(PolicyField::Clear),
         Some(Some(v)) if (1..=max).contains(&v) => Some(PolicyField::Set(v)),
         Some(Some(_)) => {
-            return Err(ApiError::Validation(format!("{name} must be from 1 to {max}")));
+            return Err(ApiError::Validation(format!(
+                "{name} must be from 1 to {max}"
+            )));
         }
     })
 }

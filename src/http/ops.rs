@@ -24,5 +24,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "redis": redis, "draining": draining })))
+    (
+        status,
+        Json(json!({ "redis": redis, "draining": draining })),
+    )
 }

@@ -144,7 +144,10 @@ mod tests {
             ("l:b:oh", "5"),
             ("l:b:rs", "5"),
         ]);
-        assert_eq!((v.available, v.on_hand, v.reserved, v.version), (35, 55, 18, 7));
+        assert_eq!(
+            (v.available, v.on_hand, v.reserved, v.version),
+            (35, 55, 18, 7)
+        );
         assert_eq!(v.locations[0].available, 35);
         assert_eq!(v.locations[1].status, StockStatus::OutOfStock);
         assert_eq!(v.status, StockStatus::InStock);

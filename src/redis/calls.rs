@@ -205,9 +205,15 @@ impl Redis {
             req.id.as_str().to_owned(),
             req.account.as_str().to_owned(),
             req.qty.get().to_string(),
-            req.location.map_or(String::new(), |l| l.as_str().to_owned()),
+            req.location
+                .map_or(String::new(), |l| l.as_str().to_owned()),
             limits.hold_ttl_ms.to_string(),
-            if req.idempotency_key.is_some() { "1" } else { "0" }.to_owned(),
+            if req.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
             fingerprint,
             limits.idempotency_ttl_ms.to_string(),
             limits.expiry_batch.to_string(),
@@ -392,7 +398,13 @@ mod tests {
             r#"{"outcome":"purchase_limit","limit":2,"already":2}"#,
         )
         .unwrap();
-        assert_eq!(limit, ReserveReply::PurchaseLimit { limit: 2, already: 2 });
+        assert_eq!(
+            limit,
+            ReserveReply::PurchaseLimit {
+                limit: 2,
+                already: 2
+            }
+        );
         assert!(decode::<ReserveReply>(ScriptName::Reserve, r#"{"outcome":"what"}"#).is_err());
     }
 }

@@ -63,10 +63,7 @@ impl Keys {
         account: &AccountId,
         key: &IdempotencyKey,
     ) -> String {
-        self.tagged(
-            p,
-            format_args!("idem:{sku}:{account}:{}", key.as_str()),
-        )
+        self.tagged(p, format_args!("idem:{sku}:{account}:{}", key.as_str()))
     }
 
     /// The record that ties an account's `Idempotency-Key` to one request

@@ -41,7 +41,10 @@ pub enum RedisError {
     },
     /// A script replied with something this gateway does not understand.
     #[error("unexpected reply from {script}: {detail}")]
-    Reply { script: &'static str, detail: String },
+    Reply {
+        script: &'static str,
+        detail: String,
+    },
 }
 
 /// Numbers the typed calls pass to scripts, fixed at start.
@@ -175,9 +178,7 @@ impl Redis {
     ) -> Result<R, RedisError> {
         let script = self.scripts.get(name);
         let keys: MultipleKeys = keys.into();
-        let args: MultipleValues = args
-            .try_into()
-            .map_err(|e| classify(name.stem(), e))?;
+        let args: MultipleValues = args.try_into().map_err(|e| classify(name.stem(), e))?;
         let mut busy_left = self.limits.busy_retries;
         let mut reloaded = false;
         loop {

@@ -16,15 +16,21 @@ fn now() -> u64 {
 }
 
 fn signed(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .unwrap()
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 async fn another_account_gets_404_for_every_reservation_action(backend: Backend) {
     let app = spawn_app(backend).await;
     app.stock("ACCESS-1", 5).await;
     let owner = token("owner");
-    let r = app.reserve(&owner, json!({ "sku": "ACCESS-1", "qty": 1 }), None).await;
+    let r = app
+        .reserve(&owner, json!({ "sku": "ACCESS-1", "qty": 1 }), None)
+        .await;
     let id = r.body["reservation_id"].as_str().unwrap().to_owned();
     let intruder = token("intruder");
     for action in [None, Some("confirm"), Some("release")] {
@@ -33,13 +39,19 @@ async fn another_account_gets_404_for_every_reservation_action(backend: Backend)
         assert_eq!(r.code(), "reservation-not-found");
     }
     // Nothing changed, and the owner and an admin still read it.
-    assert_eq!(app.reservation(&owner, &id, None).await.body["status"], "held");
+    assert_eq!(
+        app.reservation(&owner, &id, None).await.body["status"],
+        "held"
+    );
     let admin = app.reservation(&admin_token(), &id, None).await;
     assert_eq!(admin.status, StatusCode::OK);
     assert_eq!(admin.body["account_id"], "owner");
     // Unknown and malformed ids look the same as someone else's.
     for bogus in ["nope", "1.00000000000000000000000000000000.ACCESS-1"] {
-        assert_eq!(app.reservation(&owner, bogus, None).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            app.reservation(&owner, bogus, None).await.status,
+            StatusCode::NOT_FOUND
+        );
     }
 }
 
@@ -64,13 +76,30 @@ async fn missing_expired_foreign_or_unsigned_tokens_get_401(backend: Backend) {
     let app = spawn_app(backend).await;
     app.stock("ACCESS-3", 5).await;
     let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD.encode(json!({ "sub": "mallory", "exp": now() + 600 }).to_string());
+    let claims =
+        URL_SAFE_NO_PAD.encode(json!({ "sub": "mallory", "exp": now() + 600 }).to_string());
     let unsigned = format!("{header}.{claims}.");
-    let expired = signed(Algorithm::HS256, TEST_SECRET, json!({ "sub": "a", "exp": now() - 120 }));
-    let foreign = signed(Algorithm::HS256, "some-other-secret-xyz", json!({ "sub": "a", "exp": now() + 600 }));
-    let other_alg = signed(Algorithm::HS384, TEST_SECRET, json!({ "sub": "a", "exp": now() + 600 }));
+    let expired = signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({ "sub": "a", "exp": now() - 120 }),
+    );
+    let foreign = signed(
+        Algorithm::HS256,
+        "some-other-secret-xyz",
+        json!({ "sub": "a", "exp": now() + 600 }),
+    );
+    let other_alg = signed(
+        Algorithm::HS384,
+        TEST_SECRET,
+        json!({ "sub": "a", "exp": now() + 600 }),
+    );
     let no_exp = signed(Algorithm::HS256, TEST_SECRET, json!({ "sub": "a" }));
-    let bad_sub = signed(Algorithm::HS256, TEST_SECRET, json!({ "sub": "a{b}", "exp": now() + 600 }));
+    let bad_sub = signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({ "sub": "a{b}", "exp": now() + 600 }),
+    );
     let body = json!({ "sku": "ACCESS-3", "qty": 1 });
     for (what, t) in [
         ("missing", None),
@@ -83,7 +112,13 @@ async fn missing_expired_foreign_or_unsigned_tokens_get_401(backend: Backend) {
         ("garbage", Some("not.a.token".to_owned())),
     ] {
         let r = app
-            .send(Method::POST, "/v1/reservations", t.as_deref(), &[], Some(body.to_string()))
+            .send(
+                Method::POST,
+                "/v1/reservations",
+                t.as_deref(),
+                &[],
+                Some(body.to_string()),
+            )
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
         assert_eq!(r.code(), "unauthorized", "{what}");

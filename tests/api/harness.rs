@@ -107,7 +107,10 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
-        assert!(start.elapsed() < SERVER_START_TIMEOUT, "{what} did not become ready");
+        assert!(
+            start.elapsed() < SERVER_START_TIMEOUT,
+            "{what} did not become ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -121,15 +124,24 @@ fn start_redis(dir: &Path, port: u16, cluster: bool) -> u32 {
         .arg(dir)
         .args(["--logfile", "redis.log"]);
     if cluster {
-        cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "2000"]);
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        .args(["--cluster-node-timeout", "2000"]);
     }
+    // The reaper, not this process, ends the server (see the module docs).
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start redis-server");
-    wait_until("redis-server", || redis_cli(port, &["ping"]).trim() == "PONG");
+    wait_until("redis-server", || {
+        redis_cli(port, &["ping"]).trim() == "PONG"
+    });
     child.id()
 }
 
@@ -143,6 +155,8 @@ fn spawn_reaper(pids: &[u32], dir: &Path) {
         pids = pids.join(" "),
         dir = dir.display(),
     );
+    // Outlives this process on purpose: it is what cleans up after it.
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(["sh", "-c", &script])
         .stdin(Stdio::null())
@@ -161,7 +175,11 @@ fn start_servers() -> Servers {
 
     let standalone_port = free_port(&taken);
     taken.push(standalone_port);
-    pids.push(start_redis(&root.join("standalone"), standalone_port, false));
+    pids.push(start_redis(
+        &root.join("standalone"),
+        standalone_port,
+        false,
+    ));
 
     let mut cluster_ports = Vec::new();
     for i in 0..3 {
@@ -172,7 +190,10 @@ fn start_servers() -> Servers {
     }
     spawn_reaper(&pids, &root);
 
-    let nodes: Vec<String> = cluster_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let nodes: Vec<String> = cluster_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
     let status = Command::new("redis-cli")
         .args(["--cluster", "create"])
         .args(&nodes)
@@ -208,7 +229,11 @@ impl PrivateRedis {
             "flashgate-test-{}-private-{port}",
             std::process::id()
         ));
-        let mut redis = Self { port, dir, pid: None };
+        let mut redis = Self {
+            port,
+            dir,
+            pid: None,
+        };
         redis.resume();
         redis
     }
@@ -296,10 +321,10 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(test_settings(backend, &unique_prefix()), backend).await
+    spawn_app_with(test_settings(backend, &unique_prefix())).await
 }
 
-pub async fn spawn_app_with(settings: Settings, backend: Backend) -> TestApp {
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let prefix = settings.redis.key_prefix.clone();
     let app = App::build(settings).await.expect("the gateway builds");
     let addr = app.local_addr();
@@ -372,9 +397,7 @@ impl TestApp {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b);
+            req = req.header("content-type", "application/json").body(b);
         }
         let resp = req.send().await.expect("the gateway answers");
         let status = resp.status();
@@ -392,38 +415,70 @@ impl TestApp {
         let headers: Vec<(&str, &str)> = idempotency_key
             .map(|k| vec![("idempotency-key", k)])
             .unwrap_or_default();
-        self.send(Method::POST, "/v1/reservations", Some(token), &headers, Some(body.to_string()))
-            .await
+        self.send(
+            Method::POST,
+            "/v1/reservations",
+            Some(token),
+            &headers,
+            Some(body.to_string()),
+        )
+        .await
     }
 
     pub async fn set_stock(&self, sku: &str, location: &str, body: Value) -> Reply {
         let path = format!("/v1/admin/inventory/{sku}/locations/{location}");
-        self.send(Method::PUT, &path, Some(&admin_token()), &[], Some(body.to_string()))
-            .await
+        self.send(
+            Method::PUT,
+            &path,
+            Some(&admin_token()),
+            &[],
+            Some(body.to_string()),
+        )
+        .await
     }
 
     /// Creates `sku` with `on_hand` units at `default`, asserting success.
     pub async fn stock(&self, sku: &str, on_hand: i64) {
-        let r = self.set_stock(sku, "default", json!({ "on_hand": on_hand })).await;
+        let r = self
+            .set_stock(sku, "default", json!({ "on_hand": on_hand }))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     }
 
     pub async fn policy(&self, sku: &str, body: Value) -> Reply {
         let path = format!("/v1/admin/inventory/{sku}");
-        self.send(Method::PUT, &path, Some(&admin_token()), &[], Some(body.to_string()))
-            .await
+        self.send(
+            Method::PUT,
+            &path,
+            Some(&admin_token()),
+            &[],
+            Some(body.to_string()),
+        )
+        .await
     }
 
     pub async fn view(&self, sku: &str) -> Reply {
-        self.send(Method::GET, &format!("/v1/inventory/{sku}"), None, &[], None)
-            .await
+        self.send(
+            Method::GET,
+            &format!("/v1/inventory/{sku}"),
+            None,
+            &[],
+            None,
+        )
+        .await
     }
 
     pub async fn reservation(&self, token: &str, id: &str, action: Option<&str>) -> Reply {
         match action {
             None => {
-                self.send(Method::GET, &format!("/v1/reservations/{id}"), Some(token), &[], None)
-                    .await
+                self.send(
+                    Method::GET,
+                    &format!("/v1/reservations/{id}"),
+                    Some(token),
+                    &[],
+                    None,
+                )
+                .await
             }
             Some(a) => {
                 let path = format!("/v1/reservations/{id}/{a}");

@@ -17,7 +17,10 @@ async fn fifty_concurrent_retries_with_one_key_make_one_hold(backend: Backend) {
         .buffer_unordered(50)
         .collect()
         .await;
-    assert!(replies.iter().all(|r| r.status == StatusCode::CREATED), "{replies:?}");
+    assert!(
+        replies.iter().all(|r| r.status == StatusCode::CREATED),
+        "{replies:?}"
+    );
     let first = &replies[0].body["reservation_id"];
     assert!(replies.iter().all(|r| &r.body["reservation_id"] == first));
     let replayed = replies
@@ -40,7 +43,9 @@ async fn a_key_reused_with_another_body_is_refused(backend: Backend) {
     app.stock("IDEM-2", 10).await;
     app.stock("IDEM-3", 10).await;
     let t = token("sloppy-client");
-    let first = app.reserve(&t, json!({ "sku": "IDEM-2", "qty": 1 }), Some("k-1")).await;
+    let first = app
+        .reserve(&t, json!({ "sku": "IDEM-2", "qty": 1 }), Some("k-1"))
+        .await;
     assert_eq!(first.status, StatusCode::CREATED);
     for other in [
         json!({ "sku": "IDEM-2", "qty": 2 }),
@@ -55,7 +60,11 @@ async fn a_key_reused_with_another_body_is_refused(backend: Backend) {
     assert_eq!(app.view("IDEM-3").await.body["reserved"], 0);
     // Keys are scoped by account: another shopper may use the same one.
     let other = app
-        .reserve(&token("someone-else"), json!({ "sku": "IDEM-3", "qty": 1 }), Some("k-1"))
+        .reserve(
+            &token("someone-else"),
+            json!({ "sku": "IDEM-3", "qty": 1 }),
+            Some("k-1"),
+        )
         .await;
     assert_eq!(other.status, StatusCode::CREATED);
 }

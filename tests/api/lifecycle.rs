@@ -9,7 +9,9 @@ use crate::harness::{Backend, TestApp, spawn_app, token};
 use crate::on_both_topologies;
 
 async fn hold(app: &TestApp, t: &str, sku: &str, qty: i64) -> String {
-    let r = app.reserve(t, json!({ "sku": sku, "qty": qty }), None).await;
+    let r = app
+        .reserve(t, json!({ "sku": sku, "qty": qty }), None)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     r.body["reservation_id"].as_str().unwrap().to_owned()
 }
@@ -27,9 +29,15 @@ async fn confirming_sells_the_units_and_is_idempotent(backend: Backend) {
     assert_eq!(confirmed.status, StatusCode::OK);
     assert_eq!(confirmed.body["status"], "confirmed");
     let again = app.reservation(&t, &id, Some("confirm")).await;
-    assert_eq!((again.status, again.body.clone()), (StatusCode::OK, confirmed.body));
+    assert_eq!(
+        (again.status, again.body.clone()),
+        (StatusCode::OK, confirmed.body)
+    );
     let view = app.view("LIFE-1").await.body;
-    assert_eq!((view["on_hand"].clone(), view["reserved"].clone()), (json!(7), json!(0)));
+    assert_eq!(
+        (view["on_hand"].clone(), view["reserved"].clone()),
+        (json!(7), json!(0))
+    );
     assert_eq!(view["available"], 7);
 
     let release = app.reservation(&t, &id, Some("release")).await;
@@ -46,9 +54,15 @@ async fn releasing_gives_units_back_and_is_idempotent(backend: Backend) {
     let released = app.reservation(&t, &id, Some("release")).await;
     assert_eq!(released.status, StatusCode::OK);
     assert_eq!(released.body["status"], "released");
-    assert_eq!(app.reservation(&t, &id, Some("release")).await.status, StatusCode::OK);
+    assert_eq!(
+        app.reservation(&t, &id, Some("release")).await.status,
+        StatusCode::OK
+    );
     let view = app.view("LIFE-2").await.body;
-    assert_eq!((view["available"].clone(), view["reserved"].clone()), (json!(2), json!(0)));
+    assert_eq!(
+        (view["available"].clone(), view["reserved"].clone()),
+        (json!(2), json!(0))
+    );
     let confirm = app.reservation(&t, &id, Some("confirm")).await;
     assert_eq!(confirm.status, StatusCode::CONFLICT);
     assert_eq!(confirm.code(), "reservation-released");
@@ -57,16 +71,32 @@ async fn releasing_gives_units_back_and_is_idempotent(backend: Backend) {
 async fn an_overdue_hold_never_blocks_and_reads_as_expired(backend: Backend) {
     let app = spawn_app(backend).await;
     app.stock("LIFE-3", 1).await;
-    app.policy("LIFE-3", json!({ "reservation_ttl_seconds": 1 })).await;
+    app.policy("LIFE-3", json!({ "reservation_ttl_seconds": 1 }))
+        .await;
     let slow = token("slow-buyer");
     let id = hold(&app, &slow, "LIFE-3", 1).await;
-    let refused = app.reserve(&token("fast-buyer"), json!({ "sku": "LIFE-3", "qty": 1 }), None).await;
+    let refused = app
+        .reserve(
+            &token("fast-buyer"),
+            json!({ "sku": "LIFE-3", "qty": 1 }),
+            None,
+        )
+        .await;
     assert_eq!(refused.code(), "insufficient-stock");
 
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert_eq!(app.reservation(&slow, &id, None).await.body["status"], "expired");
+    assert_eq!(
+        app.reservation(&slow, &id, None).await.body["status"],
+        "expired"
+    );
     // Whether or not the sweeper got there first, the unit is free again.
-    let fast = app.reserve(&token("fast-buyer"), json!({ "sku": "LIFE-3", "qty": 1 }), None).await;
+    let fast = app
+        .reserve(
+            &token("fast-buyer"),
+            json!({ "sku": "LIFE-3", "qty": 1 }),
+            None,
+        )
+        .await;
     assert_eq!(fast.status, StatusCode::CREATED, "{:?}", fast.body);
     for action in ["confirm", "release"] {
         let r = app.reservation(&slow, &id, Some(action)).await;
@@ -79,7 +109,8 @@ async fn an_overdue_hold_never_blocks_and_reads_as_expired(backend: Backend) {
 async fn the_sweeper_returns_units_of_idle_skus(backend: Backend) {
     let app = spawn_app(backend).await;
     app.stock("LIFE-4", 5).await;
-    app.policy("LIFE-4", json!({ "reservation_ttl_seconds": 1 })).await;
+    app.policy("LIFE-4", json!({ "reservation_ttl_seconds": 1 }))
+        .await;
     let t = token("idle-buyer");
     for _ in 0..3 {
         hold(&app, &t, "LIFE-4", 1).await;

@@ -2,6 +2,8 @@
 //! three-master cluster) that the harness starts itself. Every scenario runs
 //! on both topologies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod access;

@@ -5,31 +5,47 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::harness::{Backend, PrivateRedis, on_every_node, spawn_app, spawn_app_with, test_settings, token, unique_prefix};
+use crate::harness::{
+    Backend, PrivateRedis, on_every_node, spawn_app, spawn_app_with, test_settings, token,
+    unique_prefix,
+};
 use crate::on_both_topologies;
 
 async fn the_gateway_survives_script_flush_on_every_node(backend: Backend) {
     let app = spawn_app(backend).await;
     app.stock("FLUSH", 10).await;
     let t = token("flushed");
-    assert_eq!(app.reserve(&t, json!({ "sku": "FLUSH", "qty": 1 }), None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.reserve(&t, json!({ "sku": "FLUSH", "qty": 1 }), None)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
     for out in on_every_node(backend, &["script", "flush"]) {
         assert_eq!(out.trim(), "OK");
     }
-    let r = app.reserve(&t, json!({ "sku": "FLUSH", "qty": 1 }), None).await;
+    let r = app
+        .reserve(&t, json!({ "sku": "FLUSH", "qty": 1 }), None)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let id = r.body["reservation_id"].as_str().unwrap();
     on_every_node(backend, &["script", "flush"]);
-    assert_eq!(app.reservation(&t, id, Some("confirm")).await.status, StatusCode::OK);
+    assert_eq!(
+        app.reservation(&t, id, Some("confirm")).await.status,
+        StatusCode::OK
+    );
     assert_eq!(app.view("FLUSH").await.body["on_hand"], 9);
 }
 
 async fn a_gateway_with_another_partition_count_refuses_to_start(backend: Backend) {
     let prefix = unique_prefix();
-    let _first = spawn_app_with(test_settings(backend, &prefix), backend).await;
+    let _first = spawn_app_with(test_settings(backend, &prefix)).await;
     let mut other = test_settings(backend, &prefix);
     other.redis.partitions = 128;
-    let err = flashgate::app::App::build(other).await.err().expect("start refused");
+    let err = flashgate::app::App::build(other)
+        .await
+        .err()
+        .expect("start refused");
     assert!(format!("{err:#}").contains("partitions"), "{err:#}");
 }
 
@@ -38,7 +54,10 @@ async fn a_gateway_refuses_to_start_without_redis(backend: Backend) {
     // Nothing listens on port 1: the start fails fast and says why.
     settings.redis.url = "redis://127.0.0.1:1".into();
     settings.redis.connect_timeout_ms = 500;
-    let err = flashgate::app::App::build(settings).await.err().expect("start refused");
+    let err = flashgate::app::App::build(settings)
+        .await
+        .err()
+        .expect("start refused");
     assert!(format!("{err:#}").contains("redis"), "{err:#}");
 }
 
@@ -50,19 +69,29 @@ async fn redis_going_away_gives_503_then_service_resumes() {
     let mut settings = test_settings(Backend::Standalone, &unique_prefix());
     settings.redis.url = redis.url();
     settings.redis.command_timeout_ms = 300;
-    let app = spawn_app_with(settings, Backend::Standalone).await;
+    let app = spawn_app_with(settings).await;
     app.stock("GONE", 5).await;
     let t = token("patient");
-    assert_eq!(app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
 
     redis.kill();
-    let r = app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None).await;
+    let r = app
+        .reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None)
+        .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     assert_eq!(r.code(), "unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.body["request_id"], r.header("x-request-id").unwrap());
     let text = r.body.to_string().to_lowercase();
-    assert!(!text.contains("redis") && !text.contains("io error"), "internals leaked: {text}");
+    assert!(
+        !text.contains("redis") && !text.contains("io error"),
+        "internals leaked: {text}"
+    );
     let view = app.view("GONE").await;
     assert_eq!(view.status, StatusCode::SERVICE_UNAVAILABLE);
     let ready = app.send(Method::GET, "/readyz", None, &[], None).await;
@@ -71,7 +100,10 @@ async fn redis_going_away_gives_503_then_service_resumes() {
     redis.resume();
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..100 {
-        status = app.send(Method::GET, "/readyz", None, &[], None).await.status;
+        status = app
+            .send(Method::GET, "/readyz", None, &[], None)
+            .await
+            .status;
         if status == StatusCode::OK {
             break;
         }
@@ -80,7 +112,9 @@ async fn redis_going_away_gives_503_then_service_resumes() {
     assert_eq!(status, StatusCode::OK, "the gateway did not reconnect");
     // The restarted server kept nothing: the admin restocks, shoppers buy.
     app.stock("GONE", 5).await;
-    let r = app.reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None).await;
+    let r = app
+        .reserve(&t, json!({ "sku": "GONE", "qty": 1 }), None)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 

@@ -6,6 +6,17 @@ use serde_json::json;
 use crate::harness::{Backend, admin_token, keys_under, spawn_app, token};
 use crate::on_both_topologies;
 
+/// What to send (name, method, path, token, headers, body) and the status expected.
+type Case<'a> = (
+    &'a str,
+    Method,
+    String,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    Option<String>,
+    u16,
+);
+
 async fn invalid_requests_get_4xx_problems_and_leave_redis_untouched(backend: Backend) {
     let app = spawn_app(backend).await;
     let before = keys_under(backend, &app.prefix);
@@ -13,7 +24,7 @@ async fn invalid_requests_get_4xx_problems_and_leave_redis_untouched(backend: Ba
     let admin = admin_token();
     let huge = format!(r#"{{"sku":"A","qty":1,"pad":"{}"}}"#, "x".repeat(20_000));
     let long_key = "k".repeat(129);
-    let cases: Vec<(&str, Method, String, Option<&str>, Vec<(&str, &str)>, Option<String>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("brace in sku", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(json!({"sku":"A{p1}","qty":1}).to_string()), 422),
         ("closing brace", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(json!({"sku":"A}","qty":1}).to_string()), 422),
         ("empty sku", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(json!({"sku":"","qty":1}).to_string()), 422),
@@ -57,13 +68,23 @@ async fn invalid_requests_get_4xx_problems_and_leave_redis_untouched(backend: Ba
         assert_eq!(r.body["status"], status, "{what}");
         assert!(r.header("x-request-id").is_some(), "{what}");
     }
-    assert_eq!(keys_under(backend, &app.prefix), before, "an invalid request reached Redis");
+    assert_eq!(
+        keys_under(backend, &app.prefix),
+        before,
+        "an invalid request reached Redis"
+    );
 }
 
 async fn problems_carry_the_request_id_the_client_sent(backend: Backend) {
     let app = spawn_app(backend).await;
     let r = app
-        .send(Method::GET, "/v1/inventory/NOPE", None, &[("x-request-id", "trace-123")], None)
+        .send(
+            Method::GET,
+            "/v1/inventory/NOPE",
+            None,
+            &[("x-request-id", "trace-123")],
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(
@@ -78,10 +99,19 @@ async fn problems_carry_the_request_id_the_client_sent(backend: Backend) {
     );
     assert_eq!(r.header("x-request-id"), Some("trace-123"));
     let generated = app
-        .send(Method::GET, "/v1/inventory/NOPE", None, &[("x-request-id", "bad id{}")], None)
+        .send(
+            Method::GET,
+            "/v1/inventory/NOPE",
+            None,
+            &[("x-request-id", "bad id{}")],
+            None,
+        )
         .await;
     assert_ne!(generated.header("x-request-id"), Some("bad id{}"));
-    assert_eq!(generated.body["request_id"], generated.header("x-request-id").unwrap());
+    assert_eq!(
+        generated.body["request_id"],
+        generated.header("x-request-id").unwrap()
+    );
 }
 
 on_both_topologies!(
