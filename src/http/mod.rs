@@ -46,6 +46,8 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit_bytes))
+        // A span per request (debug level: silent unless asked for).
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             middleware::edge,

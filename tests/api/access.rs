@@ -122,6 +122,7 @@ async fn missing_expired_foreign_or_unsigned_tokens_get_401(backend: Backend) {
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
         assert_eq!(r.code(), "unauthorized", "{what}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
     }
     assert_eq!(app.view("ACCESS-3").await.body["reserved"], 0);
 }

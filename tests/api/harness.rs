@@ -425,16 +425,26 @@ impl TestApp {
         .await
     }
 
-    pub async fn set_stock(&self, sku: &str, location: &str, body: Value) -> Reply {
-        let path = format!("/v1/admin/inventory/{sku}/locations/{location}");
+    /// An admin request with a JSON body.
+    pub async fn admin(&self, method: Method, path: &str, body: Value) -> Reply {
         self.send(
-            Method::PUT,
-            &path,
+            method,
+            path,
             Some(&admin_token()),
             &[],
             Some(body.to_string()),
         )
         .await
+    }
+
+    pub async fn set_stock(&self, sku: &str, location: &str, body: Value) -> Reply {
+        let path = format!("/v1/admin/inventory/{sku}/locations/{location}");
+        self.admin(Method::PUT, &path, body).await
+    }
+
+    pub async fn adjust(&self, sku: &str, location: &str, body: Value) -> Reply {
+        let path = format!("/v1/admin/inventory/{sku}/locations/{location}/adjustments");
+        self.admin(Method::POST, &path, body).await
     }
 
     /// Creates `sku` with `on_hand` units at `default`, asserting success.
@@ -446,15 +456,8 @@ impl TestApp {
     }
 
     pub async fn policy(&self, sku: &str, body: Value) -> Reply {
-        let path = format!("/v1/admin/inventory/{sku}");
-        self.send(
-            Method::PUT,
-            &path,
-            Some(&admin_token()),
-            &[],
-            Some(body.to_string()),
-        )
-        .await
+        self.admin(Method::PUT, &format!("/v1/admin/inventory/{sku}"), body)
+            .await
     }
 
     pub async fn view(&self, sku: &str) -> Reply {

@@ -145,15 +145,8 @@ async fn backorders_are_held_up_to_the_limit(backend: Backend) {
         (json!(-1), json!(1))
     );
     // A receipt pays the debt first.
-    let adj = app
-        .send(
-            Method::POST,
-            "/v1/admin/inventory/BACK/locations/default/adjustments",
-            Some(&admin_token()),
-            &[],
-            Some(json!({ "delta": 4, "reason": "receipt", "reference": "po-1" }).to_string()),
-        )
-        .await;
+    let receipt = json!({ "delta": 4, "reason": "receipt", "reference": "po-1" });
+    let adj = app.adjust("BACK", "default", receipt).await;
     assert_eq!(adj.status, StatusCode::OK);
     assert_eq!(
         (adj.body["on_hand"].clone(), adj.body["available"].clone()),
@@ -213,30 +206,13 @@ async fn adjustments_never_leave_fewer_units_than_held(backend: Backend) {
     app.stock("ADJ", 5).await;
     let (s, _) = reserve(&app, "a", json!({ "sku": "ADJ", "qty": 4 })).await;
     assert_eq!(s, StatusCode::CREATED);
-    let path = "/v1/admin/inventory/ADJ/locations/default/adjustments";
-    let shrink = |delta: i64| json!({ "delta": delta, "reason": "shrinkage" }).to_string();
-    let r = app
-        .send(
-            Method::POST,
-            path,
-            Some(&admin_token()),
-            &[],
-            Some(shrink(-2)),
-        )
-        .await;
+    let shrink = |delta: i64| json!({ "delta": delta, "reason": "shrinkage" });
+    let r = app.adjust("ADJ", "default", shrink(-2)).await;
     assert_eq!(
         (r.status, r.code()),
         (StatusCode::CONFLICT, "insufficient-stock")
     );
-    let r = app
-        .send(
-            Method::POST,
-            path,
-            Some(&admin_token()),
-            &[],
-            Some(shrink(-1)),
-        )
-        .await;
+    let r = app.adjust("ADJ", "default", shrink(-1)).await;
     assert_eq!(
         (r.status, r.body["on_hand"].clone()),
         (StatusCode::OK, json!(4))
@@ -248,15 +224,7 @@ async fn adjustments_never_leave_fewer_units_than_held(backend: Backend) {
         (r.status, r.code()),
         (StatusCode::CONFLICT, "insufficient-stock")
     );
-    let r = app
-        .send(
-            Method::POST,
-            "/v1/admin/inventory/ADJ/locations/nowhere/adjustments",
-            Some(&admin_token()),
-            &[],
-            Some(shrink(1)),
-        )
-        .await;
+    let r = app.adjust("ADJ", "nowhere", shrink(1)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
