@@ -20,10 +20,7 @@ if not s then return cjson.encode({outcome = 'unknown_sku'}) end
 local loc = ARGV[1]
 local l = s.locs[loc]
 if not l then return cjson.encode({outcome = 'unknown_location'}) end
-local function reply(r)
-  finish(ctx, s)
-  return store_op(KEYS[6], ARGV[8], cjson.encode(r))
-end
+local function reply(r) return op_reply(ctx, s, KEYS[6], ARGV[8], r) end
 
 expire_overdue(ctx, s, tonumber(ARGV[5]))
 local delta = tonumber(ARGV[2])

@@ -28,10 +28,16 @@ local function new_sku(key)
   return {key = key, ver = 0, locs = {}, names = {}, policy = {}}
 end
 
-local function add_loc(s, loc)
+-- Registers a location with zero counts; the caller sorts `names`.
+local function new_loc(s, loc)
   local l = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0}
   s.locs[loc] = l
   s.names[#s.names + 1] = loc
+  return l
+end
+
+local function add_loc(s, loc)
+  local l = new_loc(s, loc)
   table.sort(s.names)
   return l
 end
@@ -45,12 +51,7 @@ local function load_sku(key)
     local field, value = flat[i], tonumber(flat[i + 1])
     local loc, attr = string.match(field, '^l:(.+):(%l%l)$')
     if loc then
-      local l = s.locs[loc]
-      if not l then
-        l = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0}
-        s.locs[loc] = l
-        s.names[#s.names + 1] = loc
-      end
+      local l = s.locs[loc] or new_loc(s, loc)
       l[attr] = value
     elseif field == 'ver' then
       s.ver = value
@@ -179,7 +180,11 @@ local function replay_op(key)
   return redis.call('GET', key)
 end
 
-local function store_op(key, ttl_ms, encoded)
+-- Ends an admin mutation: finishes the script and keeps its reply under the
+-- operation id for a re-sent command.
+local function op_reply(ctx, s, key, ttl_ms, reply)
+  finish(ctx, s)
+  local encoded = cjson.encode(reply)
   redis.call('SET', key, encoded, 'PX', ttl_ms)
   return encoded
 end

@@ -107,7 +107,11 @@ local ttl_ms = s.policy.ttl and s.policy.ttl * 1000 or tonumber(ARGV[5])
 local exp = ctx.now + ttl_ms
 redis.call('ZADD', ctx.holds, exp, hold_member(rid, loc, qty, bo, account))
 account_add(ctx, account, qty)
-ctx.holds_changed = true
+if not ctx.holds_changed then
+  -- Nothing expired in this call: the SKU's earliest deadline is the older
+  -- one or this hold's, which ZADD LT keeps without reading the holds set.
+  redis.call('ZADD', ctx.due, 'LT', exp, ctx.sku)
+end
 local sid = commit(ctx, s, 'reserved', loc, {'rid', rid, 'acct', account, 'qty', qty, 'bo', bo})
 redis.call('HSET', KEYS[4], 'rid', rid, 'sku', ctx.sku, 'loc', loc, 'acct', account, 'qty', qty,
   'state', 'held', 'exp', exp, 'bo', bo, 'created', ctx.now, 'sid', sid)

@@ -17,13 +17,8 @@ local done = replay_op(KEYS[6])
 if done then return done end
 local ctx = {sku = ARGV[11], holds = KEYS[2], accounts = KEYS[3], due = KEYS[4],
   events = KEYS[5], channel = ARGV[9], maxlen = ARGV[8], now = now_ms()}
-local function reply(r)
-  finish(ctx, ctx.s)
-  return store_op(KEYS[6], ARGV[10], cjson.encode(r))
-end
-
 local s = load_sku(KEYS[1]) or new_sku(KEYS[1])
-ctx.s = s
+local function reply(r) return op_reply(ctx, s, KEYS[6], ARGV[10], r) end
 expire_overdue(ctx, s, tonumber(ARGV[7]))
 if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= s.ver then
   return reply({outcome = 'version_mismatch', version = s.ver})

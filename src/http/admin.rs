@@ -18,7 +18,7 @@ use super::{
     state::AppState,
 };
 use crate::{
-    inventory::{Location, Sku},
+    inventory::{Location, Sku, view::InventoryView},
     redis::calls::{AdminReply, Policy, PolicyField, PolicyUpdate, StockCounts},
 };
 
@@ -61,9 +61,11 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         })
 }
 
-fn admin_response(reply: AdminReply) -> Result<Response, ApiError> {
+fn admin_response(sku: &Sku, reply: AdminReply) -> Result<Response, ApiError> {
     match reply {
-        AdminReply::Ok(view) => Ok(view_response(view)),
+        AdminReply::Ok { sku: hash } => InventoryView::from_hash(sku.as_str(), &hash.0)
+            .map(view_response)
+            .ok_or_else(|| ApiError::Internal("empty SKU hash after a write".into())),
         AdminReply::VersionMismatch { version } => Err(ApiError::PreconditionFailed { version }),
         AdminReply::InsufficientStock { available, .. } => {
             Err(ApiError::InsufficientStock { available })
@@ -109,7 +111,7 @@ pub async fn set_stock(
         .redis
         .set_stock(&sku, &location, counts, expected, &operation_id())
         .await?;
-    admin_response(reply)
+    admin_response(&sku, reply)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -173,7 +175,7 @@ pub async fn adjust(
             &operation_id(),
         )
         .await?;
-    admin_response(reply)
+    admin_response(&sku, reply)
 }
 
 /// Absent stays `None`; `null` becomes `Some(None)`.

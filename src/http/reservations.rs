@@ -158,9 +158,6 @@ fn reservation_response(reply: ReservationReply) -> Result<Json<ReservationView>
         ReservationReply::ReservationExpired => Err(ApiError::ReservationExpired),
         ReservationReply::ReservationReleased => Err(ApiError::ReservationReleased),
         ReservationReply::ReservationConfirmed => Err(ApiError::ReservationConfirmed),
-        ReservationReply::ReservationHeld => Err(ApiError::Internal(
-            "a live hold refused its own transition".into(),
-        )),
     }
 }
 

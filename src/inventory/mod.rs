@@ -58,13 +58,6 @@ string_id!(Sku, "sku", 64, b"", "[A-Za-z0-9._-]");
 string_id!(Location, "location", 32, b"", "[A-Za-z0-9._-]");
 string_id!(AccountId, "account id", 64, b":@", "[A-Za-z0-9._:@-]");
 
-impl Location {
-    /// The location a request means when it names none for stock admin.
-    pub fn default_location() -> Self {
-        Self("default".into())
-    }
-}
-
 /// Units in one request: from 1 to `reservation.max_qty_per_request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Qty(u32);

@@ -69,7 +69,6 @@ pub enum ReservationReply {
     Ok(Reservation),
     NotFound,
     /// The transition is forbidden by the reservation's current status.
-    ReservationHeld,
     ReservationConfirmed,
     ReservationReleased,
     ReservationExpired,
@@ -82,19 +81,23 @@ pub enum Settlement {
     Release,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-enum RawAdminReply {
-    Ok { sku: Vec<String> },
-    VersionMismatch { version: u64 },
-    InsufficientStock { available: i64, reserved: i64 },
-    UnknownSku,
-    UnknownLocation,
+/// A SKU hash as field/value pairs, as a script returns it (a flat array).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkuHash(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for SkuHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut flat = Vec::<String>::deserialize(d)?.into_iter();
+        Ok(Self(
+            std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect(),
+        ))
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum AdminReply {
-    Ok(InventoryView),
+    Ok { sku: SkuHash },
     VersionMismatch { version: u64 },
     InsufficientStock { available: i64, reserved: i64 },
     UnknownSku,
@@ -166,11 +169,6 @@ fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, Redi
         script: script.stem(),
         detail: format!("{e}: {json}"),
     })
-}
-
-fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
-    let mut it = flat.into_iter();
-    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
 }
 
 impl Redis {
@@ -299,7 +297,7 @@ impl Redis {
         ];
         let keys = self.keys().admin_keys(sku, op_id);
         let json: String = self.eval(ScriptName::SetStock, keys, args).await?;
-        admin_reply(ScriptName::SetStock, sku, &json)
+        decode(ScriptName::SetStock, &json)
     }
 
     pub async fn adjust(
@@ -326,7 +324,7 @@ impl Redis {
         ];
         let keys = self.keys().admin_keys(sku, op_id);
         let json: String = self.eval(ScriptName::Adjust, keys, args).await?;
-        admin_reply(ScriptName::Adjust, sku, &json)
+        decode(ScriptName::Adjust, &json)
     }
 
     pub async fn set_policy(&self, sku: &Sku, update: &PolicyUpdate) -> Result<Policy, RedisError> {
@@ -356,30 +354,6 @@ impl Redis {
     }
 }
 
-fn admin_reply(script: ScriptName, sku: &Sku, json: &str) -> Result<AdminReply, RedisError> {
-    Ok(match decode::<RawAdminReply>(script, json)? {
-        RawAdminReply::Ok { sku: flat } => {
-            let view = InventoryView::from_hash(sku.as_str(), &pairs(flat)).ok_or_else(|| {
-                RedisError::Reply {
-                    script: script.stem(),
-                    detail: "empty SKU hash after a write".into(),
-                }
-            })?;
-            AdminReply::Ok(view)
-        }
-        RawAdminReply::VersionMismatch { version } => AdminReply::VersionMismatch { version },
-        RawAdminReply::InsufficientStock {
-            available,
-            reserved,
-        } => AdminReply::InsufficientStock {
-            available,
-            reserved,
-        },
-        RawAdminReply::UnknownSku => AdminReply::UnknownSku,
-        RawAdminReply::UnknownLocation => AdminReply::UnknownLocation,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +380,20 @@ mod tests {
             }
         );
         assert!(decode::<ReserveReply>(ScriptName::Reserve, r#"{"outcome":"what"}"#).is_err());
+        let admin: AdminReply = decode(
+            ScriptName::SetStock,
+            r#"{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}"#,
+        )
+        .unwrap();
+        let pairs = vec![
+            ("ver".into(), "3".into()),
+            ("l:default:oh".into(), "5".into()),
+        ];
+        assert_eq!(
+            admin,
+            AdminReply::Ok {
+                sku: SkuHash(pairs)
+            }
+        );
     }
 }
