@@ -7,7 +7,8 @@
 -- ARGV: 1 location, 2 delta (non-zero integer), 3 reason, 4 reference ('' = none),
 --       5 lazy expiry batch, 6 stream max length, 7 stock channel,
 --       8 operation record TTL (ms), 9 sku
--- Returns JSON: {outcome='ok', sku=<SKU hash as a flat array>}
+-- Returns JSON {reply, events} (`encode` in the prelude), where reply is
+--   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | unknown_sku | unknown_location | insufficient_stock {available, reserved}
 -- Error replies: none on valid input.
 
@@ -16,10 +17,10 @@ if done then return done end
 local ctx = {sku = ARGV[9], holds = KEYS[2], accounts = KEYS[3], due = KEYS[4],
   events = KEYS[5], channel = ARGV[7], maxlen = ARGV[6], now = now_ms()}
 local s = load_sku(KEYS[1])
-if not s then return cjson.encode({outcome = 'unknown_sku'}) end
+if not s then return encode(ctx, {outcome = 'unknown_sku'}) end
 local loc = ARGV[1]
 local l = s.locs[loc]
-if not l then return cjson.encode({outcome = 'unknown_location'}) end
+if not l then return encode(ctx, {outcome = 'unknown_location'}) end
 local function reply(r) return op_reply(ctx, s, KEYS[6], ARGV[8], r) end
 
 expire_overdue(ctx, s, tonumber(ARGV[5]))

@@ -4,7 +4,7 @@
 -- KEYS: 1 SKU hash, 2 SKU holds, 3 SKU accounts, 4 partition due index,
 --       5 partition event stream
 -- ARGV: 1 batch (integer >= 1), 2 stream max length, 3 stock channel, 4 sku
--- Returns: integer, the number of holds expired.
+-- Returns JSON {reply = {expired = <n>}, events} (`encode` in the prelude).
 -- Error replies: none.
 
 local ctx = {sku = ARGV[4], holds = KEYS[2], accounts = KEYS[3], due = KEYS[4],
@@ -13,4 +13,4 @@ local s = load_sku(KEYS[1]) or new_sku(KEYS[1])
 local n = expire_overdue(ctx, s, tonumber(ARGV[1]))
 ctx.holds_changed = true
 finish(ctx, s)
-return n
+return encode(ctx, {expired = n})

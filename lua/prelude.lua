@@ -87,18 +87,34 @@ local function save_loc(s, loc)
 end
 
 -- Bumps the version, writes the location, and appends one event to the
--- partition stream (the journal's outbox). Returns the stream entry id.
+-- partition stream (the journal's outbox). Every event carries the location's
+-- counts after the change, so any single event can set `stock_levels`. The
+-- event is also kept in `ctx.out`, which `encode` adds to the script's reply
+-- for the gateway's journal queue. Returns the stream entry id.
+--
+-- Stream entry fields: kind sku loc ver oh rs ss lt bl ts, then for a
+-- reservation's events rid acct qty bo exp [created], for stock_set and
+-- adjusted delta [reason ref].
 local function commit(ctx, s, kind, loc, fields)
   s.ver = s.ver + 1
   save_loc(s, loc)
   local l = s.locs[loc]
-  local args = {'XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*',
-    'kind', kind, 'sku', ctx.sku, 'loc', loc, 'ver', s.ver,
-    'oh', l.oh, 'rs', l.rs, 'ts', ctx.now}
-  for i = 1, #fields do args[#args + 1] = fields[i] end
-  ctx.last_id = redis.call(unpack(args))
+  local entry = {'kind', kind, 'sku', ctx.sku, 'loc', loc, 'ver', tostring(s.ver),
+    'oh', tostring(l.oh), 'rs', tostring(l.rs), 'ss', tostring(l.ss), 'lt', tostring(l.lt),
+    'bl', tostring(l.bo), 'ts', tostring(ctx.now)}
+  for i = 1, #fields do entry[#entry + 1] = tostring(fields[i]) end
+  ctx.last_id = redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*', unpack(entry))
+  ctx.out = ctx.out or {}
+  ctx.out[#ctx.out + 1] = {ctx.last_id, entry}
   ctx.changed = true
   return ctx.last_id
+end
+
+-- Encodes a mutating script's reply: {reply = <outcome object>, events =
+-- [[stream id, [field, value, ...]], ...]}, events absent when none were
+-- appended (cjson would encode an empty table as an object).
+local function encode(ctx, reply)
+  return cjson.encode({reply = reply, events = ctx.out})
 end
 
 local function hold_member(rid, loc, qty, bo, acct)
@@ -111,26 +127,26 @@ local function account_add(ctx, acct, delta)
   end
 end
 
--- Gives back the units of one hold that is past its deadline. The caller has
--- already removed the member from the holds set.
-local function expire_hold(ctx, s, member)
-  local rid, loc, qty, _, acct = string.match(member, '^([^|]+)|([^|]+)|(%d+)|([01])|(.+)$')
+-- Gives back the units of one hold that is past its deadline `exp`. The
+-- caller has already removed the member from the holds set.
+local function expire_hold(ctx, s, member, exp)
+  local rid, loc, qty, bo, acct = string.match(member, '^([^|]+)|([^|]+)|(%d+)|([01])|(.+)$')
   qty = tonumber(qty)
   local l = s.locs[loc] or add_loc(s, loc)
   l.rs = l.rs - qty
   account_add(ctx, acct, -qty)
   ctx.holds_changed = true
-  commit(ctx, s, 'expired', loc, {'rid', rid, 'acct', acct, 'qty', qty})
+  commit(ctx, s, 'expired', loc, {'rid', rid, 'acct', acct, 'qty', qty, 'bo', bo, 'exp', exp})
 end
 
 -- Expires up to `limit` overdue holds of this SKU (all of them when limit < 0).
 local function expire_overdue(ctx, s, limit)
-  local due = redis.call('ZRANGEBYSCORE', ctx.holds, '-inf', ctx.now, 'LIMIT', 0, limit)
-  for _, member in ipairs(due) do
-    redis.call('ZREM', ctx.holds, member)
-    expire_hold(ctx, s, member)
+  local due = redis.call('ZRANGEBYSCORE', ctx.holds, '-inf', ctx.now, 'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #due, 2 do
+    redis.call('ZREM', ctx.holds, due[i])
+    expire_hold(ctx, s, due[i], due[i + 1])
   end
-  return #due
+  return #due / 2
 end
 
 -- Keeps the partition's due index (sku -> earliest hold deadline) in step with
@@ -175,18 +191,20 @@ local function record_reply(rec, now, outcome)
 end
 
 -- Admin mutations carry an operation id so that a command re-sent by the
--- client library after a dropped connection is answered, not applied twice.
+-- client library after a dropped connection is answered, not applied twice
+-- (and without events: the first run journaled them).
 local function replay_op(key)
-  return redis.call('GET', key)
+  local done = redis.call('GET', key)
+  if done then return '{"reply":' .. done .. '}' end
+  return nil
 end
 
 -- Ends an admin mutation: finishes the script and keeps its reply under the
 -- operation id for a re-sent command.
 local function op_reply(ctx, s, key, ttl_ms, reply)
   finish(ctx, s)
-  local encoded = cjson.encode(reply)
-  redis.call('SET', key, encoded, 'PX', ttl_ms)
-  return encoded
+  redis.call('SET', key, cjson.encode(reply), 'PX', ttl_ms)
+  return encode(ctx, reply)
 end
 
 -- Confirm and release share one shape: load the caller's reservation, give
@@ -197,19 +215,20 @@ end
 --       5 partition due index, 6 partition event stream
 -- ARGV: 1 account id, 2 lazy expiry batch, 3 stream max length,
 --       4 record retention (ms), 5 stock channel, 6 sku
--- Returns JSON: {outcome='ok', <reservation>} | not_found |
+-- Returns JSON {reply, events} (`encode`), where reply is
+--   {outcome='ok', <reservation>} | not_found |
 --   reservation_<status> (the status that forbids the transition).
 local function settle(target)
   local ctx = {sku = ARGV[6], holds = KEYS[2], accounts = KEYS[3], due = KEYS[5],
     events = KEYS[6], channel = ARGV[5], maxlen = ARGV[3], now = now_ms()}
   local rec = load_record(KEYS[4])
-  if not rec or rec.acct ~= ARGV[1] then return cjson.encode({outcome = 'not_found'}) end
+  if not rec or rec.acct ~= ARGV[1] then return encode(ctx, {outcome = 'not_found'}) end
   local s = load_sku(KEYS[1]) or new_sku(KEYS[1])
   expire_overdue(ctx, s, tonumber(ARGV[2]))
   local member = hold_member(rec.rid, rec.loc, rec.qty, rec.bo, rec.acct)
   local status = record_status(rec, ctx.now)
   if status == 'expired' and redis.call('ZREM', ctx.holds, member) == 1 then
-    expire_hold(ctx, s, member)
+    expire_hold(ctx, s, member, rec.exp)
   end
   if status == 'held' then
     local qty = tonumber(rec.qty)
@@ -222,13 +241,14 @@ local function settle(target)
     else
       account_add(ctx, rec.acct, -qty)
     end
-    rec.sid = commit(ctx, s, target, rec.loc, {'rid', rec.rid, 'acct', rec.acct, 'qty', qty})
+    rec.sid = commit(ctx, s, target, rec.loc, {'rid', rec.rid, 'acct', rec.acct, 'qty', qty,
+      'bo', rec.bo, 'exp', rec.exp, 'created', rec.created})
     rec.state = target
     status = target
     redis.call('HSET', KEYS[4], 'state', target, 'sid', rec.sid)
     redis.call('PEXPIRE', KEYS[4], ARGV[4])
   end
   finish(ctx, s)
-  if status == target then return cjson.encode(record_reply(rec, ctx.now, 'ok')) end
-  return cjson.encode({outcome = 'reservation_' .. status})
+  if status == target then return encode(ctx, record_reply(rec, ctx.now, 'ok')) end
+  return encode(ctx, {outcome = 'reservation_' .. status})
 end

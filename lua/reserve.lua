@@ -21,11 +21,13 @@
 --  10 stream max length (approximate trim)
 --  11 record retention after the hold's deadline (ms)
 --  12 stock channel (sharded pub/sub)   13 sku
--- Returns a JSON object with `outcome`:
+-- Returns JSON {reply = <outcome>, events = [...]} (see `encode` in the
+-- prelude), where the outcome is an object with `outcome`:
 --   held {reservation_id, sku, location, qty, expires_at_ms, backorder, stream_id, replayed}
 --   insufficient_stock {available} | purchase_limit {limit, already}
 --   sale_not_open {opens_at_ms} | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused
+-- `events` lists the stream entries this call appended (lazy expiries too).
 -- Error replies: none on valid input (the gateway validates ARGV first).
 
 local rid, account, qty, want_loc = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -43,21 +45,21 @@ if keyed then
   local stored = redis.call('GET', KEYS[5])
   if stored then
     local rec = cjson.decode(stored)
-    if rec.fp ~= ARGV[7] then return cjson.encode({outcome = 'idempotency_key_reused'}) end
+    if rec.fp ~= ARGV[7] then return encode(ctx, {outcome = 'idempotency_key_reused'}) end
     rec.reply.replayed = true
-    return cjson.encode(rec.reply)
+    return encode(ctx, rec.reply)
   end
 end
 
 -- The reservation id is this request's own: an existing record means the
 -- client library re-sent this very command after a dropped connection.
 local prior = load_record(KEYS[4])
-if prior then return cjson.encode(held_reply(prior, false)) end
+if prior then return encode(ctx, held_reply(prior, false)) end
 
 local s = load_sku(KEYS[1])
-if not s then return cjson.encode({outcome = 'unknown_sku'}) end
+if not s then return encode(ctx, {outcome = 'unknown_sku'}) end
 if want_loc ~= '' and not s.locs[want_loc] then
-  return cjson.encode({outcome = 'unknown_location'})
+  return encode(ctx, {outcome = 'unknown_location'})
 end
 
 -- Returns a refusal, or nil and the chosen location and backorder flag.
@@ -98,7 +100,7 @@ if refusal and redis.call('ZCOUNT', ctx.holds, '-inf', ctx.now) > 0 then
 end
 if refusal then
   finish(ctx, s)
-  return cjson.encode(refusal)
+  return encode(ctx, refusal)
 end
 
 local l = s.locs[loc]
@@ -112,7 +114,8 @@ if not ctx.holds_changed then
   -- one or this hold's, which ZADD LT keeps without reading the holds set.
   redis.call('ZADD', ctx.due, 'LT', exp, ctx.sku)
 end
-local sid = commit(ctx, s, 'reserved', loc, {'rid', rid, 'acct', account, 'qty', qty, 'bo', bo})
+local sid = commit(ctx, s, 'reserved', loc, {'rid', rid, 'acct', account, 'qty', qty, 'bo', bo,
+  'exp', exp, 'created', ctx.now})
 redis.call('HSET', KEYS[4], 'rid', rid, 'sku', ctx.sku, 'loc', loc, 'acct', account, 'qty', qty,
   'state', 'held', 'exp', exp, 'bo', bo, 'created', ctx.now, 'sid', sid)
 redis.call('PEXPIRE', KEYS[4], ttl_ms + tonumber(ARGV[11]))
@@ -123,4 +126,4 @@ local reply = held_reply({rid = rid, sku = ctx.sku, loc = loc, qty = qty, exp = 
 if keyed then
   redis.call('SET', KEYS[5], cjson.encode({fp = ARGV[7], reply = reply}), 'PX', ARGV[8])
 end
-return cjson.encode(reply)
+return encode(ctx, reply)

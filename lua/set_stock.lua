@@ -9,7 +9,8 @@
 --       4 low-stock threshold (>= 0), 5 backorder limit (>= 0),
 --       6 expected version ('' = any), 7 lazy expiry batch, 8 stream max length,
 --       9 stock channel, 10 operation record TTL (ms), 11 sku
--- Returns JSON: {outcome='ok', sku=<SKU hash as a flat array>}
+-- Returns JSON {reply, events} (`encode` in the prelude), where reply is
+--   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | version_mismatch {version} | insufficient_stock {available, reserved}
 -- Error replies: none on valid input.
 
@@ -29,6 +30,7 @@ local oh, ss, lt, bo = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), 
 if oh - ss + bo < l.rs then
   return reply({outcome = 'insufficient_stock', available = available(l), reserved = l.rs})
 end
+local delta = oh - l.oh
 l.oh, l.ss, l.lt, l.bo = oh, ss, lt, bo
-commit(ctx, s, 'stock_set', loc, {'ss', ss, 'lt', lt, 'bo', bo})
+commit(ctx, s, 'stock_set', loc, {'delta', delta})
 return reply({outcome = 'ok', sku = redis.call('HGETALL', KEYS[1])})

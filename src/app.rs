@@ -1,15 +1,19 @@
 //! Building and running the gateway.
 //!
 //! `App::build` does everything that can fail at start (connect to Redis,
-//! check the partition count, load the scripts, bind the listener), so a bad
-//! deployment fails before it takes traffic. `run_until_stopped` serves until
-//! the stop future resolves, then shuts down in order: readiness goes 503,
-//! in-flight requests finish, background tasks stop, connections close.
+//! check the partition count, load the scripts, migrate the journal, bind
+//! the listener), so a bad deployment fails before it takes traffic. A
+//! Postgres that cannot be reached at start does not stop the gateway
+//! (Redis-first): the migration is retried in the background and the
+//! streams keep every event meanwhile. `run_until_stopped` serves until the
+//! stop future resolves, then shuts down in order: readiness goes 503,
+//! in-flight requests finish, the sweeper stops, the journal drains within
+//! its grace period, connections close.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -19,6 +23,7 @@ use crate::{
         self, AppState,
         state::{Lifecycle, RequestLimits},
     },
+    journal::{Event, Journal, JournalAccess, JournalQueue, JournalStatus, Store},
     redis::{Redis, sweeper},
 };
 
@@ -26,6 +31,17 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     settings: Settings,
+    journal_rx: mpsc::Receiver<Event>,
+    journal_queue: JournalQueue,
+    migration: Migration,
+}
+
+/// Whether the journal schema was in place when the gateway started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Migration {
+    Done,
+    /// Postgres was unreachable; retried in the background.
+    Pending,
 }
 
 impl App {
@@ -36,9 +52,27 @@ impl App {
                  anyone can mint tokens. Set FLASHGATE_AUTH__SECRET in production."
             );
         }
+        let (journal_queue, journal_rx) = Journal::queue(&settings.journal);
         let redis = Redis::connect(&settings)
             .await
-            .context("starting the redis layer")?;
+            .context("starting the redis layer")?
+            .with_journal(journal_queue.clone());
+        let store = Store::new(&settings.postgres)?;
+        let migration = match store.migrate(settings.redis.partitions).await {
+            Ok(()) => Migration::Done,
+            Err(e) if store.ping().await.is_err() => {
+                tracing::error!(error = format!("{e:#}"),
+                    "postgres is unreachable: serving anyway; events wait in the streams \
+                     and the journal catches up once postgres answers");
+                Migration::Pending
+            }
+            Err(e) => return Err(e.context("migrating the journal")),
+        };
+        let journal = JournalAccess {
+            store,
+            status: Arc::new(JournalStatus::default()),
+            durability: settings.journal.confirm_durability,
+        };
         let listener = TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("binding {}", settings.http.listen))?;
@@ -49,11 +83,15 @@ impl App {
                 max_qty_per_request: settings.reservation.max_qty_per_request,
             }),
             lifecycle: Arc::new(Lifecycle::default()),
+            journal,
         };
         Ok(Self {
             listener,
             state,
             settings,
+            journal_rx,
+            journal_queue,
+            migration,
         })
     }
 
@@ -72,8 +110,26 @@ impl App {
             listener,
             state,
             settings,
+            journal_rx,
+            journal_queue,
+            migration,
         } = self;
         let background = CancellationToken::new();
+        if migration == Migration::Pending {
+            tokio::spawn(migrate_until_done(
+                state.journal.store.clone(),
+                settings.redis.partitions,
+                Duration::from_millis(settings.journal.retry_backoff_ms),
+                background.clone(),
+            ));
+        }
+        let journal = Journal::start(
+            &settings.journal,
+            state.journal.clone(),
+            state.redis.clone(),
+            journal_queue,
+            journal_rx,
+        );
         let sweeper = tokio::spawn(sweeper::run(
             state.redis.clone(),
             Duration::from_millis(settings.expiry.sweep_interval_ms),
@@ -102,9 +158,32 @@ impl App {
         if let Err(e) = sweeper.await {
             tracing::warn!(error = %e, "expiry sweeper ended abnormally");
         }
+        journal.stop().await;
         state.redis.quit().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Retries the journal migration until it succeeds or the gateway stops.
+async fn migrate_until_done(
+    store: Store,
+    partitions: u32,
+    pause: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        match store.migrate(partitions).await {
+            Ok(()) => {
+                tracing::info!("journal migrated; postgres is back");
+                return;
+            }
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "journal migration retry"),
+        }
     }
 }
 

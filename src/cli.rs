@@ -23,6 +23,23 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway until SIGTERM or Ctrl-C.
     Serve,
+    /// Create or update the journal tables in Postgres, then exit.
+    Migrate,
+    /// One reconcile pass over every partition: bring what Postgres lacks
+    /// from the streams, then compare Redis and Postgres per SKU. Exits 3
+    /// when it finds drift or a gap.
+    Reconcile,
+    /// Restore SKU state in Redis from the Postgres journal after Redis lost
+    /// data. SKUs that Redis holds at the same or a newer version are left
+    /// alone unless --force.
+    Rebuild {
+        /// Only these SKUs (repeatable); all SKUs the journal knows otherwise.
+        #[arg(long = "sku")]
+        skus: Vec<String>,
+        /// Also overwrite SKUs whose Redis version is the same or newer.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a token signed with the configured auth.secret.
     Token {
         /// The account id (the token's `sub`).

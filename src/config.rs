@@ -24,6 +24,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub redis: RedisSettings,
     pub postgres: PostgresSettings,
+    pub journal: JournalSettings,
     pub auth: AuthSettings,
     pub reservation: ReservationSettings,
     pub expiry: ExpirySettings,
@@ -109,12 +110,96 @@ impl Default for RedisSettings {
 pub struct PostgresSettings {
     /// The journal database.
     pub url: String,
+    /// Connections in the pool (writer, reconciler, confirmations, readiness).
+    pub pool_size: usize,
+    /// Deadline for opening a connection.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a free pooled connection.
+    pub acquire_timeout_ms: u64,
+    /// Server-side deadline for one statement.
+    pub statement_timeout_ms: u64,
 }
+
+pub const DEFAULT_POSTGRES_POOL_SIZE: usize = 8;
+pub const DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_POSTGRES_ACQUIRE_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_POSTGRES_STATEMENT_TIMEOUT_MS: u64 = 5_000;
 
 impl Default for PostgresSettings {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/flashgate".into(),
+            pool_size: DEFAULT_POSTGRES_POOL_SIZE,
+            connect_timeout_ms: DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS,
+            acquire_timeout_ms: DEFAULT_POSTGRES_ACQUIRE_TIMEOUT_MS,
+            statement_timeout_ms: DEFAULT_POSTGRES_STATEMENT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// When a confirmation is acknowledged relative to its journal write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfirmDurability {
+    /// 200 only after the confirmation's event is committed in Postgres.
+    Sync,
+    /// 200 once Redis has it; the journal follows like every other event.
+    Async,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSettings {
+    /// Events the queue between requests and the writer holds; past it they
+    /// are dropped to the reconciler (they are already in the stream).
+    pub queue_capacity: usize,
+    /// Most events written in one batch (one statement per table).
+    pub batch_size_max: usize,
+    /// How long the writer waits for more events before writing a batch.
+    pub linger_ms: u64,
+    /// Pause between attempts to write a batch Postgres refused.
+    pub retry_backoff_ms: u64,
+    /// On shutdown, how long the writer may keep draining the queue.
+    pub drain_grace_ms: u64,
+    /// How often the reconciler passes over every partition.
+    pub reconcile_interval_ms: u64,
+    /// Stream entries read per partition per pass.
+    pub reconcile_entries_max: u64,
+    /// Entries younger than this are left to the writer.
+    pub reconcile_settle_ms: u64,
+    /// `stock_levels` rows compared with Redis per partition per drift check.
+    pub drift_rows_max: i64,
+    /// A drift check runs every this many reconcile passes.
+    pub drift_check_every_passes: u32,
+    /// `sync` (a confirm waits for its Postgres commit) or `async`.
+    pub confirm_durability: ConfirmDurability,
+}
+
+pub const DEFAULT_JOURNAL_QUEUE_CAPACITY: usize = 65_536;
+pub const DEFAULT_JOURNAL_BATCH_SIZE_MAX: usize = 1_000;
+pub const DEFAULT_JOURNAL_LINGER_MS: u64 = 5;
+pub const DEFAULT_JOURNAL_RETRY_BACKOFF_MS: u64 = 500;
+pub const DEFAULT_JOURNAL_DRAIN_GRACE_MS: u64 = 5_000;
+pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_RECONCILE_ENTRIES_MAX: u64 = 5_000;
+pub const DEFAULT_RECONCILE_SETTLE_MS: u64 = 500;
+pub const DEFAULT_DRIFT_ROWS_MAX: i64 = 10_000;
+pub const DEFAULT_DRIFT_CHECK_EVERY_PASSES: u32 = 10;
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: DEFAULT_JOURNAL_QUEUE_CAPACITY,
+            batch_size_max: DEFAULT_JOURNAL_BATCH_SIZE_MAX,
+            linger_ms: DEFAULT_JOURNAL_LINGER_MS,
+            retry_backoff_ms: DEFAULT_JOURNAL_RETRY_BACKOFF_MS,
+            drain_grace_ms: DEFAULT_JOURNAL_DRAIN_GRACE_MS,
+            reconcile_interval_ms: DEFAULT_RECONCILE_INTERVAL_MS,
+            reconcile_entries_max: DEFAULT_RECONCILE_ENTRIES_MAX,
+            reconcile_settle_ms: DEFAULT_RECONCILE_SETTLE_MS,
+            drift_rows_max: DEFAULT_DRIFT_ROWS_MAX,
+            drift_check_every_passes: DEFAULT_DRIFT_CHECK_EVERY_PASSES,
+            confirm_durability: ConfirmDurability::Sync,
         }
     }
 }
@@ -280,6 +365,23 @@ impl Settings {
             || self.expiry.batch_max == 0
         {
             bail!("expiry.sweep_interval_ms, sweep_skus_max and batch_max must be positive");
+        }
+        if !(1..=256).contains(&self.postgres.pool_size) {
+            bail!("postgres.pool_size must be between 1 and 256");
+        }
+        let j = &self.journal;
+        if j.queue_capacity == 0 || j.batch_size_max == 0 || j.reconcile_entries_max == 0 {
+            bail!("journal.queue_capacity, batch_size_max and reconcile_entries_max must be positive");
+        }
+        if j.batch_size_max > 10_000 {
+            bail!("journal.batch_size_max must be at most 10000");
+        }
+        if j.reconcile_interval_ms == 0 || j.drift_check_every_passes == 0 || j.drift_rows_max <= 0
+        {
+            bail!(
+                "journal.reconcile_interval_ms, drift_check_every_passes and drift_rows_max \
+                 must be positive"
+            );
         }
         if self.http.body_limit_bytes < 256 {
             bail!("http.body_limit_bytes must be at least 256");

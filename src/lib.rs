@@ -2,11 +2,13 @@
 //!
 //! - `config`: settings, layered from file and environment, validated once.
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
-//! - `cli`: the command line (`serve`, `token`).
+//! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
+//! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
 //! - `http`: router, middleware, extractors, problem errors, one file per route area.
+//! - `tools`: the one-shot operator commands (`migrate`, `reconcile`, `rebuild`).
 //! - `telemetry`: log set-up.
 
 pub mod app;
@@ -15,5 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod journal;
 pub mod redis;
 pub mod telemetry;
+pub mod tools;

@@ -7,7 +7,8 @@ use flashgate::{
     cli::{Cli, Command},
     config::Settings,
     inventory::AccountId,
-    telemetry,
+    journal::rebuild::Overwrite,
+    telemetry, tools,
 };
 
 /// sysexits' EX_CONFIG-adjacent "usage/config" code for a bad configuration.
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if !matches!(cli.command, Command::Token { .. }) {
+        telemetry::init(&settings.log);
+    }
     match cli.command {
         Command::Token {
             account,
@@ -37,27 +41,39 @@ fn main() -> ExitCode {
             println!("{}", auth.issue(&account, role, ttl_seconds));
             ExitCode::SUCCESS
         }
-        Command::Serve => {
-            telemetry::init(&settings.log);
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("flashgate: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+        Command::Serve => run(async {
+            let app = App::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Migrate => run(async { tools::migrate(&settings).await }),
+        Command::Reconcile => run(async { tools::reconcile(&settings).await }),
+        Command::Rebuild { skus, force } => {
+            let overwrite = if force {
+                Overwrite::Force
+            } else {
+                Overwrite::OnlyOlder
             };
-            let result = runtime.block_on(async {
-                let app = App::build(settings).await?;
-                app.run_until_stopped(shutdown_signal()).await
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("flashgate: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run(async { tools::rebuild(&settings, &skus, overwrite).await })
+        }
+    }
+}
+
+/// Runs a command on a fresh runtime; errors are logged and printed once.
+fn run(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flashgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("flashgate: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     inventory::{Location, Sku, view::InventoryView},
+    journal::store::PolicyRow,
     redis::calls::{AdminReply, Policy, PolicyField, PolicyUpdate, StockCounts},
 };
 
@@ -266,6 +267,20 @@ pub async fn set_policy(
         ));
     }
     let policy: Policy = state.redis.set_policy(&sku, &update).await?;
+    // Policy is configuration, not an event: it is acknowledged only once
+    // the journal has it, so `flashgate rebuild` can restore caps and windows.
+    let row = PolicyRow {
+        max_per_account: policy.max,
+        opens_at_ms: policy.open,
+        closes_at_ms: policy.close,
+        hold_ttl_seconds: policy.ttl,
+    };
+    state
+        .journal
+        .store
+        .save_policy(sku.as_str(), &row)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("journaling the policy: {e}")))?;
     Ok(Json(PolicyView {
         sku: sku.to_string(),
         max_per_account: policy.max,

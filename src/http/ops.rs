@@ -1,5 +1,7 @@
 //! Liveness and readiness for orchestrators and load balancers.
 
+use std::time::Duration;
+
 use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
 
@@ -10,15 +12,28 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: 200 only when Redis answers and the gateway is not
-/// draining; otherwise 503 naming what failed.
+/// Longest a readiness probe waits for Postgres.
+const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /readyz`: 200 only when Redis and Postgres answer and the gateway is
+/// not draining; otherwise 503 naming what failed. Always reports the
+/// journal lag.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let redis = match state.redis.ping().await {
+    let (redis, postgres) = tokio::join!(state.redis.ping(), async {
+        tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, state.journal.store.ping()).await
+    });
+    let redis = match redis {
         Ok(()) => "ok".to_owned(),
         Err(e) => format!("unavailable: {:?}", e.kind()).to_lowercase(),
     };
+    let postgres = match postgres {
+        Ok(Ok(())) => "ok",
+        Ok(Err(_)) => "unavailable",
+        Err(_) => "unavailable: timeout",
+    };
     let draining = state.lifecycle.is_draining();
-    let ready = redis == "ok" && !draining;
+    let lag = (state.journal.status.lag_seconds() * 1000.0).round() / 1000.0;
+    let ready = redis == "ok" && postgres == "ok" && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -26,6 +41,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     };
     (
         status,
-        Json(json!({ "redis": redis, "draining": draining })),
+        Json(json!({
+            "redis": redis,
+            "postgres": postgres,
+            "journal_lag_seconds": lag,
+            "draining": draining,
+        })),
     )
 }

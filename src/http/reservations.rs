@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     auth::Role,
+    config::ConfirmDurability,
     inventory::{IdempotencyKey, Location, Qty, ReservationId, Sku},
     redis::calls::{
         Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
@@ -183,7 +184,19 @@ async fn settle(
     settlement: Settlement,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = parse_id(&state, &raw)?;
-    reservation_response(state.redis.settle(&id, &caller.account, settlement).await?)
+    let (reply, events) = state.redis.settle(&id, &caller.account, settlement).await?;
+    let sync = state.journal.durability == ConfirmDurability::Sync;
+    if let (Settlement::Confirm, true, ReservationReply::Ok(r)) = (settlement, sync, &reply) {
+        // `confirm_durability = sync`: the 200 means Postgres has it too. A
+        // failure here leaves the confirmation in Redis and its stream; the
+        // client's retry answers the same confirmation and checks again.
+        state
+            .journal
+            .ensure_committed(&state.redis, id.partition(), &r.stream_id, &events)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("journaling the confirmation: {e}")))?;
+    }
+    reservation_response(reply)
 }
 
 /// `POST /v1/reservations/{id}/confirm`: the owner only.

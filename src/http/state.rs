@@ -1,12 +1,12 @@
-//! What every handler shares: the Redis layer, the token checker, the
-//! request limits, and whether the gateway is draining.
+//! What every handler shares: the Redis layer, the journal, the token
+//! checker, the request limits, and whether the gateway is draining.
 
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
 };
 
-use crate::{auth::Auth, redis::Redis};
+use crate::{auth::Auth, journal::JournalAccess, redis::Redis};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,6 +14,7 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub limits: Arc<RequestLimits>,
     pub lifecycle: Arc<Lifecycle>,
+    pub journal: JournalAccess,
 }
 
 /// Request-shape limits, from `Settings`.

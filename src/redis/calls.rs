@@ -7,8 +7,12 @@ use fred::prelude::*;
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{Redis, RedisError, ScriptName};
-use crate::inventory::{
-    AccountId, IdempotencyKey, Location, Qty, ReservationId, Sku, view::InventoryView,
+use crate::{
+    inventory::{
+        AccountId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku,
+        view::InventoryView,
+    },
+    journal::{Event, event::RawEvents},
 };
 
 /// A reservation that holds units.
@@ -171,7 +175,53 @@ fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, Redi
     })
 }
 
+/// A mutating script's reply: its outcome and the stream entries it appended.
+#[derive(Deserialize)]
+struct Scripted<T> {
+    reply: T,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+/// The expire script's outcome.
+#[derive(Deserialize)]
+struct Expired {
+    expired: i64,
+}
+
 impl Redis {
+    /// Runs a mutating script of partition `p` and parses the events it
+    /// appended. An event that does not parse is a bug between Lua and Rust:
+    /// it is logged and left to the reconciler, and the outcome still counts
+    /// (Redis has applied it).
+    async fn eval_mut<T: DeserializeOwned>(
+        &self,
+        script: ScriptName,
+        p: Partition,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(T, Vec<Event>), RedisError> {
+        let json: String = self.eval(script, keys, args).await?;
+        let Scripted { reply, events } = decode::<Scripted<T>>(script, &json)?;
+        if events.is_empty() {
+            return Ok((reply, Vec::new()));
+        }
+        let events = events.parse(p).unwrap_or_else(|e| {
+            tracing::error!(script = script.stem(), error = %e, "unparsable journal event");
+            Vec::new()
+        });
+        Ok((reply, events))
+    }
+
+    /// Offers events to the journal queue, when this process runs one.
+    fn journal(&self, events: Vec<Event>) {
+        if let Some(queue) = &self.journal {
+            if !events.is_empty() {
+                queue.offer(events);
+            }
+        }
+    }
+
     pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveReply, RedisError> {
         let fingerprint = req.fingerprint();
         let limits = self.limits();
@@ -220,17 +270,20 @@ impl Redis {
             self.keys().stock_channel(p),
             req.id.sku().as_str().to_owned(),
         ];
-        let json: String = self.eval(ScriptName::Reserve, keys, args).await?;
-        decode(ScriptName::Reserve, &json)
+        let (reply, events) = self.eval_mut(ScriptName::Reserve, p, keys, args).await?;
+        self.journal(events);
+        Ok(reply)
     }
 
-    /// Confirms or releases the account's reservation.
+    /// Confirms or releases the account's reservation; also returns the
+    /// events the call appended (already offered to the journal queue), for
+    /// a caller that must see them committed.
     pub async fn settle(
         &self,
         id: &ReservationId,
         account: &AccountId,
         settlement: Settlement,
-    ) -> Result<ReservationReply, RedisError> {
+    ) -> Result<(ReservationReply, Vec<Event>), RedisError> {
         let script = match settlement {
             Settlement::Confirm => ScriptName::Confirm,
             Settlement::Release => ScriptName::Release,
@@ -244,8 +297,10 @@ impl Redis {
             self.keys().stock_channel(id.partition()),
             id.sku().as_str().to_owned(),
         ];
-        let json: String = self.eval(script, self.keys().settle_keys(id), args).await?;
-        decode(script, &json)
+        let keys = self.keys().settle_keys(id);
+        let (reply, events) = self.eval_mut(script, id.partition(), keys, args).await?;
+        self.journal(events.clone());
+        Ok((reply, events))
     }
 
     /// Reads a reservation; `owner` limits it to one account (None: admin).
@@ -296,8 +351,9 @@ impl Redis {
             sku.as_str().to_owned(),
         ];
         let keys = self.keys().admin_keys(sku, op_id);
-        let json: String = self.eval(ScriptName::SetStock, keys, args).await?;
-        decode(ScriptName::SetStock, &json)
+        let (reply, events) = self.eval_mut(ScriptName::SetStock, p, keys, args).await?;
+        self.journal(events);
+        Ok(reply)
     }
 
     pub async fn adjust(
@@ -323,8 +379,9 @@ impl Redis {
             sku.as_str().to_owned(),
         ];
         let keys = self.keys().admin_keys(sku, op_id);
-        let json: String = self.eval(ScriptName::Adjust, keys, args).await?;
-        decode(ScriptName::Adjust, &json)
+        let (reply, events) = self.eval_mut(ScriptName::Adjust, p, keys, args).await?;
+        self.journal(events);
+        Ok(reply)
     }
 
     pub async fn set_policy(&self, sku: &Sku, update: &PolicyUpdate) -> Result<Policy, RedisError> {
@@ -343,14 +400,19 @@ impl Redis {
     /// Expires up to one batch of the SKU's overdue holds; returns how many.
     pub async fn expire(&self, sku: &Sku) -> Result<i64, RedisError> {
         let limits = self.limits();
+        let p = self.keys().partition_of(sku);
         let args = vec![
             limits.expiry_batch.to_string(),
             limits.stream_max_len.to_string(),
-            self.keys().stock_channel(self.keys().partition_of(sku)),
+            self.keys().stock_channel(p),
             sku.as_str().to_owned(),
         ];
-        self.eval(ScriptName::Expire, self.keys().expire_keys(sku), args)
-            .await
+        let keys = self.keys().expire_keys(sku);
+        let (reply, events) = self
+            .eval_mut::<Expired>(ScriptName::Expire, p, keys, args)
+            .await?;
+        self.journal(events);
+        Ok(reply.expired)
     }
 }
 
@@ -380,11 +442,12 @@ mod tests {
             }
         );
         assert!(decode::<ReserveReply>(ScriptName::Reserve, r#"{"outcome":"what"}"#).is_err());
-        let admin: AdminReply = decode(
+        let admin: AdminReply = decode::<Scripted<AdminReply>>(
             ScriptName::SetStock,
-            r#"{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}"#,
+            r#"{"reply":{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}}"#,
         )
-        .unwrap();
+        .unwrap()
+        .reply;
         let pairs = vec![
             ("ver".into(), "3".into()),
             ("l:default:oh".into(), "5".into()),

@@ -149,6 +149,20 @@ impl Keys {
         keys.push(self.operation(self.partition_of(sku), sku, op_id));
         keys
     }
+
+    /// `restore`: SKU hash, holds, accounts, due index, then one record per
+    /// reservation id, in the caller's order.
+    pub fn restore_keys(&self, sku: &Sku, ids: &[ReservationId]) -> Vec<String> {
+        let p = self.partition_of(sku);
+        let mut keys = vec![
+            self.sku(p, sku),
+            self.holds(p, sku),
+            self.accounts(p, sku),
+            self.due(p),
+        ];
+        keys.extend(ids.iter().map(|id| self.reservation(id)));
+        keys
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +191,7 @@ mod tests {
                 keys.settle_keys(&id),
                 keys.expire_keys(&sku),
                 keys.admin_keys(&sku, "op-1"),
+                keys.restore_keys(&sku, std::slice::from_ref(&id)),
                 vec![keys.sku(p, &sku), keys.stock_channel(p)],
                 vec![keys.reservation(&id), keys.due(p)],
             ];

@@ -17,7 +17,10 @@ use fred::{
     types::{FromValue, MultipleKeys, MultipleValues},
 };
 
-use crate::config::{RedisSettings, Settings};
+use crate::{
+    config::{RedisSettings, Settings},
+    journal::JournalQueue,
+};
 pub use keys::Keys;
 pub use scripts::{ScriptName, Scripts};
 
@@ -80,6 +83,8 @@ pub struct Redis {
     scripts: Scripts,
     keys: Keys,
     limits: CallLimits,
+    /// Where mutating calls offer their events; `None` in one-shot tools.
+    journal: Option<JournalQueue>,
 }
 
 /// Replies that only mean "not now": retried a few times, then 503.
@@ -94,7 +99,7 @@ fn is_noscript(err: &fred::error::Error) -> bool {
     err.details().starts_with("NOSCRIPT")
 }
 
-fn classify(script: &'static str, source: fred::error::Error) -> RedisError {
+pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> RedisError {
     use fred::error::ErrorKind::*;
     match source.kind() {
         IO | Timeout | Canceled | Cluster | Routing | Backpressure | NotFound => {
@@ -121,10 +126,17 @@ impl Redis {
             scripts: Scripts::default(),
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
             limits: CallLimits::from_settings(settings),
+            journal: None,
         };
         redis.check_partitions().await?;
         redis.load_scripts().await.context("loading lua scripts")?;
         Ok(redis)
+    }
+
+    /// Makes every mutating call offer its events to this queue.
+    pub fn with_journal(mut self, queue: JournalQueue) -> Self {
+        self.journal = Some(queue);
+        self
     }
 
     async fn check_partitions(&self) -> anyhow::Result<()> {

@@ -21,10 +21,11 @@ pub enum ScriptName {
     SetStock,
     Adjust,
     SetPolicy,
+    Restore,
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 8] = [
+    pub const ALL: [ScriptName; 9] = [
         Self::Reserve,
         Self::Confirm,
         Self::Release,
@@ -33,6 +34,7 @@ impl ScriptName {
         Self::SetStock,
         Self::Adjust,
         Self::SetPolicy,
+        Self::Restore,
     ];
 
     pub fn stem(self) -> &'static str {
@@ -45,6 +47,7 @@ impl ScriptName {
             Self::SetStock => "set_stock",
             Self::Adjust => "adjust",
             Self::SetPolicy => "set_policy",
+            Self::Restore => "restore",
         }
     }
 
@@ -58,6 +61,7 @@ impl ScriptName {
             Self::SetStock => include_str!("../../lua/set_stock.lua"),
             Self::Adjust => include_str!("../../lua/adjust.lua"),
             Self::SetPolicy => include_str!("../../lua/set_policy.lua"),
+            Self::Restore => include_str!("../../lua/restore.lua"),
         }
     }
 }

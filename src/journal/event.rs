@@ -1,0 +1,231 @@
+//! One journal event: a partition stream entry, parsed.
+//!
+//! Scripts append every change to their partition's stream and return the
+//! same entries in their reply, so the queue and the reconciler parse one
+//! shape: a stream id and flat field/value pairs (see `commit` in
+//! lua/prelude.lua for the fields).
+
+use serde::Deserialize;
+
+use crate::inventory::Partition;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Reserved,
+    Confirmed,
+    Released,
+    Expired,
+    StockSet,
+    Adjusted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Confirmed => "confirmed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::StockSet => "stock_set",
+            Self::Adjusted => "adjusted",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "reserved" => Self::Reserved,
+            "confirmed" => Self::Confirmed,
+            "released" => Self::Released,
+            "expired" => Self::Expired,
+            "stock_set" => Self::StockSet,
+            "adjusted" => Self::Adjusted,
+            _ => return None,
+        })
+    }
+
+    /// The reservation state an event of this kind leaves behind.
+    pub fn reservation_state(self) -> Option<&'static str> {
+        match self {
+            Self::Reserved => Some("held"),
+            Self::Confirmed => Some("confirmed"),
+            Self::Released => Some("released"),
+            Self::Expired => Some("expired"),
+            Self::StockSet | Self::Adjusted => None,
+        }
+    }
+}
+
+/// The reservation an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationPart {
+    pub id: String,
+    pub account: String,
+    pub qty: i64,
+    pub backorder: bool,
+    pub expires_at_ms: Option<i64>,
+    /// Absent on expiries: the hold's member does not carry it.
+    pub created_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub partition: Partition,
+    pub stream_id: String,
+    pub kind: EventKind,
+    pub sku: String,
+    pub location: String,
+    /// The SKU's version after this event; strictly increasing per SKU.
+    pub version: i64,
+    /// The location's counts after this event.
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub low_stock_threshold: i64,
+    pub backorder_limit: i64,
+    pub occurred_at_ms: i64,
+    pub reservation: Option<ReservationPart>,
+    /// On-hand change of a stock_set or adjusted event.
+    pub delta: Option<i64>,
+    pub reason: Option<String>,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("stream entry {stream_id}: {problem}")]
+pub struct EventParseError {
+    pub stream_id: String,
+    pub problem: String,
+}
+
+impl Event {
+    /// The units the `qty` column of `inventory_events` records: the
+    /// reservation's quantity, or the on-hand change of a stock event.
+    pub fn qty(&self) -> i64 {
+        self.reservation
+            .as_ref()
+            .map_or(self.delta.unwrap_or(0), |r| r.qty)
+    }
+
+    /// Parses a stream entry's field/value pairs.
+    pub fn from_entry<'a>(
+        partition: Partition,
+        stream_id: &str,
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, EventParseError> {
+        let fail = |problem: String| EventParseError {
+            stream_id: stream_id.to_owned(),
+            problem,
+        };
+        let mut f = std::collections::HashMap::<&str, &str>::new();
+        for (k, v) in fields {
+            f.insert(k, v);
+        }
+        let text = |k: &str| {
+            f.get(k)
+                .map(|v| (*v).to_owned())
+                .ok_or_else(|| fail(format!("missing field {k}")))
+        };
+        let opt_int = |k: &str| -> Result<Option<i64>, EventParseError> {
+            f.get(k)
+                .map(|v| v.parse::<i64>().map_err(|e| fail(format!("field {k}: {e}"))))
+                .transpose()
+        };
+        let int = |k: &str| opt_int(k)?.ok_or_else(|| fail(format!("missing field {k}")));
+        let kind_text = text("kind")?;
+        let kind = EventKind::parse(&kind_text).ok_or_else(|| fail(format!("kind {kind_text}")))?;
+        let reservation = match kind.reservation_state() {
+            Some(_) => Some(ReservationPart {
+                id: text("rid")?,
+                account: text("acct")?,
+                qty: int("qty")?,
+                backorder: f.get("bo") == Some(&"1"),
+                expires_at_ms: opt_int("exp")?,
+                created_at_ms: opt_int("created")?,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            partition,
+            stream_id: stream_id.to_owned(),
+            kind,
+            sku: text("sku")?,
+            location: text("loc")?,
+            version: int("ver")?,
+            on_hand: int("oh")?,
+            reserved: int("rs")?,
+            safety_stock: opt_int("ss")?.unwrap_or(0),
+            low_stock_threshold: opt_int("lt")?.unwrap_or(0),
+            backorder_limit: opt_int("bl")?.unwrap_or(0),
+            occurred_at_ms: int("ts")?,
+            reservation,
+            delta: opt_int("delta")?,
+            reason: f.get("reason").map(|v| (*v).to_owned()),
+            reference: f
+                .get("ref")
+                .filter(|v| !v.is_empty())
+                .map(|v| (*v).to_owned()),
+        })
+    }
+
+    /// Milliseconds part of the stream id: when Redis appended the entry.
+    pub fn stream_ms(stream_id: &str) -> Option<i64> {
+        stream_id.split('-').next()?.parse().ok()
+    }
+}
+
+/// Stream entries as a script's reply carries them: `[[id, [f, v, ...]], ...]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RawEvents(pub Vec<(String, Vec<String>)>);
+
+impl RawEvents {
+    pub fn parse(&self, partition: Partition) -> Result<Vec<Event>, EventParseError> {
+        self.0
+            .iter()
+            .map(|(id, flat)| {
+                let pairs = flat
+                    .chunks_exact(2)
+                    .map(|kv| (kv[0].as_str(), kv[1].as_str()));
+                Event::from_entry(partition, id, pairs)
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_entry_parses_with_its_reservation() {
+        let flat = [
+            "kind", "reserved", "sku", "S", "loc", "default", "ver", "7", "oh", "10", "rs", "3",
+            "ss", "1", "lt", "2", "bl", "0", "ts", "1763712000000", "rid", "3.ab.S", "acct", "a",
+            "qty", "2", "bo", "0", "exp", "1763712600000", "created", "1763712000000",
+        ];
+        let raw = RawEvents(vec![(
+            "1763712000000-0".into(),
+            flat.iter().map(|s| (*s).to_owned()).collect(),
+        )]);
+        let events = raw.parse(Partition(3)).unwrap();
+        let e = &events[0];
+        assert_eq!((e.kind, e.version, e.on_hand, e.reserved), (EventKind::Reserved, 7, 10, 3));
+        assert_eq!(e.qty(), 2);
+        let r = e.reservation.as_ref().unwrap();
+        assert_eq!((r.id.as_str(), r.backorder, r.expires_at_ms), ("3.ab.S", false, Some(1763712600000)));
+    }
+
+    #[test]
+    fn an_entry_without_a_version_is_refused() {
+        let err = Event::from_entry(
+            Partition(0),
+            "1-0",
+            [("kind", "adjusted"), ("sku", "S"), ("loc", "l")],
+        )
+        .unwrap_err();
+        assert!(err.problem.contains("ver"), "{err}");
+    }
+}

@@ -1,0 +1,242 @@
+//! The Postgres journal behind the hot path.
+//!
+//! Scripts append every change to their partition's Redis stream (the
+//! outbox) and return the same events; the Redis layer offers them to the
+//! bounded `queue`, the `writer` batches them into Postgres, and the
+//! `reconciler` brings whatever the queue dropped or a crash lost from the
+//! streams, advancing a per-partition checkpoint. `rebuild` goes the other
+//! way, restoring Redis from Postgres after Redis lost data.
+//!
+//! `Journal::start` spawns the writer and the reconciler and returns the
+//! handle the gateway keeps; `Journal::stop` drains within the grace period.
+
+pub mod event;
+pub mod queue;
+pub mod rebuild;
+pub mod reconciler;
+pub mod store;
+pub mod writer;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use fred::prelude::*;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use event::Event;
+pub use queue::JournalQueue;
+pub use store::Store;
+
+use crate::{
+    config::{ConfirmDurability, JournalSettings},
+    inventory::Partition,
+    redis::Redis,
+};
+use reconciler::{DriftCheck, ReconcileError, ReconcileLimits, Report};
+use store::StoreError;
+use writer::{Writer, WriterLimits};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the writer and the reconciler last saw, for readiness and reports.
+#[derive(Debug, Default)]
+pub struct JournalStatus {
+    /// Occurrence time (ms) of the oldest event the writer holds unwritten;
+    /// 0 when it holds none.
+    pub pending_since_ms: AtomicI64,
+    /// How late the last pass found missing events, or how far its
+    /// checkpoint trailed when it could not finish (ms).
+    pub reconcile_lag_ms: AtomicI64,
+    /// The last write or pass reached Postgres.
+    pub postgres_ok: AtomicBool,
+    pub batches: AtomicU64,
+    /// Events the reconciler had to insert itself.
+    pub repaired: AtomicU64,
+    /// Passes that found entries lost before they were journaled.
+    pub gaps: AtomicU64,
+    /// SKUs whose Redis and Postgres states disagreed at the last check.
+    pub drifted_skus: AtomicU64,
+}
+
+impl JournalStatus {
+    /// Seconds the journal trails the events Redis acknowledged.
+    pub fn lag_seconds(&self) -> f64 {
+        let pending = self.pending_since_ms.load(Ordering::Relaxed);
+        let writer_lag = if pending > 0 {
+            (now_ms() - pending).max(0)
+        } else {
+            0
+        };
+        let lag = writer_lag.max(self.reconcile_lag_ms.load(Ordering::Relaxed));
+        lag as f64 / 1000.0
+    }
+
+    fn record_pass(&self, report: &Report, drift: DriftCheck) {
+        let lag = if report.failed > 0 {
+            report.checkpoint_lag_ms.max(report.missing_lag_ms)
+        } else {
+            report.missing_lag_ms
+        };
+        self.reconcile_lag_ms.store(lag, Ordering::Relaxed);
+        self.repaired.fetch_add(report.missing, Ordering::Relaxed);
+        self.gaps.fetch_add(u64::from(report.gaps), Ordering::Relaxed);
+        if report.failed == 0 {
+            self.postgres_ok.store(true, Ordering::Relaxed);
+        }
+        if drift == DriftCheck::Run {
+            self.drifted_skus
+                .store(report.drift.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What request handlers need of the journal.
+#[derive(Clone)]
+pub struct JournalAccess {
+    pub store: Store,
+    pub status: Arc<JournalStatus>,
+    pub durability: ConfirmDurability,
+}
+
+impl JournalAccess {
+    /// Returns once the event at `stream_id` of partition `p` is committed in
+    /// Postgres: `events` are the ones the call just appended (written here
+    /// directly); a repeated call appended none, so the entry is looked up,
+    /// and fetched from the stream when Postgres lacks it.
+    pub async fn ensure_committed(
+        &self,
+        redis: &Redis,
+        p: Partition,
+        stream_id: &str,
+        events: &[Event],
+    ) -> Result<(), ReconcileError> {
+        if !events.is_empty() {
+            self.store.apply(events).await?;
+            return Ok(());
+        }
+        let pi = i32::try_from(p.0).unwrap_or(i32::MAX);
+        let client = self.store.pool().get().await.map_err(StoreError::from)?;
+        let ids = [stream_id.to_owned()];
+        if store::missing(&client, pi, &ids).await?.is_empty() {
+            return Ok(());
+        }
+        drop(client);
+        let entries: Vec<(String, HashMap<String, String>)> = redis
+            .pool()
+            .xrange(redis.keys().events(p), stream_id, stream_id, Some(1))
+            .await
+            .map_err(|e| crate::redis::classify("confirm_journal", e))?;
+        let mut found = Vec::with_capacity(1);
+        for (id, fields) in &entries {
+            let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            found.push(Event::from_entry(p, id, pairs)?);
+        }
+        if found.is_empty() {
+            tracing::error!(partition = p.0, stream_id,
+                "a confirmation's event is neither in Postgres nor in its stream");
+        }
+        self.store.apply(&found).await?;
+        Ok(())
+    }
+}
+
+/// The running journal: the queue's sending half lives in the Redis layer;
+/// this handle owns the tasks.
+pub struct Journal {
+    pub store: Store,
+    pub status: Arc<JournalStatus>,
+    pub queue: JournalQueue,
+    pub durability: ConfirmDurability,
+    stop: CancellationToken,
+    writer: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
+}
+
+impl Journal {
+    /// The queue to hand to the Redis layer, and the receiving half for
+    /// `start`.
+    pub fn queue(settings: &JournalSettings) -> (JournalQueue, tokio::sync::mpsc::Receiver<Event>) {
+        JournalQueue::bounded(settings.queue_capacity)
+    }
+
+    pub fn reconcile_limits(settings: &JournalSettings) -> ReconcileLimits {
+        ReconcileLimits {
+            entries_max: settings.reconcile_entries_max,
+            settle: Duration::from_millis(settings.reconcile_settle_ms),
+            drift_rows_max: settings.drift_rows_max,
+        }
+    }
+
+    pub fn start(
+        settings: &JournalSettings,
+        access: JournalAccess,
+        redis: Arc<Redis>,
+        queue: JournalQueue,
+        rx: tokio::sync::mpsc::Receiver<Event>,
+    ) -> Self {
+        let JournalAccess { store, status, .. } = access;
+        let stop = CancellationToken::new();
+        let writer = Writer {
+            rx,
+            store: store.clone(),
+            status: status.clone(),
+            stats: queue.stats_handle(),
+            limits: WriterLimits {
+                batch_size_max: settings.batch_size_max,
+                linger: Duration::from_millis(settings.linger_ms),
+                retry_backoff: Duration::from_millis(settings.retry_backoff_ms),
+                drain_grace: Duration::from_millis(settings.drain_grace_ms),
+            },
+        };
+        let writer = tokio::spawn(writer.run(stop.clone()));
+        let reconciler = tokio::spawn(reconciler::run(
+            redis,
+            store.clone(),
+            status.clone(),
+            Self::reconcile_limits(settings),
+            Duration::from_millis(settings.reconcile_interval_ms),
+            settings.drift_check_every_passes,
+            stop.clone(),
+        ));
+        Self {
+            store,
+            status,
+            queue,
+            durability: settings.confirm_durability,
+            stop,
+            writer,
+            reconciler,
+        }
+    }
+
+    pub fn access(&self) -> JournalAccess {
+        JournalAccess {
+            store: self.store.clone(),
+            status: self.status.clone(),
+            durability: self.durability,
+        }
+    }
+
+    /// Stops the reconciler and drains the queue (within the writer's grace
+    /// period). Call after the HTTP server and the sweeper have stopped.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.reconciler.await {
+            tracing::warn!(error = %e, "journal reconciler ended abnormally");
+        }
+        if let Err(e) = self.writer.await {
+            tracing::warn!(error = %e, "journal writer ended abnormally");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The bounded journal queue between the request path and the batch writer.
+//!
+//! Created by `Journal::start`, which hands the sending half to the Redis
+//! layer (every typed script call offers the events its script returned) and
+//! the receiving half to the writer. `offer` never waits: when the queue is
+//! full the event is counted as dropped and left to the reconciler, since it
+//! is already in its partition stream. The queue closes when the writer
+//! stops; later offers count as dropped with reason "closed".
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::sync::mpsc;
+
+use super::event::Event;
+
+/// Counters of one queue; they only grow.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub pushed: AtomicU64,
+    pub popped: AtomicU64,
+    pub dropped_full: AtomicU64,
+    pub dropped_closed: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalQueue {
+    tx: mpsc::Sender<Event>,
+    capacity: usize,
+    stats: Arc<QueueStats>,
+}
+
+impl JournalQueue {
+    /// A queue of `capacity` events (at least 1) and its receiving half.
+    pub fn bounded(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let queue = Self {
+            tx,
+            capacity,
+            stats: Arc::new(QueueStats::default()),
+        };
+        (queue, rx)
+    }
+
+    /// Queues the events, dropping (and counting) what does not fit.
+    pub fn offer(&self, events: Vec<Event>) {
+        for event in events {
+            let counter = match self.tx.try_send(event) {
+                Ok(()) => &self.stats.pushed,
+                Err(mpsc::error::TrySendError::Full(_)) => &self.stats.dropped_full,
+                Err(mpsc::error::TrySendError::Closed(_)) => &self.stats.dropped_closed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Events waiting for the writer.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+
+    pub fn stats_handle(&self) -> Arc<QueueStats> {
+        self.stats.clone()
+    }
+}

@@ -1,0 +1,358 @@
+//! The reconciler: makes Postgres hold every event of every partition
+//! stream, whatever the queue dropped, and says when Redis and Postgres
+//! disagree.
+//!
+//! Per partition, in one Postgres transaction holding the partition's
+//! advisory lock (so instances running at once take turns rather than
+//! collide): read the checkpoint, read the stream from it (only entries
+//! older than `journal.reconcile_settle_ms`, which the writer normally has
+//! already written), insert the ones `inventory_events` lacks, advance the
+//! checkpoint, commit; then trim the stream below the checkpoint, and only
+//! below it. The checkpoint entry itself is kept: when a pass cannot find it,
+//! entries were lost before they were journaled (stream cap, Redis data loss)
+//! and the pass reports a gap instead of hiding it.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::Duration,
+};
+
+use fred::{
+    prelude::*,
+    types::streams::{XCapKind, XCapTrim},
+};
+use futures_util::{StreamExt, stream};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    JournalStatus, now_ms,
+    event::Event,
+    store::{self, RECONCILE_LOCK, StockFilter, Store, StoreError},
+};
+use crate::{
+    inventory::{Partition, Sku, view::InventoryView},
+    redis::{Redis, RedisError},
+};
+
+/// Partitions reconciled at once (each holds one Postgres connection).
+const PARTITION_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileLimits {
+    /// Stream entries read per partition per pass.
+    pub entries_max: u64,
+    /// Entries younger than this are left to the writer.
+    pub settle: Duration,
+    /// `stock_levels` rows compared with Redis per partition per drift check.
+    pub drift_rows_max: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("{0}")]
+    Event(#[from] super::event::EventParseError),
+}
+
+/// What one pass over a partition found.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionPass {
+    /// Another instance held the partition's lock; nothing was done.
+    pub skipped: bool,
+    pub read: u64,
+    /// Entries Postgres lacked, now inserted.
+    pub missing: u64,
+    /// The checkpoint entry was gone from the stream: entries were lost.
+    pub gap: bool,
+    /// Age of the oldest entry beyond the checkpoint when the pass began.
+    pub checkpoint_lag_ms: i64,
+    /// Age of the oldest missing entry found (how late it arrived).
+    pub missing_lag_ms: i64,
+    /// More entries than one pass reads were waiting.
+    pub more: bool,
+}
+
+/// A SKU whose Redis and Postgres states disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub sku: String,
+    pub redis_version: Option<i64>,
+    pub postgres_version: i64,
+    pub reason: DriftReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftReason {
+    /// Postgres has a SKU Redis does not know.
+    MissingInRedis,
+    /// Postgres has a newer version than Redis: Redis lost acknowledged writes.
+    RedisBehind,
+    /// Same version, different counts.
+    CountsDiffer,
+}
+
+impl DriftReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingInRedis => "missing_in_redis",
+            Self::RedisBehind => "redis_behind",
+            Self::CountsDiffer => "counts_differ",
+        }
+    }
+}
+
+/// The sum of one pass over every partition.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub partitions: u32,
+    pub skipped: u32,
+    pub failed: u32,
+    pub read: u64,
+    pub missing: u64,
+    pub gaps: u32,
+    pub checkpoint_lag_ms: i64,
+    pub missing_lag_ms: i64,
+    pub more: bool,
+    pub skus_checked: u64,
+    pub drift: Vec<Drift>,
+}
+
+impl Report {
+    fn add(&mut self, pass: &PartitionPass) {
+        self.partitions += 1;
+        self.skipped += u32::from(pass.skipped);
+        self.read += pass.read;
+        self.missing += pass.missing;
+        self.gaps += u32::from(pass.gap);
+        self.checkpoint_lag_ms = self.checkpoint_lag_ms.max(pass.checkpoint_lag_ms);
+        self.missing_lag_ms = self.missing_lag_ms.max(pass.missing_lag_ms);
+        self.more |= pass.more;
+    }
+}
+
+/// Whether a pass also compares Redis and Postgres per SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftCheck {
+    Skip,
+    Run,
+}
+
+pub async fn reconcile_partition(
+    redis: &Redis,
+    store: &Store,
+    p: Partition,
+    limits: &ReconcileLimits,
+) -> Result<PartitionPass, ReconcileError> {
+    let mut pass = PartitionPass::default();
+    let pi = i32::try_from(p.0).unwrap_or(i32::MAX);
+    let mut client = store.pool().get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1, $2)", &[&RECONCILE_LOCK, &pi])
+        .await
+        .map_err(StoreError::from)?
+        .get(0);
+    if !locked {
+        pass.skipped = true;
+        return Ok(pass);
+    }
+    let checkpoint = store::checkpoint(&tx, pi).await?;
+    let stream = redis.keys().events(p);
+    let now = now_ms();
+    let end = (now - limits.settle.as_millis() as i64).max(0).to_string();
+    let start = checkpoint.clone().unwrap_or_else(|| "-".to_owned());
+    let mut entries: Vec<(String, HashMap<String, String>)> = redis
+        .pool()
+        .xrange(&stream, start, end, Some(limits.entries_max + 1))
+        .await
+        .map_err(|e| crate::redis::classify("reconcile", e))?;
+    if let Some(cp) = &checkpoint {
+        if entries.first().is_some_and(|(id, _)| id == cp) {
+            entries.remove(0);
+        } else if !entries.is_empty() {
+            pass.gap = true;
+        }
+    }
+    pass.more = entries.len() as u64 > limits.entries_max;
+    entries.truncate(limits.entries_max as usize);
+    pass.read = entries.len() as u64;
+    let Some((last, _)) = entries.last() else {
+        return Ok(pass);
+    };
+    let last = last.clone();
+    pass.checkpoint_lag_ms = now - Event::stream_ms(&entries[0].0).unwrap_or(now);
+    let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+    let missing = store::missing(&tx, pi, &ids).await?;
+    let mut events = Vec::with_capacity(missing.len());
+    for (id, fields) in entries.iter().filter(|(id, _)| missing.contains(id)) {
+        let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        events.push(Event::from_entry(p, id, pairs)?);
+    }
+    store::apply_in(&tx, &events).await?;
+    store::set_checkpoint(&tx, pi, &last).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    pass.missing = events.len() as u64;
+    pass.missing_lag_ms = events
+        .iter()
+        .map(|e| now - e.occurred_at_ms)
+        .max()
+        .unwrap_or(0);
+    // Everything up to the checkpoint is committed: trim what lies below it.
+    let cap = (XCapKind::MinID, XCapTrim::AlmostExact, last);
+    let trimmed: Result<i64, _> = redis.pool().xtrim(&stream, cap).await;
+    if let Err(e) = trimmed {
+        tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream");
+    }
+    Ok(pass)
+}
+
+/// Compares one partition's `stock_levels` with Redis.
+pub async fn drift_in_partition(
+    redis: &Redis,
+    store: &Store,
+    p: Partition,
+    limits: &ReconcileLimits,
+) -> Result<(u64, Vec<Drift>), ReconcileError> {
+    let rows = store
+        .stock(StockFilter::Partition {
+            partition: p.0,
+            limit: limits.drift_rows_max,
+        })
+        .await?;
+    let mut by_sku: Vec<(&str, Vec<&store::StockRow>)> = Vec::new();
+    for row in &rows {
+        match by_sku.last_mut() {
+            Some((sku, list)) if *sku == row.sku => list.push(row),
+            _ => by_sku.push((row.sku.as_str(), vec![row])),
+        }
+    }
+    let mut drift = Vec::new();
+    for (sku, pg_rows) in &by_sku {
+        let Ok(parsed) = Sku::parse(sku) else { continue };
+        let view = redis.inventory(&parsed).await?;
+        if let Some(reason) = compare(view.as_ref(), pg_rows) {
+            drift.push(Drift {
+                sku: (*sku).to_owned(),
+                redis_version: view.as_ref().map(|v| v.version as i64),
+                postgres_version: pg_rows.iter().map(|r| r.version).max().unwrap_or(0),
+                reason,
+            });
+        }
+    }
+    Ok((by_sku.len() as u64, drift))
+}
+
+/// Redis ahead of Postgres is lag, not drift: the reconciler brings it.
+fn compare(redis: Option<&InventoryView>, pg: &[&store::StockRow]) -> Option<DriftReason> {
+    let pg_version = pg.iter().map(|r| r.version).max().unwrap_or(0);
+    let Some(view) = redis else {
+        return Some(DriftReason::MissingInRedis);
+    };
+    let redis_version = view.version as i64;
+    if pg_version > redis_version {
+        return Some(DriftReason::RedisBehind);
+    }
+    if pg_version < redis_version {
+        return None;
+    }
+    let differs = pg.iter().any(|row| {
+        view.locations
+            .iter()
+            .find(|l| l.location == row.location)
+            .is_none_or(|l| l.on_hand != row.on_hand || l.reserved != row.reserved)
+    });
+    differs.then_some(DriftReason::CountsDiffer)
+}
+
+/// One pass over every partition.
+pub async fn pass(
+    redis: &Redis,
+    store: &Store,
+    limits: &ReconcileLimits,
+    drift: DriftCheck,
+) -> Report {
+    let partitions = redis.keys().partitions();
+    let results: Vec<_> = stream::iter(0..partitions)
+        .map(|p| async move {
+            let p = Partition(p);
+            let pass = reconcile_partition(redis, store, p, limits).await;
+            let drift = match (drift, &pass) {
+                (DriftCheck::Run, Ok(pass)) if !pass.more => {
+                    Some(drift_in_partition(redis, store, p, limits).await)
+                }
+                _ => None,
+            };
+            (p, pass, drift)
+        })
+        .buffer_unordered(PARTITION_CONCURRENCY)
+        .collect()
+        .await;
+    let mut report = Report::default();
+    for (p, pass, drift) in results {
+        match pass {
+            Ok(pass) => {
+                if pass.gap {
+                    tracing::error!(partition = p.0,
+                        "journal gap: stream entries were lost before they reached Postgres");
+                }
+                report.add(&pass);
+            }
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(partition = p.0, error = %e, "reconcile pass failed");
+            }
+        }
+        match drift {
+            Some(Ok((checked, found))) => {
+                report.skus_checked += checked;
+                report.drift.extend(found);
+            }
+            Some(Err(e)) => tracing::warn!(partition = p.0, error = %e, "drift check failed"),
+            None => {}
+        }
+    }
+    report.drift.sort_by(|a, b| a.sku.cmp(&b.sku));
+    report
+}
+
+/// Runs passes every `interval` until `stop`, a drift check every
+/// `drift_every` passes, publishing what it finds in `status`.
+pub async fn run(
+    redis: Arc<Redis>,
+    store: Store,
+    status: Arc<JournalStatus>,
+    limits: ReconcileLimits,
+    interval: Duration,
+    drift_every: u32,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut passes: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        passes = passes.wrapping_add(1);
+        let drift = if passes % drift_every.max(1) == 0 {
+            DriftCheck::Run
+        } else {
+            DriftCheck::Skip
+        };
+        let report = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = pass(&redis, &store, &limits, drift) => r,
+        };
+        status.record_pass(&report, drift);
+        for d in &report.drift {
+            tracing::warn!(sku = %d.sku, reason = d.reason.as_str(),
+                redis_version = ?d.redis_version, postgres_version = d.postgres_version,
+                "redis and postgres disagree");
+        }
+    }
+}

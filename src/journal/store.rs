@@ -1,0 +1,547 @@
+//! The Postgres side of the journal: the connection pool, migrations, and
+//! every statement flashgate runs against the journal tables.
+//!
+//! `apply` is the one write path for events (writer, reconciler and
+//! synchronous confirmations alike): one transaction, one statement per
+//! table, idempotent. Events insert with `ON CONFLICT DO NOTHING`;
+//! `reservations` and `stock_levels` take an event only when its SKU version
+//! is newer than the row's, so replaying any events in any order leaves the
+//! tables as the newest event says.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context, bail};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+};
+use tokio_postgres::NoTls;
+
+use super::event::Event;
+use crate::config::PostgresSettings;
+
+mod embedded {
+    refinery::embed_migrations!("src/journal/migrations");
+}
+
+/// Key of the session advisory lock that serialises migrations, so several
+/// instances can start at once ("flashgate" in ASCII, as an i64).
+const MIGRATION_LOCK: i64 = 0x666c_6173_6867_6174;
+/// First key of the two-key advisory locks the reconciler takes per partition.
+pub const RECONCILE_LOCK: i32 = 0x6667_7263;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no postgres connection: {0}")]
+    Pool(#[from] PoolError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// A SKU's sale policy as the journal keeps it; `None` where unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyRow {
+    pub max_per_account: Option<i64>,
+    pub opens_at_ms: Option<i64>,
+    pub closes_at_ms: Option<i64>,
+    pub hold_ttl_seconds: Option<i64>,
+}
+
+/// One `stock_levels` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockRow {
+    pub sku: String,
+    pub location: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub low_stock_threshold: i64,
+    pub backorder_limit: i64,
+    pub version: i64,
+}
+
+/// One `reservations` row, times in ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationRow {
+    pub reservation_id: String,
+    pub location: String,
+    pub account_id: String,
+    pub qty: i64,
+    pub state: String,
+    pub backorder: bool,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub stream_id: String,
+}
+
+impl Store {
+    /// Builds the pool; connections open on first use.
+    pub fn new(settings: &PostgresSettings) -> anyhow::Result<Self> {
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .with_context(|| format!("postgres.url {:?} is not a postgres URL", settings.url))?;
+        config.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+        config.options(format!(
+            "-c statement_timeout={}",
+            settings.statement_timeout_ms
+        ));
+        if config.get_application_name().is_none() {
+            config.application_name("flashgate");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let acquire = Some(Duration::from_millis(settings.acquire_timeout_ms));
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: acquire,
+                create: Some(Duration::from_millis(settings.connect_timeout_ms)),
+                recycle: acquire,
+            })
+            .build()
+            .context("building the postgres pool")?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs pending migrations under an advisory lock, then records the
+    /// partition count or refuses one that differs from the recorded count.
+    pub async fn migrate(&self, partitions: u32) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.context("connecting to postgres")?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .context("taking the migration lock")?;
+        let report = embedded::migrations::runner()
+            .set_migration_table_name("flashgate_schema_history")
+            .run_async(&mut **client)
+            .await;
+        let unlock = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        let report = report.context("running the journal migrations")?;
+        unlock.context("releasing the migration lock")?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "applied journal migration");
+        }
+        let wanted = i32::try_from(partitions).context("redis.partitions")?;
+        client
+            .execute(
+                "INSERT INTO flashgate_meta (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&wanted],
+            )
+            .await?;
+        let recorded: i32 = client
+            .query_one("SELECT partitions FROM flashgate_meta", &[])
+            .await?
+            .get(0);
+        if recorded != wanted {
+            bail!(
+                "this journal was written with {recorded} partitions but redis.partitions is \
+                 {wanted}; the count is fixed for the life of the data"
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Writes the events in one transaction; returns how many were new.
+    pub async fn apply(&self, events: &[Event]) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let inserted = apply_in(&tx, events).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    pub async fn save_policy(&self, sku: &str, policy: &PolicyRow) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO sku_policies AS p (sku, max_per_account, opens_at, closes_at,
+                     hold_ttl_seconds, updated_at)
+                 VALUES ($1, $2, to_timestamp($3 / 1000.0), to_timestamp($4 / 1000.0), $5, now())
+                 ON CONFLICT (sku) DO UPDATE SET max_per_account = EXCLUDED.max_per_account,
+                     opens_at = EXCLUDED.opens_at, closes_at = EXCLUDED.closes_at,
+                     hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, updated_at = now()",
+                &[
+                    &sku,
+                    &policy.max_per_account,
+                    &policy.opens_at_ms,
+                    &policy.closes_at_ms,
+                    &policy.hold_ttl_seconds,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn policy(&self, sku: &str) -> Result<PolicyRow, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT max_per_account, (extract(epoch FROM opens_at) * 1000)::bigint,
+                     (extract(epoch FROM closes_at) * 1000)::bigint, hold_ttl_seconds
+                 FROM sku_policies WHERE sku = $1",
+                &[&sku],
+            )
+            .await?;
+        Ok(row.map_or_else(PolicyRow::default, |r| PolicyRow {
+            max_per_account: r.get(0),
+            opens_at_ms: r.get(1),
+            closes_at_ms: r.get(2),
+            hold_ttl_seconds: r.get(3),
+        }))
+    }
+
+    /// Every SKU the journal knows, in order.
+    pub async fn skus(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT DISTINCT sku FROM stock_levels ORDER BY sku", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// `stock_levels` rows of one partition (at most `limit`), or of one SKU.
+    pub async fn stock(&self, filter: StockFilter<'_>) -> Result<Vec<StockRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let columns = "sku, location, on_hand, reserved, safety_stock, low_stock_threshold,
+                       backorder_limit, version";
+        let rows = match filter {
+            StockFilter::Partition { partition, limit } => {
+                let sql = format!(
+                    "SELECT {columns} FROM stock_levels WHERE partition = $1
+                     ORDER BY sku, location LIMIT $2"
+                );
+                let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+                client.query(&sql, &[&partition, &limit]).await?
+            }
+            StockFilter::Sku(sku) => {
+                let sql = format!(
+                    "SELECT {columns} FROM stock_levels WHERE sku = $1 ORDER BY location"
+                );
+                client.query(&sql, &[&sku]).await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| StockRow {
+                sku: r.get(0),
+                location: r.get(1),
+                on_hand: r.get(2),
+                reserved: r.get(3),
+                safety_stock: r.get(4),
+                low_stock_threshold: r.get(5),
+                backorder_limit: r.get(6),
+                version: r.get(7),
+            })
+            .collect())
+    }
+
+    /// A SKU's reservations that still matter to Redis: every live hold and
+    /// confirmation (they count towards caps), and the rest while their
+    /// records would still be readable (`retention_ms` after their end).
+    pub async fn reservations_to_restore(
+        &self,
+        sku: &str,
+        retention_ms: i64,
+    ) -> Result<Vec<ReservationRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let ms = |c: &str| format!("(extract(epoch FROM {c}) * 1000)::bigint");
+        let sql = format!(
+            "SELECT reservation_id, location, account_id, qty, state, backorder,
+                 {}, {}, {}, stream_id
+             FROM reservations
+             WHERE sku = $1 AND (state IN ('held', 'confirmed')
+                 OR updated_at > now() - make_interval(secs => $2::float8))
+             ORDER BY reservation_id",
+            ms("COALESCE(created_at, updated_at)"),
+            ms("COALESCE(expires_at, updated_at)"),
+            ms("updated_at"),
+        );
+        let retention_seconds = retention_ms as f64 / 1000.0;
+        let rows = client.query(&sql, &[&sku, &retention_seconds]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ReservationRow {
+                reservation_id: r.get(0),
+                location: r.get(1),
+                account_id: r.get(2),
+                qty: i64::from(r.get::<_, i32>(3)),
+                state: r.get(4),
+                backorder: r.get(5),
+                created_at_ms: r.get(6),
+                expires_at_ms: r.get(7),
+                updated_at_ms: r.get(8),
+                stream_id: r.get(9),
+            })
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum StockFilter<'a> {
+    Partition { partition: u32, limit: i64 },
+    Sku(&'a str),
+}
+
+/// The partition's checkpoint, `None` before the first one.
+pub async fn checkpoint(
+    client: &impl GenericClient,
+    partition: i32,
+) -> Result<Option<String>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT stream_id FROM journal_checkpoints WHERE partition = $1",
+            &[&partition],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+pub async fn set_checkpoint(
+    client: &impl GenericClient,
+    partition: i32,
+    stream_id: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO journal_checkpoints (partition, stream_id, updated_at)
+             VALUES ($1, $2, now())
+             ON CONFLICT (partition) DO UPDATE
+             SET stream_id = EXCLUDED.stream_id, updated_at = now()",
+            &[&partition, &stream_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The stream ids among `ids` that `inventory_events` does not hold yet.
+pub async fn missing(
+    client: &impl GenericClient,
+    partition: i32,
+    ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id FROM unnest($2::text[]) AS t(id)
+             WHERE NOT EXISTS (SELECT 1 FROM inventory_events e
+                               WHERE e.partition = $1 AND e.stream_id = t.id)",
+            &[&partition, &ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The three statements of `Store::apply`, inside the caller's transaction.
+/// Rows are sorted by key so concurrent writers lock them in one order.
+pub async fn apply_in(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
+    let inserted = insert_events(client, events).await?;
+    upsert_reservations(client, events).await?;
+    upsert_stock(client, events).await?;
+    Ok(inserted)
+}
+
+fn clamp_i32(v: i64) -> i32 {
+    i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX })
+}
+
+async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by(|a, b| (a.partition.0, &a.stream_id).cmp(&(b.partition.0, &b.stream_id)));
+    let col = |f: fn(&Event) -> i64| sorted.iter().map(|e| f(e)).collect::<Vec<i64>>();
+    let partitions: Vec<i32> = sorted.iter().map(|e| clamp_i32(e.partition.0.into())).collect();
+    let ids: Vec<&str> = sorted.iter().map(|e| e.stream_id.as_str()).collect();
+    let kinds: Vec<&str> = sorted.iter().map(|e| e.kind.as_str()).collect();
+    let skus: Vec<&str> = sorted.iter().map(|e| e.sku.as_str()).collect();
+    let locs: Vec<&str> = sorted.iter().map(|e| e.location.as_str()).collect();
+    let rids: Vec<Option<&str>> = sorted
+        .iter()
+        .map(|e| e.reservation.as_ref().map(|r| r.id.as_str()))
+        .collect();
+    let accts: Vec<Option<&str>> = sorted
+        .iter()
+        .map(|e| e.reservation.as_ref().map(|r| r.account.as_str()))
+        .collect();
+    let qtys: Vec<i32> = sorted.iter().map(|e| clamp_i32(e.qty())).collect();
+    let reasons: Vec<Option<&str>> = sorted.iter().map(|e| e.reason.as_deref()).collect();
+    let refs: Vec<Option<&str>> = sorted.iter().map(|e| e.reference.as_deref()).collect();
+    let n = client
+        .execute(
+            "INSERT INTO inventory_events (partition, stream_id, kind, sku, location,
+                 reservation_id, account_id, qty, on_hand_after, reserved_after, version,
+                 occurred_at, reason, reference)
+             SELECT p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, to_timestamp(ts / 1000.0),
+                 reason, ref
+             FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::text[], $8::int[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
+                 $13::text[], $14::text[])
+                 AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref)
+             ON CONFLICT DO NOTHING",
+            &[
+                &partitions,
+                &ids,
+                &kinds,
+                &skus,
+                &locs,
+                &rids,
+                &accts,
+                &qtys,
+                &col(|e| e.on_hand),
+                &col(|e| e.reserved),
+                &col(|e| e.version),
+                &col(|e| e.occurred_at_ms),
+                &reasons,
+                &refs,
+            ],
+        )
+        .await?;
+    Ok(n)
+}
+
+/// The newest state of each reservation in the batch, with whatever creation
+/// and deadline any of its events carried.
+fn newest_per_reservation(events: &[Event]) -> Vec<(&Event, Option<i64>, Option<i64>)> {
+    let mut newest: HashMap<&str, (&Event, Option<i64>, Option<i64>)> = HashMap::new();
+    for e in events {
+        let Some(r) = &e.reservation else { continue };
+        let entry = newest
+            .entry(r.id.as_str())
+            .or_insert((e, r.created_at_ms, r.expires_at_ms));
+        if e.version > entry.0.version {
+            entry.0 = e;
+        }
+        entry.1 = entry.1.or(r.created_at_ms);
+        entry.2 = entry.2.or(r.expires_at_ms);
+    }
+    let mut rows: Vec<_> = newest.into_values().collect();
+    rows.sort_by(|a, b| reservation_id(a.0).cmp(reservation_id(b.0)));
+    rows
+}
+
+fn reservation_id(e: &Event) -> &str {
+    e.reservation.as_ref().map_or("", |r| r.id.as_str())
+}
+
+async fn upsert_reservations(client: &impl GenericClient, events: &[Event]) -> Result<(), StoreError> {
+    let rows = newest_per_reservation(events);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let (mut skus, mut locs, mut accts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut qtys, mut states, mut bos) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut created, mut expires, mut updated) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut versions, mut sids) = (Vec::new(), Vec::new());
+    for (e, created_at, expires_at) in &rows {
+        let Some(r) = &e.reservation else { continue };
+        ids.push(r.id.as_str());
+        skus.push(e.sku.as_str());
+        locs.push(e.location.as_str());
+        accts.push(r.account.as_str());
+        qtys.push(clamp_i32(r.qty));
+        states.push(e.kind.reservation_state().unwrap_or("held"));
+        bos.push(r.backorder);
+        created.push(*created_at);
+        expires.push(*expires_at);
+        updated.push(e.occurred_at_ms);
+        versions.push(e.version);
+        sids.push(e.stream_id.as_str());
+    }
+    client
+        .execute(
+            "INSERT INTO reservations AS r (reservation_id, sku, location, account_id, qty, state,
+                 backorder, created_at, expires_at, updated_at, version, stream_id)
+             SELECT rid, sku, loc, acct, qty, st, bo, to_timestamp(cr / 1000.0),
+                 to_timestamp(ex / 1000.0), to_timestamp(ts / 1000.0), ver, sid
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+                 $7::bool[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::text[])
+                 AS t(rid, sku, loc, acct, qty, st, bo, cr, ex, ts, ver, sid)
+             ON CONFLICT (reservation_id) DO UPDATE SET
+                 state = CASE WHEN r.version < EXCLUDED.version THEN EXCLUDED.state ELSE r.state END,
+                 updated_at = CASE WHEN r.version < EXCLUDED.version
+                     THEN EXCLUDED.updated_at ELSE r.updated_at END,
+                 stream_id = CASE WHEN r.version < EXCLUDED.version
+                     THEN EXCLUDED.stream_id ELSE r.stream_id END,
+                 version = GREATEST(r.version, EXCLUDED.version),
+                 created_at = COALESCE(r.created_at, EXCLUDED.created_at),
+                 expires_at = COALESCE(r.expires_at, EXCLUDED.expires_at)
+             WHERE r.version < EXCLUDED.version
+                 OR (r.created_at IS NULL AND EXCLUDED.created_at IS NOT NULL)
+                 OR (r.expires_at IS NULL AND EXCLUDED.expires_at IS NOT NULL)",
+            &[
+                &ids, &skus, &locs, &accts, &qtys, &states, &bos, &created, &expires, &updated,
+                &versions, &sids,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn upsert_stock(client: &impl GenericClient, events: &[Event]) -> Result<(), StoreError> {
+    let mut newest: HashMap<(&str, &str), &Event> = HashMap::new();
+    for e in events {
+        let slot = newest.entry((e.sku.as_str(), e.location.as_str())).or_insert(e);
+        if e.version > slot.version {
+            *slot = e;
+        }
+    }
+    let mut rows: Vec<&Event> = newest.into_values().collect();
+    rows.sort_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
+    let text = |f: fn(&Event) -> &str| rows.iter().map(|e| f(e)).collect::<Vec<&str>>();
+    let int = |f: fn(&Event) -> i64| rows.iter().map(|e| f(e)).collect::<Vec<i64>>();
+    let partitions: Vec<i32> = rows.iter().map(|e| clamp_i32(e.partition.0.into())).collect();
+    client
+        .execute(
+            "INSERT INTO stock_levels AS s (sku, location, on_hand, reserved, version, updated_at,
+                 safety_stock, low_stock_threshold, backorder_limit, partition)
+             SELECT sku, loc, oh, rs, ver, to_timestamp(ts / 1000.0), ss, lt, bl, p
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                 $7::int8[], $8::int8[], $9::int8[], $10::int[])
+                 AS t(sku, loc, oh, rs, ver, ts, ss, lt, bl, p)
+             ON CONFLICT (sku, location) DO UPDATE SET on_hand = EXCLUDED.on_hand,
+                 reserved = EXCLUDED.reserved, version = EXCLUDED.version,
+                 updated_at = EXCLUDED.updated_at, safety_stock = EXCLUDED.safety_stock,
+                 low_stock_threshold = EXCLUDED.low_stock_threshold,
+                 backorder_limit = EXCLUDED.backorder_limit
+             WHERE s.version < EXCLUDED.version",
+            &[
+                &text(|e| e.sku.as_str()),
+                &text(|e| e.location.as_str()),
+                &int(|e| e.on_hand),
+                &int(|e| e.reserved),
+                &int(|e| e.version),
+                &int(|e| e.occurred_at_ms),
+                &int(|e| e.safety_stock),
+                &int(|e| e.low_stock_threshold),
+                &int(|e| e.backorder_limit),
+                &partitions,
+            ],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The one-shot operator commands: `migrate`, `reconcile` and `rebuild`.
+//! Each connects, does its work, prints a report and returns the exit code.
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+
+use crate::{
+    config::Settings,
+    inventory::Sku,
+    journal::{
+        Journal, Store,
+        rebuild::{self, Outcome, Overwrite},
+        reconciler::{self, DriftCheck},
+    },
+    redis::Redis,
+};
+
+/// Exit code of `reconcile` when it found drift or a journal gap.
+pub const EXIT_DRIFT: u8 = 3;
+
+pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = Store::new(&settings.postgres)?;
+    store.migrate(settings.redis.partitions).await?;
+    println!("journal schema is up to date");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<(Arc<Redis>, Store)> {
+    let redis = Redis::connect(settings).await.context("connecting to redis")?;
+    let store = Store::new(&settings.postgres)?;
+    store.migrate(settings.redis.partitions).await?;
+    Ok((Arc::new(redis), store))
+}
+
+pub async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (redis, store) = connect(settings).await?;
+    let limits = Journal::reconcile_limits(&settings.journal);
+    let report = reconciler::pass(&redis, &store, &limits, DriftCheck::Run).await;
+    println!("partitions          {}", report.partitions);
+    println!("  skipped (locked)  {}", report.skipped);
+    println!("  failed            {}", report.failed);
+    println!("entries read        {}", report.read);
+    println!("missing events      {}", report.missing);
+    println!(
+        "checkpoint lag      {:.3} s",
+        report.checkpoint_lag_ms as f64 / 1000.0
+    );
+    println!("more waiting        {}", report.more);
+    println!("gaps                {}", report.gaps);
+    println!("skus compared       {}", report.skus_checked);
+    println!("drift               {}", report.drift.len());
+    for d in &report.drift {
+        println!(
+            "  {}  {}  redis v{}  postgres v{}",
+            d.sku,
+            d.reason.as_str(),
+            d.redis_version.map_or("-".into(), |v| v.to_string()),
+            d.postgres_version
+        );
+    }
+    redis.quit().await;
+    if report.failed > 0 {
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.gaps > 0 || !report.drift.is_empty() {
+        return Ok(ExitCode::from(EXIT_DRIFT));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rebuild(
+    settings: &Settings,
+    skus: &[String],
+    overwrite: Overwrite,
+) -> anyhow::Result<ExitCode> {
+    let (redis, store) = connect(settings).await?;
+    let names = if skus.is_empty() {
+        store.skus().await?
+    } else {
+        skus.to_vec()
+    };
+    let retention_ms = (settings.reservation.record_retention_seconds * 1000) as i64;
+    let (mut restored, mut failed) = (0u64, 0u64);
+    for name in &names {
+        let sku = Sku::parse(name).with_context(|| format!("sku {name:?}"))?;
+        match rebuild::rebuild_sku(&redis, &store, &sku, overwrite, retention_ms).await {
+            Ok(Outcome::Restored { version, holds }) => {
+                restored += 1;
+                println!("{name}: restored at version {version} with {holds} live holds");
+            }
+            Ok(Outcome::Current {
+                redis_version,
+                postgres_version,
+            }) => println!(
+                "{name}: left alone, redis is at version {redis_version} and postgres at \
+                 {postgres_version} (--force to overwrite)"
+            ),
+            Ok(Outcome::Changed) => {
+                failed += 1;
+                println!("{name}: changed in redis during the rebuild; run again");
+            }
+            Ok(Outcome::Unknown) => {
+                failed += 1;
+                println!("{name}: the journal has no such sku");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{name}: failed: {e}");
+            }
+        }
+    }
+    println!("{restored} restored, {failed} not restored, {} skus", names.len());
+    redis.quit().await;
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
