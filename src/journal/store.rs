@@ -183,7 +183,8 @@ impl Store {
             .execute(
                 "INSERT INTO sku_policies AS p (sku, max_per_account, opens_at, closes_at,
                      hold_ttl_seconds, updated_at)
-                 VALUES ($1, $2, to_timestamp($3 / 1000.0), to_timestamp($4 / 1000.0), $5, now())
+                 VALUES ($1, $2::int8, to_timestamp($3::int8 / 1000.0), to_timestamp($4::int8 / 1000.0),
+                     $5::int8, now())
                  ON CONFLICT (sku) DO UPDATE SET max_per_account = EXCLUDED.max_per_account,
                      opens_at = EXCLUDED.opens_at, closes_at = EXCLUDED.closes_at,
                      hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, updated_at = now()",

@@ -6,8 +6,13 @@
 //! for the test process to exit (however it exits, `kill -9` included), then
 //! stops those servers and removes the directory.
 //!
-//! Each test gets its own gateway on port 0 with its own key prefix, so tests
-//! share the servers without seeing each other's data.
+//! The same goes for PostgreSQL: one throwaway cluster per test binary
+//! (`initdb` as the `postgres` user when the tests run as root, fsync off),
+//! on a free port, in the same directory.
+//!
+//! Each test gets its own gateway on port 0 with its own key prefix and its
+//! own journal database, so tests share the servers without seeing each
+//! other's data.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -39,6 +44,7 @@ pub enum Backend {
 pub struct Servers {
     pub standalone_port: u16,
     pub cluster_ports: Vec<u16>,
+    pub postgres_port: u16,
 }
 
 impl Servers {
@@ -188,6 +194,8 @@ fn start_servers() -> Servers {
         pids.push(start_redis(&root.join(format!("cluster-{i}")), port, true));
         cluster_ports.push(port);
     }
+    let postgres_port = free_port(&taken);
+    pids.push(start_postgres(&root.join("postgres"), postgres_port));
     spawn_reaper(&pids, &root);
 
     let nodes: Vec<String> = cluster_ports
@@ -211,7 +219,115 @@ fn start_servers() -> Servers {
     Servers {
         standalone_port,
         cluster_ports,
+        postgres_port,
     }
+}
+
+/// The directory of the newest installed PostgreSQL server binaries.
+fn postgres_bin() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|bin| bin.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries are not installed: run `sudo apt-get install postgresql` \
+             (or ./scripts/test.sh, which installs it)"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command run as the `postgres` user when this process is root
+/// (`initdb` and `postgres` refuse to run as root).
+fn as_postgres_user(program: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_postgres(dir: &Path, port: u16) -> u32 {
+    require("psql", "postgresql-client");
+    let bin = postgres_bin();
+    std::fs::create_dir_all(dir).expect("create the postgres dir");
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .expect("chown the postgres dir");
+        assert!(status.success(), "chown the postgres dir");
+    }
+    let data = dir.join("data");
+    let status = as_postgres_user(&bin.join("initdb"))
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run initdb");
+    assert!(status.success(), "initdb failed in {}", data.display());
+    // The reaper, not this process, ends the server (see the module docs).
+    #[allow(clippy::zombie_processes)]
+    let child = as_postgres_user(&bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-k")
+        .arg(dir)
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    wait_until("postgres", || psql(port, "postgres", "SELECT 1").is_some());
+    child.id()
+}
+
+/// Runs one SQL command with psql; the unaligned output, or None on failure.
+pub fn psql(port: u16, database: &str, sql: &str) -> Option<String> {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A new, empty database on the test Postgres; returns its URL.
+pub fn fresh_database() -> String {
+    let port = servers().postgres_port;
+    let name = format!("t{}", uuid::Uuid::new_v4().simple());
+    let created = (0..20).any(|_| {
+        psql(port, "postgres", &format!("CREATE DATABASE {name}")).is_some() || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(created, "could not create database {name}");
+    format!("postgres://postgres@127.0.0.1:{port}/{name}")
 }
 
 /// A standalone Redis of one test's own, which the test may stop and start.
@@ -300,6 +416,9 @@ pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
     s.redis.url = servers().url(backend);
     s.redis.key_prefix = prefix.to_owned();
     s.redis.partitions = 64;
+    s.postgres.url = fresh_database();
+    s.journal.reconcile_interval_ms = 200;
+    s.journal.reconcile_settle_ms = 200;
     s.auth.secret = Some(TEST_SECRET.into());
     s.expiry.sweep_interval_ms = 100;
     s
