@@ -46,6 +46,7 @@ enum Migration {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         if settings.auth.secret.is_none() {
             tracing::warn!(
                 "auth.secret is not set: using the public development secret; \
@@ -61,9 +62,11 @@ impl App {
         let migration = match store.migrate(settings.redis.partitions).await {
             Ok(()) => Migration::Done,
             Err(e) if store.ping().await.is_err() => {
-                tracing::error!(error = format!("{e:#}"),
+                tracing::error!(
+                    error = format!("{e:#}"),
                     "postgres is unreachable: serving anyway; events wait in the streams \
-                     and the journal catches up once postgres answers");
+                     and the journal catches up once postgres answers"
+                );
                 Migration::Pending
             }
             Err(e) => return Err(e.context("migrating the journal")),

@@ -371,7 +371,9 @@ impl Settings {
         }
         let j = &self.journal;
         if j.queue_capacity == 0 || j.batch_size_max == 0 || j.reconcile_entries_max == 0 {
-            bail!("journal.queue_capacity, batch_size_max and reconcile_entries_max must be positive");
+            bail!(
+                "journal.queue_capacity, batch_size_max and reconcile_entries_max must be positive"
+            );
         }
         if j.batch_size_max > 10_000 {
             bail!("journal.batch_size_max must be at most 10000");

@@ -27,7 +27,9 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<(Arc<Redis>, Store)> {
-    let redis = Redis::connect(settings).await.context("connecting to redis")?;
+    let redis = Redis::connect(settings)
+        .await
+        .context("connecting to redis")?;
     let store = Store::new(&settings.postgres)?;
     store.migrate(settings.redis.partitions).await?;
     Ok((Arc::new(redis), store))
@@ -110,7 +112,10 @@ pub async fn rebuild(
             }
         }
     }
-    println!("{restored} restored, {failed} not restored, {} skus", names.len());
+    println!(
+        "{restored} restored, {failed} not restored, {} skus",
+        names.len()
+    );
     redis.quit().await;
     Ok(if failed > 0 {
         ExitCode::FAILURE

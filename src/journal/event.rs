@@ -127,7 +127,10 @@ impl Event {
         };
         let opt_int = |k: &str| -> Result<Option<i64>, EventParseError> {
             f.get(k)
-                .map(|v| v.parse::<i64>().map_err(|e| fail(format!("field {k}: {e}"))))
+                .map(|v| {
+                    v.parse::<i64>()
+                        .map_err(|e| fail(format!("field {k}: {e}")))
+                })
                 .transpose()
         };
         let int = |k: &str| opt_int(k)?.ok_or_else(|| fail(format!("missing field {k}")));
@@ -202,9 +205,38 @@ mod tests {
     #[test]
     fn a_reserved_entry_parses_with_its_reservation() {
         let flat = [
-            "kind", "reserved", "sku", "S", "loc", "default", "ver", "7", "oh", "10", "rs", "3",
-            "ss", "1", "lt", "2", "bl", "0", "ts", "1763712000000", "rid", "3.ab.S", "acct", "a",
-            "qty", "2", "bo", "0", "exp", "1763712600000", "created", "1763712000000",
+            "kind",
+            "reserved",
+            "sku",
+            "S",
+            "loc",
+            "default",
+            "ver",
+            "7",
+            "oh",
+            "10",
+            "rs",
+            "3",
+            "ss",
+            "1",
+            "lt",
+            "2",
+            "bl",
+            "0",
+            "ts",
+            "1763712000000",
+            "rid",
+            "3.ab.S",
+            "acct",
+            "a",
+            "qty",
+            "2",
+            "bo",
+            "0",
+            "exp",
+            "1763712600000",
+            "created",
+            "1763712000000",
         ];
         let raw = RawEvents(vec![(
             "1763712000000-0".into(),
@@ -212,10 +244,16 @@ mod tests {
         )]);
         let events = raw.parse(Partition(3)).unwrap();
         let e = &events[0];
-        assert_eq!((e.kind, e.version, e.on_hand, e.reserved), (EventKind::Reserved, 7, 10, 3));
+        assert_eq!(
+            (e.kind, e.version, e.on_hand, e.reserved),
+            (EventKind::Reserved, 7, 10, 3)
+        );
         assert_eq!(e.qty(), 2);
         let r = e.reservation.as_ref().unwrap();
-        assert_eq!((r.id.as_str(), r.backorder, r.expires_at_ms), ("3.ab.S", false, Some(1763712600000)));
+        assert_eq!(
+            (r.id.as_str(), r.backorder, r.expires_at_ms),
+            ("3.ab.S", false, Some(1763712600000))
+        );
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl JournalStatus {
         };
         self.reconcile_lag_ms.store(lag, Ordering::Relaxed);
         self.repaired.fetch_add(report.missing, Ordering::Relaxed);
-        self.gaps.fetch_add(u64::from(report.gaps), Ordering::Relaxed);
+        self.gaps
+            .fetch_add(u64::from(report.gaps), Ordering::Relaxed);
         if report.failed == 0 {
             self.postgres_ok.store(true, Ordering::Relaxed);
         }
@@ -143,8 +144,11 @@ impl JournalAccess {
             found.push(Event::from_entry(p, id, pairs)?);
         }
         if found.is_empty() {
-            tracing::error!(partition = p.0, stream_id,
-                "a confirmation's event is neither in Postgres nor in its stream");
+            tracing::error!(
+                partition = p.0,
+                stream_id,
+                "a confirmation's event is neither in Postgres nor in its stream"
+            );
         }
         self.store.apply(&found).await?;
         Ok(())

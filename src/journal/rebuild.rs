@@ -29,9 +29,15 @@ pub enum Overwrite {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Restored { version: i64, holds: i64 },
+    Restored {
+        version: i64,
+        holds: i64,
+    },
     /// Redis already holds this version or a newer one.
-    Current { redis_version: i64, postgres_version: i64 },
+    Current {
+        redis_version: i64,
+        postgres_version: i64,
+    },
     /// The SKU changed in Redis while it was being rebuilt; run again.
     Changed,
     /// The journal knows no such SKU.
@@ -75,7 +81,11 @@ pub async fn rebuild_sku(
             tracing::warn!(reservation = %r.reservation_id, "skipping an unparsable reservation id");
             continue;
         };
-        let ends = if r.state == "held" { r.expires_at_ms } else { r.updated_at_ms };
+        let ends = if r.state == "held" {
+            r.expires_at_ms
+        } else {
+            r.updated_at_ms
+        };
         ids.push(id);
         records.push(json!({
             "rid": r.reservation_id, "loc": r.location, "acct": r.account_id, "qty": r.qty,

@@ -12,11 +12,7 @@
 //! entries were lost before they were journaled (stream cap, Redis data loss)
 //! and the pass reports a gap instead of hiding it.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fred::{
     prelude::*,
@@ -26,8 +22,9 @@ use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    JournalStatus, now_ms,
+    JournalStatus,
     event::Event,
+    now_ms,
     store::{self, RECONCILE_LOCK, StockFilter, Store, StoreError},
 };
 use crate::{
@@ -152,7 +149,10 @@ pub async fn reconcile_partition(
     let mut client = store.pool().get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1, $2)", &[&RECONCILE_LOCK, &pi])
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, $2)",
+            &[&RECONCILE_LOCK, &pi],
+        )
         .await
         .map_err(StoreError::from)?
         .get(0);
@@ -232,7 +232,9 @@ pub async fn drift_in_partition(
     }
     let mut drift = Vec::new();
     for (sku, pg_rows) in &by_sku {
-        let Ok(parsed) = Sku::parse(sku) else { continue };
+        let Ok(parsed) = Sku::parse(sku) else {
+            continue;
+        };
         let view = redis.inventory(&parsed).await?;
         if let Some(reason) = compare(view.as_ref(), pg_rows) {
             drift.push(Drift {
@@ -296,8 +298,10 @@ pub async fn pass(
         match pass {
             Ok(pass) => {
                 if pass.gap {
-                    tracing::error!(partition = p.0,
-                        "journal gap: stream entries were lost before they reached Postgres");
+                    tracing::error!(
+                        partition = p.0,
+                        "journal gap: stream entries were lost before they reached Postgres"
+                    );
                 }
                 report.add(&pass);
             }

@@ -242,9 +242,8 @@ impl Store {
                 client.query(&sql, &[&partition, &limit]).await?
             }
             StockFilter::Sku(sku) => {
-                let sql = format!(
-                    "SELECT {columns} FROM stock_levels WHERE sku = $1 ORDER BY location"
-                );
+                let sql =
+                    format!("SELECT {columns} FROM stock_levels WHERE sku = $1 ORDER BY location");
                 client.query(&sql, &[&sku]).await?
             }
         };
@@ -375,7 +374,10 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by(|a, b| (a.partition.0, &a.stream_id).cmp(&(b.partition.0, &b.stream_id)));
     let col = |f: fn(&Event) -> i64| sorted.iter().map(|e| f(e)).collect::<Vec<i64>>();
-    let partitions: Vec<i32> = sorted.iter().map(|e| clamp_i32(e.partition.0.into())).collect();
+    let partitions: Vec<i32> = sorted
+        .iter()
+        .map(|e| clamp_i32(e.partition.0.into()))
+        .collect();
     let ids: Vec<&str> = sorted.iter().map(|e| e.stream_id.as_str()).collect();
     let kinds: Vec<&str> = sorted.iter().map(|e| e.kind.as_str()).collect();
     let skus: Vec<&str> = sorted.iter().map(|e| e.sku.as_str()).collect();
@@ -448,7 +450,10 @@ fn reservation_id(e: &Event) -> &str {
     e.reservation.as_ref().map_or("", |r| r.id.as_str())
 }
 
-async fn upsert_reservations(client: &impl GenericClient, events: &[Event]) -> Result<(), StoreError> {
+async fn upsert_reservations(
+    client: &impl GenericClient,
+    events: &[Event],
+) -> Result<(), StoreError> {
     let rows = newest_per_reservation(events);
     if rows.is_empty() {
         return Ok(());
@@ -506,7 +511,9 @@ async fn upsert_reservations(client: &impl GenericClient, events: &[Event]) -> R
 async fn upsert_stock(client: &impl GenericClient, events: &[Event]) -> Result<(), StoreError> {
     let mut newest: HashMap<(&str, &str), &Event> = HashMap::new();
     for e in events {
-        let slot = newest.entry((e.sku.as_str(), e.location.as_str())).or_insert(e);
+        let slot = newest
+            .entry((e.sku.as_str(), e.location.as_str()))
+            .or_insert(e);
         if e.version > slot.version {
             *slot = e;
         }
@@ -515,7 +522,10 @@ async fn upsert_stock(client: &impl GenericClient, events: &[Event]) -> Result<(
     rows.sort_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
     let text = |f: fn(&Event) -> &str| rows.iter().map(|e| f(e)).collect::<Vec<&str>>();
     let int = |f: fn(&Event) -> i64| rows.iter().map(|e| f(e)).collect::<Vec<i64>>();
-    let partitions: Vec<i32> = rows.iter().map(|e| clamp_i32(e.partition.0.into())).collect();
+    let partitions: Vec<i32> = rows
+        .iter()
+        .map(|e| clamp_i32(e.partition.0.into()))
+        .collect();
     client
         .execute(
             "INSERT INTO stock_levels AS s (sku, location, on_hand, reserved, version, updated_at,

@@ -81,7 +81,9 @@ impl Writer {
         deadline: Option<Instant>,
     ) -> bool {
         let oldest = batch.iter().map(|e| e.occurred_at_ms).min().unwrap_or(0);
-        self.status.pending_since_ms.store(oldest, Ordering::Relaxed);
+        self.status
+            .pending_since_ms
+            .store(oldest, Ordering::Relaxed);
         let mut failures = 0u64;
         loop {
             match self.store.apply(batch).await {

@@ -406,7 +406,8 @@ pub fn keys_under(backend: Backend, prefix: &str) -> Vec<String> {
 }
 
 pub fn unique_prefix() -> String {
-    format!("t{}", uuid::Uuid::new_v4().simple())
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}", &id[..24])
 }
 
 /// Settings for a test gateway: port 0, the test secret, quick sweeps.
@@ -427,6 +428,7 @@ pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub prefix: String,
+    pub settings: Settings,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -445,6 +447,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let prefix = settings.redis.key_prefix.clone();
+    let kept = settings.clone();
     let app = App::build(settings).await.expect("the gateway builds");
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -458,8 +461,81 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     TestApp {
         addr,
         prefix,
+        settings: kept,
         http,
         stop: Some(stop),
+    }
+}
+
+/// A client of a test's journal database.
+pub async fn journal_db(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the journal database");
+    tokio::spawn(connection);
+    client
+}
+
+/// Deletes every key under `prefix` on every node: Redis losing this
+/// deployment's data, as a wipe or a failover to an empty replica would.
+pub fn wipe_prefix(backend: Backend, prefix: &str) {
+    for port in servers().ports(backend) {
+        let script = format!(
+            "redis-cli -p {port} --scan --pattern '{prefix}:*' | xargs -r -n 1 redis-cli -p {port} del"
+        );
+        let status = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run the wipe");
+        assert!(status.success(), "wiping {prefix} on {port}");
+    }
+}
+
+/// A TCP proxy in front of a server that a test can cut (every open
+/// connection is dropped and new ones are closed at once) and restore.
+pub struct ChaosProxy {
+    pub port: u16,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl ChaosProxy {
+    pub async fn start(target_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(cut);
+        let state = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut_rx = state.subscribe();
+                if *cut_rx.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
     }
 }
 

@@ -9,6 +9,7 @@ mod harness;
 mod access;
 mod contention;
 mod idempotency;
+mod journal;
 mod lifecycle;
 mod resilience;
 mod stock;
