@@ -61,13 +61,14 @@ pub async fn rebuild_sku(
         .hget(redis.keys().sku(p, sku), "ver")
         .await
         .map_err(|e| crate::redis::classify("rebuild", e))?;
-    if let Some(redis_version) = current {
-        if redis_version >= pg_version && overwrite == Overwrite::OnlyOlder {
-            return Ok(Outcome::Current {
-                redis_version,
-                postgres_version: pg_version,
-            });
-        }
+    if let Some(redis_version) = current
+        && redis_version >= pg_version
+        && overwrite == Overwrite::OnlyOlder
+    {
+        return Ok(Outcome::Current {
+            redis_version,
+            postgres_version: pg_version,
+        });
     }
     let policy = store.policy(sku.as_str()).await?;
     let rows = store

@@ -343,7 +343,7 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         passes = passes.wrapping_add(1);
-        let drift = if passes % drift_every.max(1) == 0 {
+        let drift = if passes.is_multiple_of(drift_every.max(1)) {
             DriftCheck::Run
         } else {
             DriftCheck::Skip

@@ -98,7 +98,7 @@ impl Writer {
                 }
                 Err(e) => {
                     self.status.postgres_ok.store(false, Ordering::Relaxed);
-                    if failures % 20 == 0 {
+                    if failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, events = batch.len(), failures,
                             "journal write failed; retrying (the reconciler covers dropped events)");
                     }

@@ -215,10 +215,10 @@ impl Redis {
 
     /// Offers events to the journal queue, when this process runs one.
     fn journal(&self, events: Vec<Event>) {
-        if let Some(queue) = &self.journal {
-            if !events.is_empty() {
-                queue.offer(events);
-            }
+        if let Some(queue) = &self.journal
+            && !events.is_empty()
+        {
+            queue.offer(events);
         }
     }
 
