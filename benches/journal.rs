@@ -13,6 +13,9 @@
 //! database and a key prefix of its own, both removed at the end.
 //! FLASHGATE_BENCH_RATE sets the reservation rate (default 1,000/s).
 
+// A benchmark stops at its first failure, like a test.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use flashgate::{
@@ -246,6 +249,12 @@ async fn lag_under_load(db_url: &str, settings: &Settings, rate_per_s: u64) {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: the
+    // test suite must not need the local services, so only `cargo bench` runs it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("journal benchmark: run it with `cargo bench --bench journal`");
+        return;
+    }
     let pg = env_or(
         "FLASHGATE_BENCH_POSTGRES_URL",
         "postgres://postgres@127.0.0.1:5432/postgres",
