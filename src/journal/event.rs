@@ -90,6 +90,24 @@ pub struct Event {
     pub reference: Option<String>,
 }
 
+/// Every field a stream entry may carry (see `commit` in lua/prelude.lua).
+const FIELDS: [&str; 19] = [
+    "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
+    "exp", "created", "delta", "reason", "ref",
+];
+
+/// An entry's values, indexed like `FIELDS`.
+struct Slots<'s, 'a>(&'s [Option<&'a str>; FIELDS.len()]);
+
+impl<'a> Slots<'_, 'a> {
+    fn get(&self, key: &str) -> Option<&'a str> {
+        FIELDS
+            .iter()
+            .position(|f| *f == key)
+            .and_then(|i| self.0[i])
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("stream entry {stream_id}: {problem}")]
 pub struct EventParseError {
@@ -116,13 +134,18 @@ impl Event {
             stream_id: stream_id.to_owned(),
             problem,
         };
-        let mut f = std::collections::HashMap::<&str, &str>::new();
+        // A fixed table rather than a map: this runs for every event on the
+        // request path. Unknown fields are ignored (a newer writer's extras).
+        let mut slots: [Option<&str>; FIELDS.len()] = [None; FIELDS.len()];
         for (k, v) in fields {
-            f.insert(k, v);
+            if let Some(i) = FIELDS.iter().position(|f| *f == k) {
+                slots[i] = Some(v);
+            }
         }
+        let f = Slots(&slots);
         let text = |k: &str| {
             f.get(k)
-                .map(|v| (*v).to_owned())
+                .map(str::to_owned)
                 .ok_or_else(|| fail(format!("missing field {k}")))
         };
         let opt_int = |k: &str| -> Result<Option<i64>, EventParseError> {
@@ -141,7 +164,7 @@ impl Event {
                 id: text("rid")?,
                 account: text("acct")?,
                 qty: int("qty")?,
-                backorder: f.get("bo") == Some(&"1"),
+                backorder: f.get("bo") == Some("1"),
                 expires_at_ms: opt_int("exp")?,
                 created_at_ms: opt_int("created")?,
             }),
@@ -162,11 +185,8 @@ impl Event {
             occurred_at_ms: int("ts")?,
             reservation,
             delta: opt_int("delta")?,
-            reason: f.get("reason").map(|v| (*v).to_owned()),
-            reference: f
-                .get("ref")
-                .filter(|v| !v.is_empty())
-                .map(|v| (*v).to_owned()),
+            reason: f.get("reason").map(str::to_owned),
+            reference: f.get("ref").filter(|v| !v.is_empty()).map(str::to_owned),
         })
     }
 

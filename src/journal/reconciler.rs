@@ -12,7 +12,11 @@
 //! entries were lost before they were journaled (stream cap, Redis data loss)
 //! and the pass reports a gap instead of hiding it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use fred::{
     prelude::*,
@@ -186,7 +190,7 @@ pub async fn reconcile_partition(
     let last = last.clone();
     pass.checkpoint_lag_ms = now - Event::stream_ms(&entries[0].0).unwrap_or(now);
     let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-    let missing = store::missing(&tx, pi, &ids).await?;
+    let missing: HashSet<String> = store::missing(&tx, pi, &ids).await?.into_iter().collect();
     let mut events = Vec::with_capacity(missing.len());
     for (id, fields) in entries.iter().filter(|(id, _)| missing.contains(id)) {
         let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
