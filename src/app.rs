@@ -53,7 +53,7 @@ impl App {
                  anyone can mint tokens. Set FLASHGATE_AUTH__SECRET in production."
             );
         }
-        let (journal_queue, journal_rx) = Journal::queue(&settings.journal);
+        let (journal_queue, journal_rx) = JournalQueue::bounded(settings.journal.queue_capacity);
         let redis = Redis::connect(&settings)
             .await
             .context("starting the redis layer")?
@@ -128,9 +128,9 @@ impl App {
         }
         let journal = Journal::start(
             &settings.journal,
-            state.journal.clone(),
+            &state.journal,
             state.redis.clone(),
-            journal_queue,
+            &journal_queue,
             journal_rx,
         );
         let sweeper = tokio::spawn(sweeper::run(

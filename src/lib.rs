@@ -3,6 +3,7 @@
 //! - `config`: settings, layered from file and environment, validated once.
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
 //! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
+//! - `clock`: the gateway's wall clock.
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
@@ -14,6 +15,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod inventory;

@@ -82,11 +82,10 @@ pub async fn rebuild(
     } else {
         skus.to_vec()
     };
-    let retention_ms = (settings.reservation.record_retention_seconds * 1000) as i64;
     let (mut restored, mut failed) = (0u64, 0u64);
     for name in &names {
         let sku = Sku::parse(name).with_context(|| format!("sku {name:?}"))?;
-        match rebuild::rebuild_sku(&redis, &store, &sku, overwrite, retention_ms).await {
+        match rebuild::rebuild_sku(&redis, &store, &sku, overwrite).await {
             Ok(Outcome::Restored { version, holds }) => {
                 restored += 1;
                 println!("{name}: restored at version {version} with {holds} live holds");

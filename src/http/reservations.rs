@@ -186,15 +186,24 @@ async fn settle(
     let id = parse_id(&state, &raw)?;
     let (reply, events) = state.redis.settle(&id, &caller.account, settlement).await?;
     let sync = state.journal.durability == ConfirmDurability::Sync;
-    if let (Settlement::Confirm, true, ReservationReply::Ok(r)) = (settlement, sync, &reply) {
-        // `confirm_durability = sync`: the 200 means Postgres has it too. A
-        // failure here leaves the confirmation in Redis and its stream; the
-        // client's retry answers the same confirmation and checks again.
-        state
-            .journal
-            .ensure_committed(&state.redis, id.partition(), &r.stream_id, &events)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("journaling the confirmation: {e}")))?;
+    match (settlement, sync, &reply) {
+        (Settlement::Confirm, true, ReservationReply::Ok(r)) => {
+            // `confirm_durability = sync`: the 200 means Postgres has it too.
+            // A failure leaves the confirmation in Redis and its stream (and
+            // the queue); the client's retry answers the same confirmation
+            // and checks again.
+            let committed = state
+                .journal
+                .ensure_committed(&state.redis, id.partition(), &r.stream_id, &events)
+                .await;
+            if let Err(e) = committed {
+                state.redis.offer_to_journal(events);
+                return Err(ApiError::Unavailable(format!(
+                    "journaling the confirmation: {e}"
+                )));
+            }
+        }
+        _ => state.redis.offer_to_journal(events),
     }
     reservation_response(reply)
 }

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::inventory::Partition;
+use crate::{inventory::Partition, redis::calls::StreamEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -188,6 +188,15 @@ impl Event {
             reason: f.get("reason").map(str::to_owned),
             reference: f.get("ref").filter(|v| !v.is_empty()).map(str::to_owned),
         })
+    }
+
+    /// Parses an entry as the Redis layer reads it from a stream.
+    pub fn from_stream_entry(
+        partition: Partition,
+        (id, fields): &StreamEntry,
+    ) -> Result<Self, EventParseError> {
+        let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        Self::from_entry(partition, id, pairs)
     }
 
     /// Milliseconds part of the stream id: when Redis appended the entry.

@@ -18,7 +18,6 @@ pub mod store;
 pub mod writer;
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -26,7 +25,6 @@ use std::{
     time::Duration,
 };
 
-use fred::prelude::*;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,18 +33,24 @@ pub use queue::JournalQueue;
 pub use store::Store;
 
 use crate::{
+    clock::now_ms,
     config::{ConfirmDurability, JournalSettings},
     inventory::Partition,
-    redis::Redis,
+    redis::{Redis, RedisError},
 };
-use reconciler::{DriftCheck, ReconcileError, ReconcileLimits, Report};
+use reconciler::{DriftCheck, ReconcileLimits, Report};
 use store::StoreError;
 use writer::{Writer, WriterLimits};
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// What can stop a journal operation that spans Redis and Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("{0}")]
+    Event(#[from] event::EventParseError),
 }
 
 /// What the writer and the reconciler last saw, for readiness and reports.
@@ -121,28 +125,24 @@ impl JournalAccess {
         p: Partition,
         stream_id: &str,
         events: &[Event],
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<(), JournalError> {
         if !events.is_empty() {
             self.store.apply(events).await?;
             return Ok(());
         }
-        let pi = i32::try_from(p.0).unwrap_or(i32::MAX);
+        let pi = store::pg_partition(p);
         let client = self.store.pool().get().await.map_err(StoreError::from)?;
         let ids = [stream_id.to_owned()];
         if store::missing(&client, pi, &ids).await?.is_empty() {
             return Ok(());
         }
         drop(client);
-        let entries: Vec<(String, HashMap<String, String>)> = redis
-            .pool()
-            .xrange(redis.keys().events(p), stream_id, stream_id, Some(1))
-            .await
-            .map_err(|e| crate::redis::classify("confirm_journal", e))?;
-        let mut found = Vec::with_capacity(1);
-        for (id, fields) in &entries {
-            let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            found.push(Event::from_entry(p, id, pairs)?);
-        }
+        let found = redis
+            .stream_entries(p, stream_id, stream_id, 1)
+            .await?
+            .iter()
+            .map(|entry| Event::from_stream_entry(p, entry))
+            .collect::<Result<Vec<_>, _>>()?;
         if found.is_empty() {
             tracing::error!(
                 partition = p.0,
@@ -155,25 +155,15 @@ impl JournalAccess {
     }
 }
 
-/// The running journal: the queue's sending half lives in the Redis layer;
-/// this handle owns the tasks.
+/// The running journal's tasks: the queue's sending half lives in the Redis
+/// layer, and handlers reach the store through `JournalAccess`.
 pub struct Journal {
-    pub store: Store,
-    pub status: Arc<JournalStatus>,
-    pub queue: JournalQueue,
-    pub durability: ConfirmDurability,
     stop: CancellationToken,
     writer: JoinHandle<()>,
     reconciler: JoinHandle<()>,
 }
 
 impl Journal {
-    /// The queue to hand to the Redis layer, and the receiving half for
-    /// `start`.
-    pub fn queue(settings: &JournalSettings) -> (JournalQueue, tokio::sync::mpsc::Receiver<Event>) {
-        JournalQueue::bounded(settings.queue_capacity)
-    }
-
     pub fn reconcile_limits(settings: &JournalSettings) -> ReconcileLimits {
         ReconcileLimits {
             entries_max: settings.reconcile_entries_max,
@@ -184,18 +174,18 @@ impl Journal {
 
     pub fn start(
         settings: &JournalSettings,
-        access: JournalAccess,
+        access: &JournalAccess,
         redis: Arc<Redis>,
-        queue: JournalQueue,
+        queue: &JournalQueue,
         rx: tokio::sync::mpsc::Receiver<Event>,
     ) -> Self {
-        let JournalAccess { store, status, .. } = access;
+        let JournalAccess { store, status, .. } = access.clone();
         let stop = CancellationToken::new();
         let writer = Writer {
             rx,
             store: store.clone(),
             status: status.clone(),
-            stats: queue.stats_handle(),
+            stats: queue.stats(),
             limits: WriterLimits {
                 batch_size_max: settings.batch_size_max,
                 linger: Duration::from_millis(settings.linger_ms),
@@ -206,29 +196,17 @@ impl Journal {
         let writer = tokio::spawn(writer.run(stop.clone()));
         let reconciler = tokio::spawn(reconciler::run(
             redis,
-            store.clone(),
-            status.clone(),
+            store,
+            status,
             Self::reconcile_limits(settings),
             Duration::from_millis(settings.reconcile_interval_ms),
             settings.drift_check_every_passes,
             stop.clone(),
         ));
         Self {
-            store,
-            status,
-            queue,
-            durability: settings.confirm_durability,
             stop,
             writer,
             reconciler,
-        }
-    }
-
-    pub fn access(&self) -> JournalAccess {
-        JournalAccess {
-            store: self.store.clone(),
-            status: self.status.clone(),
-            durability: self.durability,
         }
     }
 

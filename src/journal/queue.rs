@@ -28,18 +28,15 @@ pub struct QueueStats {
 #[derive(Debug, Clone)]
 pub struct JournalQueue {
     tx: mpsc::Sender<Event>,
-    capacity: usize,
     stats: Arc<QueueStats>,
 }
 
 impl JournalQueue {
     /// A queue of `capacity` events (at least 1) and its receiving half.
     pub fn bounded(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
-        let capacity = capacity.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let queue = Self {
             tx,
-            capacity,
             stats: Arc::new(QueueStats::default()),
         };
         (queue, rx)
@@ -57,20 +54,7 @@ impl JournalQueue {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Events waiting for the writer.
-    pub fn depth(&self) -> usize {
-        self.capacity - self.tx.capacity()
-    }
-
-    pub fn stats(&self) -> &QueueStats {
-        &self.stats
-    }
-
-    pub fn stats_handle(&self) -> Arc<QueueStats> {
+    pub fn stats(&self) -> Arc<QueueStats> {
         self.stats.clone()
     }
 }

@@ -11,13 +11,13 @@ use fred::prelude::*;
 use serde_json::json;
 
 use super::{
-    now_ms,
-    reconciler::ReconcileError,
+    JournalError,
     store::{StockFilter, Store},
 };
 use crate::{
+    clock::now_ms,
     inventory::{ReservationId, Sku},
-    redis::{Redis, ScriptName},
+    redis::{Redis, calls::RestoreReply},
 };
 
 /// Whether a SKU that Redis holds at the same or a newer version is rewritten.
@@ -49,8 +49,8 @@ pub async fn rebuild_sku(
     store: &Store,
     sku: &Sku,
     overwrite: Overwrite,
-    retention_ms: i64,
-) -> Result<Outcome, ReconcileError> {
+) -> Result<Outcome, JournalError> {
+    let retention_ms = redis.limits().record_retention_ms as i64;
     let stock = store.stock(StockFilter::Sku(sku.as_str())).await?;
     let Some(pg_version) = stock.iter().map(|r| r.version).max() else {
         return Ok(Outcome::Unknown);
@@ -102,30 +102,19 @@ pub async fn rebuild_sku(
                    "lt": s.low_stock_threshold, "bl": s.backorder_limit})
         })
         .collect();
+    // Never below what Redis showed, so no version is ever reused.
+    let version = pg_version.max(current.unwrap_or(0));
     let doc = json!({
         "expect": current.unwrap_or(-1),
-        "ver": pg_version.max(current.unwrap_or(0)),
+        "ver": version,
         "sku": sku.as_str(),
         "locs": locs,
         "policy": {"max": policy.max_per_account, "open": policy.opens_at_ms,
                    "close": policy.closes_at_ms, "ttl": policy.hold_ttl_seconds},
         "records": records,
     });
-    let keys = redis.keys().restore_keys(sku, &ids);
-    let reply: String = redis
-        .eval(ScriptName::Restore, keys, vec![doc.to_string()])
-        .await?;
-    let reply: serde_json::Value =
-        serde_json::from_str(&reply).map_err(|e| crate::redis::RedisError::Reply {
-            script: ScriptName::Restore.stem(),
-            detail: format!("{e}: {reply}"),
-        })?;
-    if reply["outcome"] == "ok" {
-        Ok(Outcome::Restored {
-            version: pg_version.max(current.unwrap_or(0)),
-            holds: reply["holds"].as_i64().unwrap_or(0),
-        })
-    } else {
-        Ok(Outcome::Changed)
-    }
+    Ok(match redis.restore(sku, &ids, &doc).await? {
+        RestoreReply::Ok { holds } => Outcome::Restored { version, holds },
+        RestoreReply::Changed { .. } => Outcome::Changed,
+    })
 }

@@ -12,11 +12,7 @@
 //! entries were lost before they were journaled (stream cap, Redis data loss)
 //! and the pass reports a gap instead of hiding it.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use fred::{
     prelude::*,
@@ -26,14 +22,14 @@ use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    JournalStatus,
+    JournalError, JournalStatus,
     event::Event,
-    now_ms,
     store::{self, RECONCILE_LOCK, StockFilter, Store, StoreError},
 };
 use crate::{
+    clock::now_ms,
     inventory::{Partition, Sku, view::InventoryView},
-    redis::{Redis, RedisError},
+    redis::Redis,
 };
 
 /// Partitions reconciled at once (each holds one Postgres connection).
@@ -47,16 +43,6 @@ pub struct ReconcileLimits {
     pub settle: Duration,
     /// `stock_levels` rows compared with Redis per partition per drift check.
     pub drift_rows_max: i64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Redis(#[from] RedisError),
-    #[error("{0}")]
-    Event(#[from] super::event::EventParseError),
 }
 
 /// What one pass over a partition found.
@@ -147,9 +133,9 @@ pub async fn reconcile_partition(
     store: &Store,
     p: Partition,
     limits: &ReconcileLimits,
-) -> Result<PartitionPass, ReconcileError> {
+) -> Result<PartitionPass, JournalError> {
     let mut pass = PartitionPass::default();
-    let pi = i32::try_from(p.0).unwrap_or(i32::MAX);
+    let pi = store::pg_partition(p);
     let mut client = store.pool().get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let locked: bool = tx
@@ -169,11 +155,9 @@ pub async fn reconcile_partition(
     let now = now_ms();
     let end = (now - limits.settle.as_millis() as i64).max(0).to_string();
     let start = checkpoint.clone().unwrap_or_else(|| "-".to_owned());
-    let mut entries: Vec<(String, HashMap<String, String>)> = redis
-        .pool()
-        .xrange(&stream, start, end, Some(limits.entries_max + 1))
-        .await
-        .map_err(|e| crate::redis::classify("reconcile", e))?;
+    let mut entries = redis
+        .stream_entries(p, &start, &end, limits.entries_max + 1)
+        .await?;
     if let Some(cp) = &checkpoint {
         if entries.first().is_some_and(|(id, _)| id == cp) {
             entries.remove(0);
@@ -192,9 +176,8 @@ pub async fn reconcile_partition(
     let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
     let missing: HashSet<String> = store::missing(&tx, pi, &ids).await?.into_iter().collect();
     let mut events = Vec::with_capacity(missing.len());
-    for (id, fields) in entries.iter().filter(|(id, _)| missing.contains(id)) {
-        let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        events.push(Event::from_entry(p, id, pairs)?);
+    for entry in entries.iter().filter(|(id, _)| missing.contains(id)) {
+        events.push(Event::from_stream_entry(p, entry)?);
     }
     store::apply_in(&tx, &events).await?;
     store::set_checkpoint(&tx, pi, &last).await?;
@@ -220,10 +203,10 @@ pub async fn drift_in_partition(
     store: &Store,
     p: Partition,
     limits: &ReconcileLimits,
-) -> Result<(u64, Vec<Drift>), ReconcileError> {
+) -> Result<(u64, Vec<Drift>), JournalError> {
     let rows = store
         .stock(StockFilter::Partition {
-            partition: p.0,
+            partition: p,
             limit: limits.drift_rows_max,
         })
         .await?;

@@ -18,6 +18,7 @@ use tokio_postgres::NoTls;
 
 use super::event::Event;
 use crate::config::PostgresSettings;
+use crate::inventory::Partition;
 
 mod embedded {
     refinery::embed_migrations!("src/journal/migrations");
@@ -238,7 +239,7 @@ impl Store {
                     "SELECT {columns} FROM stock_levels WHERE partition = $1
                      ORDER BY sku, location LIMIT $2"
                 );
-                let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+                let partition = pg_partition(partition);
                 client.query(&sql, &[&partition, &limit]).await?
             }
             StockFilter::Sku(sku) => {
@@ -305,7 +306,7 @@ impl Store {
 
 #[derive(Debug, Clone, Copy)]
 pub enum StockFilter<'a> {
-    Partition { partition: u32, limit: i64 },
+    Partition { partition: Partition, limit: i64 },
     Sku(&'a str),
 }
 
@@ -366,6 +367,12 @@ pub async fn apply_in(client: &impl GenericClient, events: &[Event]) -> Result<u
     Ok(inserted)
 }
 
+/// A partition as the journal tables store it. `redis.partitions` is at
+/// most 16,384, so the conversion never saturates.
+pub fn pg_partition(p: Partition) -> i32 {
+    i32::try_from(p.0).unwrap_or(i32::MAX)
+}
+
 fn clamp_i32(v: i64) -> i32 {
     i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX })
 }
@@ -374,10 +381,7 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by(|a, b| (a.partition.0, &a.stream_id).cmp(&(b.partition.0, &b.stream_id)));
     let col = |f: fn(&Event) -> i64| sorted.iter().map(|e| f(e)).collect::<Vec<i64>>();
-    let partitions: Vec<i32> = sorted
-        .iter()
-        .map(|e| clamp_i32(e.partition.0.into()))
-        .collect();
+    let partitions: Vec<i32> = sorted.iter().map(|e| pg_partition(e.partition)).collect();
     let ids: Vec<&str> = sorted.iter().map(|e| e.stream_id.as_str()).collect();
     let kinds: Vec<&str> = sorted.iter().map(|e| e.kind.as_str()).collect();
     let skus: Vec<&str> = sorted.iter().map(|e| e.sku.as_str()).collect();
@@ -522,10 +526,7 @@ async fn upsert_stock(client: &impl GenericClient, events: &[Event]) -> Result<(
     rows.sort_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
     let text = |f: fn(&Event) -> &str| rows.iter().map(|e| f(e)).collect::<Vec<&str>>();
     let int = |f: fn(&Event) -> i64| rows.iter().map(|e| f(e)).collect::<Vec<i64>>();
-    let partitions: Vec<i32> = rows
-        .iter()
-        .map(|e| clamp_i32(e.partition.0.into()))
-        .collect();
+    let partitions: Vec<i32> = rows.iter().map(|e| pg_partition(e.partition)).collect();
     client
         .execute(
             "INSERT INTO stock_levels AS s (sku, location, on_hand, reserved, version, updated_at,

@@ -108,6 +108,18 @@ pub enum AdminReply {
     UnknownLocation,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RestoreReply {
+    Ok {
+        holds: i64,
+    },
+    /// The SKU was at another version than the caller saw.
+    Changed {
+        version: i64,
+    },
+}
+
 /// One location's counts, as an admin sets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockCounts {
@@ -175,6 +187,9 @@ fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, Redi
     })
 }
 
+/// A partition stream entry as XRANGE returns it: id and fields.
+pub type StreamEntry = (String, HashMap<String, String>);
+
 /// A mutating script's reply: its outcome and the stream entries it appended.
 #[derive(Deserialize)]
 struct Scripted<T> {
@@ -213,8 +228,23 @@ impl Redis {
         Ok((reply, events))
     }
 
+    /// Partition `p`'s stream entries from `start` to `end` (inclusive ids,
+    /// or `-`/`+`), at most `count`.
+    pub async fn stream_entries(
+        &self,
+        p: Partition,
+        start: &str,
+        end: &str,
+        count: u64,
+    ) -> Result<Vec<StreamEntry>, RedisError> {
+        self.pool()
+            .xrange(self.keys().events(p), start, end, Some(count))
+            .await
+            .map_err(|e| super::classify("stream_entries", e))
+    }
+
     /// Offers events to the journal queue, when this process runs one.
-    fn journal(&self, events: Vec<Event>) {
+    pub fn offer_to_journal(&self, events: Vec<Event>) {
         if let Some(queue) = &self.journal
             && !events.is_empty()
         {
@@ -271,13 +301,13 @@ impl Redis {
             req.id.sku().as_str().to_owned(),
         ];
         let (reply, events) = self.eval_mut(ScriptName::Reserve, p, keys, args).await?;
-        self.journal(events);
+        self.offer_to_journal(events);
         Ok(reply)
     }
 
-    /// Confirms or releases the account's reservation; also returns the
-    /// events the call appended (already offered to the journal queue), for
-    /// a caller that must see them committed.
+    /// Confirms or releases the account's reservation. Unlike the other
+    /// calls it hands the events it appended to the caller, who writes them
+    /// synchronously or offers them to the journal (`offer_to_journal`).
     pub async fn settle(
         &self,
         id: &ReservationId,
@@ -298,9 +328,7 @@ impl Redis {
             id.sku().as_str().to_owned(),
         ];
         let keys = self.keys().settle_keys(id);
-        let (reply, events) = self.eval_mut(script, id.partition(), keys, args).await?;
-        self.journal(events.clone());
-        Ok((reply, events))
+        self.eval_mut(script, id.partition(), keys, args).await
     }
 
     /// Reads a reservation; `owner` limits it to one account (None: admin).
@@ -352,7 +380,7 @@ impl Redis {
         ];
         let keys = self.keys().admin_keys(sku, op_id);
         let (reply, events) = self.eval_mut(ScriptName::SetStock, p, keys, args).await?;
-        self.journal(events);
+        self.offer_to_journal(events);
         Ok(reply)
     }
 
@@ -380,7 +408,7 @@ impl Redis {
         ];
         let keys = self.keys().admin_keys(sku, op_id);
         let (reply, events) = self.eval_mut(ScriptName::Adjust, p, keys, args).await?;
-        self.journal(events);
+        self.offer_to_journal(events);
         Ok(reply)
     }
 
@@ -397,6 +425,21 @@ impl Redis {
         decode(ScriptName::SetPolicy, &json)
     }
 
+    /// Rewrites a SKU from a journal document (see lua/restore.lua), with
+    /// the records of the reservations `ids`, in the document's order.
+    pub async fn restore(
+        &self,
+        sku: &Sku,
+        ids: &[ReservationId],
+        doc: &serde_json::Value,
+    ) -> Result<RestoreReply, RedisError> {
+        let keys = self.keys().restore_keys(sku, ids);
+        let json: String = self
+            .eval(ScriptName::Restore, keys, vec![doc.to_string()])
+            .await?;
+        decode(ScriptName::Restore, &json)
+    }
+
     /// Expires up to one batch of the SKU's overdue holds; returns how many.
     pub async fn expire(&self, sku: &Sku) -> Result<i64, RedisError> {
         let limits = self.limits();
@@ -411,7 +454,7 @@ impl Redis {
         let (reply, events) = self
             .eval_mut::<Expired>(ScriptName::Expire, p, keys, args)
             .await?;
-        self.journal(events);
+        self.offer_to_journal(events);
         Ok(reply.expired)
     }
 }

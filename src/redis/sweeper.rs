@@ -45,9 +45,7 @@ pub async fn run(
 }
 
 async fn sweep_partition(redis: &Redis, p: Partition, skus_max: u32) -> i64 {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::clock::now_ms();
     let due: Result<Vec<String>, _> = redis
         .pool()
         .zrangebyscore(

@@ -37,6 +37,15 @@ struct Acked {
     token: String,
 }
 
+impl Acked {
+    fn from_reply(reply: &crate::harness::Reply, token: &str) -> Self {
+        Self {
+            id: reply.body["reservation_id"].as_str().unwrap().to_owned(),
+            token: token.to_owned(),
+        }
+    }
+}
+
 /// `n` reservations of one unit from `accounts` accounts, `in_flight` at once.
 async fn crowd(app: &TestApp, sku: &str, n: usize, accounts: usize) -> Vec<Acked> {
     let replies: Vec<(String, crate::harness::Reply)> = stream::iter(0..n)
@@ -51,10 +60,7 @@ async fn crowd(app: &TestApp, sku: &str, n: usize, accounts: usize) -> Vec<Acked
     replies
         .into_iter()
         .filter(|(_, r)| r.status == StatusCode::CREATED)
-        .map(|(token, r)| Acked {
-            id: r.body["reservation_id"].as_str().unwrap().to_owned(),
-            token,
-        })
+        .map(|(token, r)| Acked::from_reply(&r, &token))
         .collect()
 }
 
@@ -268,16 +274,10 @@ async fn replaying_the_same_events_twice_changes_nothing(backend: Backend) {
 
     let (redis, store) = backends(&app.settings).await;
     let p = redis.keys().partition_of(&Sku::parse(sku).unwrap());
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis
-        .pool()
-        .xrange(redis.keys().events(p), "-", "+", None)
-        .await
-        .unwrap();
+    let entries = redis.stream_entries(p, "-", "+", 10_000).await.unwrap();
     let events: Vec<Event> = entries
         .iter()
-        .map(|(id, f)| {
-            Event::from_entry(p, id, f.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap()
-        })
+        .map(|entry| Event::from_stream_entry(p, entry).unwrap())
         .collect();
     assert!(events.len() > 40);
     let before = snapshot(&db).await;
@@ -549,10 +549,7 @@ async fn a_wiped_redis_is_rebuilt_from_the_journal(backend: Backend) {
             .reserve(&buyer, json!({ "sku": sku, "qty": 1 }), None)
             .await;
         assert_eq!(r.status, StatusCode::CREATED);
-        held.push(Acked {
-            id: r.body["reservation_id"].as_str().unwrap().to_owned(),
-            token: buyer.clone(),
-        });
+        held.push(Acked::from_reply(&r, &buyer));
     }
     let r = app.reservation(&buyer, &held[0].id, Some("confirm")).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -581,7 +578,7 @@ async fn a_wiped_redis_is_rebuilt_from_the_journal(backend: Backend) {
     );
     let (redis, store) = backends(&app.settings).await;
     let parsed = Sku::parse(sku).unwrap();
-    let again = rebuild_sku(&redis, &store, &parsed, Overwrite::OnlyOlder, 1_000)
+    let again = rebuild_sku(&redis, &store, &parsed, Overwrite::OnlyOlder)
         .await
         .unwrap();
     assert!(matches!(again, Outcome::Current { .. }), "{again:?}");
@@ -602,10 +599,7 @@ async fn a_wiped_redis_is_rebuilt_from_the_journal(backend: Backend) {
         .reserve(&other, json!({ "sku": sku, "qty": 2 }), None)
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    held.push(Acked {
-        id: r.body["reservation_id"].as_str().unwrap().to_owned(),
-        token: other,
-    });
+    held.push(Acked::from_reply(&r, &other));
     assert_journal_catches_up(&app, &db, &[sku], &held).await;
 }
 
