@@ -4,6 +4,7 @@
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
 //! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
 //! - `clock`: the gateway's wall clock.
+//! - `devstack`: throwaway local Redis and PostgreSQL servers for the demo, the bench and the tests.
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod devstack;
 pub mod http;
 pub mod inventory;
 pub mod journal;

@@ -1,31 +1,31 @@
 //! Real servers for the integration tests, and a gateway per test.
 //!
-//! The first test that needs Redis starts, once per test binary, a standalone
-//! `redis-server` and a Redis Cluster of three masters on free loopback ports,
-//! each in its own directory under the system temp dir. A reaper shell waits
-//! for the test process to exit (however it exits, `kill -9` included), then
-//! stops those servers and removes the directory.
-//!
-//! The same goes for PostgreSQL: one throwaway cluster per test binary
-//! (`initdb` as the `postgres` user when the tests run as root, fsync off),
-//! on a free port, in the same directory.
+//! The first test that needs them starts, once per test binary, a standalone
+//! `redis-server`, a Redis Cluster of three masters and a throwaway
+//! PostgreSQL, through `flashgate::devstack` (the same code that serves
+//! `flashgate demo`). The stack lives in a static and is never dropped: its
+//! reaper stops the servers and removes their directory once the test
+//! process exits, however it exits.
 //!
 //! Each test gets its own gateway on port 0 with its own key prefix and its
 //! own journal database, so tests share the servers without seeing each
 //! other's data.
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    net::SocketAddr,
     process::{Command, Stdio},
-    sync::OnceLock,
-    time::{Duration, Instant},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use flashgate::{
     app::App,
     auth::{Auth, Role},
     config::Settings,
+    devstack::{self, DevStack, RedisMode},
     inventory::AccountId,
 };
 use reqwest::{Method, StatusCode};
@@ -33,7 +33,6 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 pub const TEST_SECRET: &str = "flashgate-test-secret-0123456789";
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -45,23 +44,15 @@ pub struct Servers {
     pub standalone_port: u16,
     pub cluster_ports: Vec<u16>,
     pub postgres_port: u16,
+    /// Never dropped (it lives in a static): its reaper cleans up.
+    _stack: DevStack,
 }
 
 impl Servers {
     pub fn url(&self, backend: Backend) -> String {
         match backend {
             Backend::Standalone => format!("redis://127.0.0.1:{}", self.standalone_port),
-            Backend::Cluster => {
-                let nodes: Vec<String> = self.cluster_ports[1..]
-                    .iter()
-                    .map(|p| format!("node=127.0.0.1:{p}"))
-                    .collect();
-                format!(
-                    "redis-cluster://127.0.0.1:{}?{}",
-                    self.cluster_ports[0],
-                    nodes.join("&")
-                )
-            }
+            Backend::Cluster => devstack::cluster_url(&self.cluster_ports),
         }
     }
 
@@ -74,247 +65,23 @@ impl Servers {
     }
 }
 
-fn require(binary: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {binary}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "`{binary}` is not installed: run `sudo apt-get install {package}` (or ./scripts/test.sh, which installs it)"
-    );
-}
-
-/// A port free for both the client port and the cluster bus port (+10000).
-fn free_port(taken: &[u16]) -> u16 {
-    loop {
-        let probe = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-        let port = probe.local_addr().expect("probe address").port();
-        drop(probe);
-        if port > 50_000 || taken.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            start.elapsed() < SERVER_START_TIMEOUT,
-            "{what} did not become ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_redis(dir: &Path, port: u16, cluster: bool) -> u32 {
-    std::fs::create_dir_all(dir).expect("create a redis dir");
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--logfile", "redis.log"]);
-    if cluster {
-        cmd.args([
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ])
-        .args(["--cluster-node-timeout", "2000"]);
-    }
-    // The reaper, not this process, ends the server (see the module docs).
-    #[allow(clippy::zombie_processes)]
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    wait_until("redis-server", || {
-        redis_cli(port, &["ping"]).trim() == "PONG"
-    });
-    child.id()
-}
-
-/// Stops `pids` and removes `dir` once this test process is gone.
-fn spawn_reaper(pids: &[u32], dir: &Path) {
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let script = format!(
-        "while kill -0 {test} 2>/dev/null; do sleep 0.5; done; kill {pids} 2>/dev/null; \
-         sleep 1; kill -9 {pids} 2>/dev/null; rm -rf '{dir}'",
-        test = std::process::id(),
-        pids = pids.join(" "),
-        dir = dir.display(),
-    );
-    // Outlives this process on purpose: it is what cleans up after it.
-    #[allow(clippy::zombie_processes)]
-    Command::new("setsid")
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the reaper");
-}
+const INSTALL_HINT: &str = "(./scripts/test.sh installs the server packages)";
 
 fn start_servers() -> Servers {
-    require("redis-server", "redis-server");
-    require("redis-cli", "redis-tools");
-    let root: PathBuf = std::env::temp_dir().join(format!("flashgate-test-{}", std::process::id()));
-    let mut taken = Vec::new();
-    let mut pids = Vec::new();
-
-    let standalone_port = free_port(&taken);
-    taken.push(standalone_port);
-    pids.push(start_redis(
-        &root.join("standalone"),
-        standalone_port,
-        false,
-    ));
-
-    let mut cluster_ports = Vec::new();
-    for i in 0..3 {
-        let port = free_port(&taken);
-        taken.push(port);
-        pids.push(start_redis(&root.join(format!("cluster-{i}")), port, true));
-        cluster_ports.push(port);
-    }
-    let postgres_port = free_port(&taken);
-    pids.push(start_postgres(&root.join("postgres"), postgres_port));
-    spawn_reaper(&pids, &root);
-
-    let nodes: Vec<String> = cluster_ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let status = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&nodes)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run redis-cli --cluster create");
-    assert!(status.success(), "redis-cli --cluster create failed");
-    for port in &cluster_ports {
-        wait_until("the cluster", || {
-            redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok")
-        });
-    }
+    let mut stack = DevStack::create("test").expect("a directory for the test servers");
+    let standalone_port = stack.redis().expect(INSTALL_HINT);
+    let cluster_ports = stack.redis_cluster(3).expect(INSTALL_HINT);
+    let postgres_port = stack.postgres().expect(INSTALL_HINT);
     Servers {
         standalone_port,
         cluster_ports,
         postgres_port,
+        _stack: stack,
     }
 }
 
-/// The directory of the newest installed PostgreSQL server binaries.
-fn postgres_bin() -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                .filter(|bin| bin.join("initdb").exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "PostgreSQL server binaries are not installed: run `sudo apt-get install postgresql` \
-             (or ./scripts/test.sh, which installs it)"
-        )
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A command run as the `postgres` user when this process is root
-/// (`initdb` and `postgres` refuse to run as root).
-fn as_postgres_user(program: &Path) -> Command {
-    if is_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
-
-fn start_postgres(dir: &Path, port: u16) -> u32 {
-    require("psql", "postgresql-client");
-    let bin = postgres_bin();
-    std::fs::create_dir_all(dir).expect("create the postgres dir");
-    if is_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir)
-            .status()
-            .expect("chown the postgres dir");
-        assert!(status.success(), "chown the postgres dir");
-    }
-    let data = dir.join("data");
-    let status = as_postgres_user(&bin.join("initdb"))
-        .args(["-D"])
-        .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run initdb");
-    assert!(status.success(), "initdb failed in {}", data.display());
-    // The reaper, not this process, ends the server (see the module docs).
-    #[allow(clippy::zombie_processes)]
-    let child = as_postgres_user(&bin.join("postgres"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .arg("-k")
-        .arg(dir)
-        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start postgres");
-    wait_until("postgres", || psql(port, "postgres", "SELECT 1").is_some());
-    child.id()
-}
-
-/// Runs one SQL command with psql; the unaligned output, or None on failure.
-pub fn psql(port: u16, database: &str, sql: &str) -> Option<String> {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(["-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use flashgate::devstack::psql;
+use flashgate::devstack::redis_cli;
 
 /// A new, empty database on the test Postgres; returns its URL.
 pub fn fresh_database() -> String {
@@ -333,22 +100,20 @@ pub fn fresh_database() -> String {
 /// A standalone Redis of one test's own, which the test may stop and start.
 pub struct PrivateRedis {
     pub port: u16,
-    dir: PathBuf,
     pid: Option<u32>,
+    stack: DevStack,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        require("redis-server", "redis-server");
-        let port = free_port(&servers().ports(Backend::Cluster));
-        let dir = std::env::temp_dir().join(format!(
-            "flashgate-test-{}-private-{port}",
-            std::process::id()
-        ));
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let mut stack = DevStack::create(&format!("test-private{n}")).expect("a directory");
+        let port = stack.free_port();
         let mut redis = Self {
             port,
-            dir,
             pid: None,
+            stack,
         };
         redis.resume();
         redis
@@ -361,24 +126,17 @@ impl PrivateRedis {
     /// Kills the server at once, as a crash would.
     pub fn kill(&mut self) {
         if let Some(pid) = self.pid.take() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            wait_until("redis-server to die", || {
-                redis_cli(self.port, &["ping"]).trim() != "PONG"
-            });
+            self.stack.kill(pid);
         }
     }
 
     /// Starts it again on the same port (empty: nothing is persisted).
     pub fn resume(&mut self) {
-        let pid = start_redis(&self.dir, self.port, false);
-        spawn_reaper(&[pid], &self.dir);
+        let pid = self
+            .stack
+            .redis_on(self.port, RedisMode::Standalone)
+            .expect(INSTALL_HINT);
         self.pid = Some(pid);
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
