@@ -40,6 +40,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run a whole flash sale on throwaway local servers (a 3-master Redis
+    /// Cluster and PostgreSQL), check that nothing was oversold or lost, and
+    /// clean up. Needs redis-server, redis-tools and postgresql installed.
+    Demo(crate::demo::DemoOptions),
     /// Print a token signed with the configured auth.secret.
     Token {
         /// The account id (the token's `sub`).

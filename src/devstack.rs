@@ -255,7 +255,11 @@ impl DevStack {
         self.kept = true;
         let _ = File::create(self.dir.join("keep"));
         let pids: Vec<String> = self.processes.iter().map(|p| p.pid.to_string()).collect();
-        format!("kill -INT {} && rm -rf {}", pids.join(" "), self.dir.display())
+        format!(
+            "kill -INT {} && rm -rf {}",
+            pids.join(" "),
+            self.dir.display()
+        )
     }
 }
 

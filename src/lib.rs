@@ -4,11 +4,13 @@
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
 //! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
 //! - `clock`: the gateway's wall clock.
+//! - `demo`: `flashgate demo`, a whole flash sale on local throwaway servers.
 //! - `devstack`: throwaway local Redis and PostgreSQL servers for the demo, the bench and the tests.
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
+//! - `loadgen`: the open-model HTTP load generator behind `demo` and `bench`.
 //! - `http`: router, middleware, extractors, problem errors, one file per route area.
 //! - `tools`: the one-shot operator commands (`migrate`, `reconcile`, `rebuild`).
 //! - `telemetry`: log set-up.
@@ -18,10 +20,12 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod devstack;
 pub mod http;
 pub mod inventory;
 pub mod journal;
+pub mod loadgen;
 pub mod redis;
 pub mod telemetry;
 pub mod tools;

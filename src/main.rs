@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if !matches!(cli.command, Command::Token { .. }) {
+    if !matches!(cli.command, Command::Token { .. } | Command::Demo(_)) {
         telemetry::init(&settings.log);
     }
     match cli.command {
@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             app.run_until_stopped(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Demo(options) => run(flashgate::demo::run(options)),
         Command::Migrate => run(async { tools::migrate(&settings).await }),
         Command::Reconcile => run(async { tools::reconcile(&settings).await }),
         Command::Rebuild { skus, force } => {

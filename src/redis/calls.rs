@@ -174,7 +174,7 @@ pub struct ReserveRequest<'a> {
 
 impl ReserveRequest<'_> {
     /// What makes two requests "the same body" for an idempotency key.
-    fn fingerprint(&self) -> String {
+    pub fn fingerprint(&self) -> String {
         let loc = self.location.map_or("*", |l| l.as_str());
         format!("{}|{}|{}", self.id.sku(), loc, self.qty.get())
     }
@@ -252,29 +252,15 @@ impl Redis {
         }
     }
 
-    pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveReply, RedisError> {
-        let fingerprint = req.fingerprint();
+    /// The KEYS and ARGV of the reserve script for `req`: the exact call
+    /// `reserve` makes, also handed to `flashgate bench` so that its raw
+    /// Redis ceiling measures the same script with the same arguments.
+    pub fn reserve_call(
+        &self,
+        req: &ReserveRequest<'_>,
+        fingerprint: String,
+    ) -> (Vec<String>, Vec<String>) {
         let limits = self.limits();
-        if let Some(key) = req.idempotency_key {
-            // Ties the key to this body whatever SKU a later request names;
-            // the SKU-slot record below then answers same-body repeats.
-            let claim_key = self.keys().idempotency_claim(req.account, key);
-            let ttl = Expiration::PX(limits.idempotency_ttl_ms as i64);
-            let previous: Option<String> = self
-                .pool()
-                .set(
-                    claim_key,
-                    fingerprint.as_str(),
-                    Some(ttl),
-                    Some(SetOptions::NX),
-                    true,
-                )
-                .await
-                .map_err(|e| super::classify("idempotency_claim", e))?;
-            if previous.is_some_and(|p| p != fingerprint) {
-                return Ok(ReserveReply::IdempotencyKeyReused);
-            }
-        }
         let p = req.id.partition();
         let keys = self
             .keys()
@@ -300,6 +286,34 @@ impl Redis {
             self.keys().stock_channel(p),
             req.id.sku().as_str().to_owned(),
         ];
+        (keys, args)
+    }
+
+    pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveReply, RedisError> {
+        let fingerprint = req.fingerprint();
+        let limits = self.limits();
+        if let Some(key) = req.idempotency_key {
+            // Ties the key to this body whatever SKU a later request names;
+            // the SKU-slot record below then answers same-body repeats.
+            let claim_key = self.keys().idempotency_claim(req.account, key);
+            let ttl = Expiration::PX(limits.idempotency_ttl_ms as i64);
+            let previous: Option<String> = self
+                .pool()
+                .set(
+                    claim_key,
+                    fingerprint.as_str(),
+                    Some(ttl),
+                    Some(SetOptions::NX),
+                    true,
+                )
+                .await
+                .map_err(|e| super::classify("idempotency_claim", e))?;
+            if previous.is_some_and(|p| p != fingerprint) {
+                return Ok(ReserveReply::IdempotencyKeyReused);
+            }
+        }
+        let (keys, args) = self.reserve_call(&req, fingerprint);
+        let p = req.id.partition();
         let (reply, events) = self.eval_mut(ScriptName::Reserve, p, keys, args).await?;
         self.offer_to_journal(events);
         Ok(reply)
