@@ -95,14 +95,13 @@ impl Workload for Crowd {
             && let Some(id) = response
                 .json()
                 .and_then(|v| v["reservation_id"].as_str().map(str::to_owned))
+            && let Ok(mut holds) = self.holds.lock()
         {
-            if let Ok(mut holds) = self.holds.lock() {
-                holds.push(Hold {
-                    id,
-                    account: account_name(account),
-                    qty,
-                });
-            }
+            holds.push(Hold {
+                id,
+                account: account_name(account),
+                qty,
+            });
         }
         Outcome::of(&response)
     }
