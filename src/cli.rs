@@ -44,6 +44,17 @@ pub enum Command {
     /// Cluster and PostgreSQL), check that nothing was oversold or lost, and
     /// clean up. Needs redis-server, redis-tools and postgresql installed.
     Demo(crate::demo::DemoOptions),
+    /// Measure flashgate on throwaway local servers: open-model scenarios
+    /// (JSON reports on stdout), the knee, and the comparison with its
+    /// ceilings (see BENCHMARKS.md).
+    Bench(crate::bench::BenchOptions),
+    /// Serve `GET /hello` (the HTTP ceiling that `bench --scenario compare`
+    /// measures).
+    #[command(hide = true)]
+    HelloServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// Print a token signed with the configured auth.secret.
     Token {
         /// The account id (the token's `sub`).

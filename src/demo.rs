@@ -287,15 +287,15 @@ async fn seed(conn: &mut Conn, admin: &str, options: &DemoOptions) -> anyhow::Re
         };
         left -= units;
         let path = format!("/v1/admin/inventory/{SKU}/locations/{location}");
-        expect_ok(conn, Method::PUT, &path, admin, json!({ "on_hand": units })).await?;
+        conn.expect_ok(Method::PUT, &path, admin, json!({ "on_hand": units }))
+            .await?;
         locations.push((*location, units));
     }
     let policy = json!({
         "max_per_account": options.per_account,
         "reservation_ttl_seconds": options.hold_ttl_seconds,
     });
-    expect_ok(
-        conn,
+    conn.expect_ok(
         Method::PUT,
         &format!("/v1/admin/inventory/{SKU}"),
         admin,
@@ -314,26 +314,6 @@ async fn seed(conn: &mut Conn, admin: &str, options: &DemoOptions) -> anyhow::Re
         options.hold_ttl_seconds
     );
     Ok(Initial { locations })
-}
-
-async fn expect_ok(
-    conn: &mut Conn,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let response = conn
-        .send(method, path, Some(token), Some(body.to_string()))
-        .await?;
-    if response.status != StatusCode::OK {
-        bail!(
-            "{path}: {} {}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        );
-    }
-    response.json().context("a JSON body")
 }
 
 /// What the shoppers did with their holds after the crowd.

@@ -6,6 +6,7 @@
 //! - `clock`: the gateway's wall clock.
 //! - `demo`: `flashgate demo`, a whole flash sale on local throwaway servers.
 //! - `devstack`: throwaway local Redis and PostgreSQL servers for the demo, the bench and the tests.
+//! - `bench`: `flashgate bench`, scenarios, the knee and the comparison with its ceilings.
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if !matches!(cli.command, Command::Token { .. } | Command::Demo(_)) {
+    if !matches!(
+        cli.command,
+        Command::Token { .. } | Command::Demo(_) | Command::Bench(_) | Command::HelloServer { .. }
+    ) {
         telemetry::init(&settings.log);
     }
     match cli.command {
@@ -47,6 +50,8 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Demo(options) => run(flashgate::demo::run(options)),
+        Command::Bench(options) => run(flashgate::bench::run(options)),
+        Command::HelloServer { listen } => run(flashgate::bench::compare::serve_hello(listen)),
         Command::Migrate => run(async { tools::migrate(&settings).await }),
         Command::Reconcile => run(async { tools::reconcile(&settings).await }),
         Command::Rebuild { skus, force } => {

@@ -98,6 +98,29 @@ impl Conn {
         result
     }
 
+    /// Sends a JSON body and returns the JSON answer, failing unless 200.
+    pub async fn expect_ok(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .send(method, path, Some(token), Some(body.to_string()))
+            .await?;
+        if response.status != StatusCode::OK {
+            anyhow::bail!(
+                "{path}: {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+        response
+            .json()
+            .ok_or_else(|| anyhow::anyhow!("{path}: the answer is not JSON"))
+    }
+
     async fn exchange(
         &mut self,
         method: Method,
