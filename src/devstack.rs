@@ -255,10 +255,12 @@ impl DevStack {
         self.kept = true;
         let _ = File::create(self.dir.join("keep"));
         let pids: Vec<String> = self.processes.iter().map(|p| p.pid.to_string()).collect();
+        // Waits for each process to exit before removing its files.
         format!(
-            "kill -INT {} && rm -rf {}",
-            pids.join(" "),
-            self.dir.display()
+            "for p in {pids}; do kill -INT $p 2>/dev/null; \
+             while kill -0 $p 2>/dev/null; do sleep 0.2; done; done; rm -rf {dir}",
+            pids = pids.join(" "),
+            dir = self.dir.display()
         )
     }
 }

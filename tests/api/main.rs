@@ -8,6 +8,7 @@ mod harness;
 
 mod access;
 mod contention;
+mod demo;
 mod idempotency;
 mod journal;
 mod lifecycle;
