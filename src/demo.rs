@@ -171,7 +171,7 @@ async fn sale(
         stack.dir().display()
     );
     let cluster = stack.redis_cluster(3)?;
-    let pg_port = stack.postgres()?;
+    let pg_port = stack.postgres(devstack::Durability::Throwaway)?;
     let redis_url = devstack::cluster_url(&cluster);
     let pg_url = format!("postgres://postgres@127.0.0.1:{pg_port}/flashgate");
     let gateway = GatewayProcess::start(

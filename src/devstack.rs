@@ -28,6 +28,16 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// The newest port handed out; the cluster bus port (+10,000) must stay valid.
 const PORT_MAX: u16 = 50_000;
 
+/// How much a PostgreSQL of the stack keeps through a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync and synchronous commit off: fast, for data thrown away anyway
+    /// (tests, the demo).
+    Throwaway,
+    /// PostgreSQL's defaults, as in production: what `bench` measures.
+    Durable,
+}
+
 /// What the stack's processes are started as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisMode {
@@ -182,9 +192,9 @@ impl DevStack {
         Ok(ports)
     }
 
-    /// A PostgreSQL cluster (trust auth, durability off: it is thrown away)
-    /// on a free port, with a database `flashgate`; returns the port.
-    pub fn postgres(&mut self) -> anyhow::Result<u16> {
+    /// A PostgreSQL cluster (trust auth) on a free port, with a database
+    /// `flashgate`; returns the port.
+    pub fn postgres(&mut self, durability: Durability) -> anyhow::Result<u16> {
         require("psql", "postgresql-client")?;
         let bin = postgres_bin()?;
         let dir = self.dir.join("postgres");
@@ -216,8 +226,11 @@ impl DevStack {
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-k")
             .arg(&dir)
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"]);
+            .args(["-c", "max_connections=300"]);
+        if durability == Durability::Throwaway {
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
         let launcher = self.spawn("postgres", cmd)?;
         wait_until("postgres", || psql(port, "postgres", "SELECT 1").is_some())?;
         // Signal the postmaster itself: `runuser` may stand between.

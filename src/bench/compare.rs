@@ -7,8 +7,8 @@
 //!   (`flashgate hello-server`, a hidden command), driven like the gateway.
 //! - What most teams start with: a conditional `UPDATE … WHERE on_hand -
 //!   reserved >= qty` of one hot row plus an insert per reservation, in
-//!   PostgreSQL (`pgbench` with a custom script). The bench's PostgreSQL has
-//!   fsync off, which flatters this approach.
+//!   PostgreSQL (`pgbench` with a custom script), on the bench's PostgreSQL
+//!   with its default durability, as in production.
 //! - flashgate itself: the hot and sold-out maximums (closed model) and the
 //!   hot p99 at half the maximum (open model), with the gateway's CPU time
 //!   per reservation.

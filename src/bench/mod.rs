@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::{
     auth::{Auth, Role},
-    devstack::DevStack,
+    devstack::{self, DevStack},
     inventory::AccountId,
     loadgen::{self, Conn, Outcome, Pace, Plan, Report, Workload, gateway::GatewayProcess},
 };
@@ -90,7 +90,7 @@ impl Target {
     pub async fn start() -> anyhow::Result<Self> {
         let mut stack = DevStack::create("bench")?;
         let redis_port = stack.redis()?;
-        let postgres_port = stack.postgres()?;
+        let postgres_port = stack.postgres(devstack::Durability::Durable)?;
         let gateway = GatewayProcess::start(
             &mut stack,
             &[

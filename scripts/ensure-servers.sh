@@ -1,0 +1,22 @@
+# Sourced by test.sh and demo.sh: installs the server packages flashgate's
+# tests, demo and bench start their own throwaway servers from
+# (redis-server, redis-cli/redis-benchmark, PostgreSQL with pgbench), or
+# says exactly what to install when it cannot.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+
+if ((${#missing[@]})); then
+  echo "flashgate: installing ${missing[*]}" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "flashgate: please install: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
