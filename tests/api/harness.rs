@@ -71,7 +71,9 @@ fn start_servers() -> Servers {
     let mut stack = DevStack::create("test").expect("a directory for the test servers");
     let standalone_port = stack.redis().expect(INSTALL_HINT);
     let cluster_ports = stack.redis_cluster(3).expect(INSTALL_HINT);
-    let postgres_port = stack.postgres(devstack::Durability::Throwaway).expect(INSTALL_HINT);
+    let postgres_port = stack
+        .postgres(devstack::Durability::Throwaway)
+        .expect(INSTALL_HINT);
     Servers {
         standalone_port,
         cluster_ports,
