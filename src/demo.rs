@@ -355,10 +355,8 @@ async fn settle(
                     }
                 };
                 let path = format!("/v1/reservations/{}/{action}", hold.id);
-                let outcome = match conn.send(Method::POST, &path, Some(&token), None).await {
-                    Ok(response) => Outcome::of(&response),
-                    Err(_) => Outcome::Failed,
-                };
+                let outcome =
+                    Outcome::of_result(&conn.send(Method::POST, &path, Some(&token), None).await);
                 match (outcome, action) {
                     (Outcome::Ok, "confirm") => {
                         settled.confirmed += 1;

@@ -221,10 +221,7 @@ struct Hello;
 
 impl Workload for Hello {
     async fn run(&self, conn: &mut Conn, _i: u64) -> Outcome {
-        match conn.send(Method::GET, "/hello", None, None).await {
-            Ok(response) => Outcome::of(&response),
-            Err(_) => Outcome::Failed,
-        }
+        Outcome::of_result(&conn.send(Method::GET, "/hello", None, None).await)
     }
 }
 

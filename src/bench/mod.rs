@@ -205,13 +205,11 @@ struct Reserve {
 impl Workload for Reserve {
     async fn run(&self, conn: &mut Conn, i: u64) -> Outcome {
         let (body, token) = reservation(&self.tokens, &self.skus, i);
-        match conn
-            .send(Method::POST, "/v1/reservations", Some(token), Some(body))
-            .await
-        {
-            Ok(response) => Outcome::of(&response),
-            Err(_) => Outcome::Failed,
-        }
+        Outcome::of_result(
+            &conn
+                .send(Method::POST, "/v1/reservations", Some(token), Some(body))
+                .await,
+        )
     }
 }
 
@@ -236,10 +234,7 @@ impl Workload for ReserveThenConfirm {
             return Outcome::of(&held);
         };
         let path = format!("/v1/reservations/{id}/confirm");
-        match conn.send(Method::POST, &path, Some(token), None).await {
-            Ok(response) => Outcome::of(&response),
-            Err(_) => Outcome::Failed,
-        }
+        Outcome::of_result(&conn.send(Method::POST, &path, Some(token), None).await)
     }
 }
 

@@ -52,6 +52,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a request as `Conn::send` returned it.
+    pub fn of_result(result: &Result<Response, client::ClientError>) -> Self {
+        match result {
+            Ok(response) => Self::of(response),
+            Err(_) => Self::Failed,
+        }
+    }
+
     pub fn of(response: &Response) -> Self {
         if response.status.is_success() {
             return Self::Ok;

@@ -259,10 +259,7 @@ struct Get;
 
 impl Workload for Get {
     async fn run(&self, conn: &mut Conn, _i: u64) -> Outcome {
-        match conn.send(hyper::Method::GET, "/", None, None).await {
-            Ok(r) => Outcome::of(&r),
-            Err(_) => Outcome::Failed,
-        }
+        Outcome::of_result(&conn.send(hyper::Method::GET, "/", None, None).await)
     }
 }
 
