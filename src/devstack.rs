@@ -117,12 +117,13 @@ impl DevStack {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let pid = child.id();
-        self.track(pid, child)?;
+        self.processes.push(Process { pid, child });
+        self.record_pid(pid)?;
         Ok(pid)
     }
 
-    fn track(&mut self, pid: u32, child: Child) -> anyhow::Result<()> {
-        self.processes.push(Process { pid, child });
+    /// Adds `pid` to the list the reaper stops.
+    fn record_pid(&self, pid: u32) -> anyhow::Result<()> {
         let mut pids = OpenOptions::new()
             .create(true)
             .append(true)
@@ -241,11 +242,7 @@ impl DevStack {
             && process.pid == launcher
         {
             process.pid = pid;
-            let mut pids = OpenOptions::new()
-                .append(true)
-                .open(self.dir.join("pids"))
-                .context("opening the pid list")?;
-            writeln!(pids, "{pid}").context("writing the pid list")?;
+            self.record_pid(pid)?;
         }
         if psql(port, "postgres", "CREATE DATABASE flashgate").is_none() {
             bail!("creating the flashgate database failed");

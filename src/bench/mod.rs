@@ -147,6 +147,7 @@ impl Target {
     /// operation.
     pub async fn measure(&self, scenario: Scenario, plan: Plan) -> anyhow::Result<Report> {
         let name = scenario_name(scenario);
+        let name = name.as_str();
         let tokens = self.tokens()?;
         let before = self.gateway.cpu_time();
         let mut report = match scenario {
@@ -178,16 +179,12 @@ fn many_sku(n: usize) -> String {
     format!("BENCH-M-{n:04}")
 }
 
-fn scenario_name(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::Hot => "hot",
-        Scenario::Confirm => "confirm",
-        Scenario::SoldOut => "sold-out",
-        Scenario::Many => "many",
-        Scenario::Knee => "knee",
-        Scenario::Compare => "compare",
-        Scenario::All => "all",
-    }
+/// The scenario's name as `--scenario` spells it.
+fn scenario_name(scenario: Scenario) -> String {
+    use clap::ValueEnum;
+    scenario
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned())
 }
 
 /// The reservation body and token of operation `i`.
