@@ -24,7 +24,10 @@
 -- Returns JSON {reply = <outcome>, events = [...]} (see `encode` in the
 -- prelude), where the outcome is an object with `outcome`:
 --   held {reservation_id, sku, location, qty, expires_at_ms, backorder, stream_id, replayed}
---   insufficient_stock {available} | purchase_limit {limit, already}
+--   insufficient_stock {available, holdable, version, next_expiry_ms}
+--     (holdable: units the whole SKU could still hold, backorders included;
+--     next_expiry_ms: the earliest remaining hold deadline, absent when none)
+--   purchase_limit {limit, already}
 --   sale_not_open {opens_at_ms} | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused
 -- `events` lists the stream entries this call appended (lazy expiries too).
@@ -99,6 +102,13 @@ if refusal and redis.call('ZCOUNT', ctx.holds, '-inf', ctx.now) > 0 then
   refusal, loc, bo = decide()
 end
 if refusal then
+  if refusal.outcome == 'insufficient_stock' then
+    -- What a gateway needs to answer "sold out" locally, and for how long.
+    local _, holdable = totals(s)
+    refusal.holdable, refusal.version = holdable, s.ver
+    local first = redis.call('ZRANGE', ctx.holds, 0, 0, 'WITHSCORES')
+    refusal.next_expiry_ms = tonumber(first[2])
+  end
   finish(ctx, s)
   return encode(ctx, refusal)
 end

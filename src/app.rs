@@ -16,14 +16,18 @@ use anyhow::Context;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
+use fred::clients::SubscriberClient;
+
 use crate::{
     auth::Auth,
     config::Settings,
     http::{
         self, AppState,
+        serve::{ListenerLimits, serve},
         state::{Lifecycle, RequestLimits},
     },
     journal::{Event, Journal, JournalAccess, JournalQueue, JournalStatus, Store},
+    limits::{Admission, sold_out},
     redis::{Redis, sweeper},
 };
 
@@ -34,6 +38,8 @@ pub struct App {
     journal_rx: mpsc::Receiver<Event>,
     journal_queue: JournalQueue,
     migration: Migration,
+    /// Stock announcements for the sold-out short-circuit.
+    subscriber: SubscriberClient,
 }
 
 /// Whether the journal schema was in place when the gateway started.
@@ -76,6 +82,12 @@ impl App {
             status: Arc::new(JournalStatus::default()),
             durability: settings.journal.confirm_durability,
         };
+        crate::metrics::install();
+        let subscriber = crate::redis::build_subscriber(&settings.redis)?;
+        let admission = Arc::new(Admission::new(
+            &settings.limits,
+            &settings.http.trusted_proxies,
+        ));
         let listener = TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("binding {}", settings.http.listen))?;
@@ -87,6 +99,7 @@ impl App {
             }),
             lifecycle: Arc::new(Lifecycle::default()),
             journal,
+            admission,
         };
         Ok(Self {
             listener,
@@ -95,6 +108,7 @@ impl App {
             journal_rx,
             journal_queue,
             migration,
+            subscriber,
         })
     }
 
@@ -116,6 +130,7 @@ impl App {
             journal_rx,
             journal_queue,
             migration,
+            subscriber,
         } = self;
         let background = CancellationToken::new();
         if migration == Migration::Pending {
@@ -139,6 +154,14 @@ impl App {
             settings.expiry.sweep_skus_max,
             background.clone(),
         ));
+        let follower = tokio::spawn(sold_out::follow(
+            state.admission.sold_out.clone(),
+            subscriber,
+            state.redis.keys().clone(),
+            background.clone(),
+        ));
+        tokio::spawn(state.admission.clone().housekeep(background.clone()));
+        tokio::spawn(crate::metrics::upkeep(background.clone()));
         let router = http::router(
             state.clone(),
             settings.http.body_limit_bytes,
@@ -146,20 +169,25 @@ impl App {
         );
         tracing::info!(listen = %listener.local_addr()?, "flashgate is serving");
         let lifecycle = state.lifecycle.clone();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let limits = ListenerLimits {
+            max_connections: settings.http.max_connections,
+            header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
+            // In-flight requests end within their deadline; twice that is
+            // generous, and bounds a stuck client.
+            drain_timeout: settings.request_timeout() * 2,
+        };
+        serve(listener, router, limits, async move {
             stop.await;
             tracing::info!("stopping: draining in-flight requests");
             lifecycle.start_draining();
         })
-        .await
-        .context("serving http")?;
+        .await;
         background.cancel();
         if let Err(e) = sweeper.await {
             tracing::warn!(error = %e, "expiry sweeper ended abnormally");
+        }
+        if let Err(e) = follower.await {
+            tracing::warn!(error = %e, "stock announcement follower ended abnormally");
         }
         journal.stop().await;
         state.redis.quit().await;

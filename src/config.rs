@@ -28,6 +28,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub reservation: ReservationSettings,
     pub expiry: ExpirySettings,
+    pub limits: LimitsSettings,
     pub log: LogSettings,
 }
 
@@ -40,10 +41,23 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Deadline for a whole request; past it the client gets 503.
     pub request_timeout_ms: u64,
+    /// Open connections served at once; past it, new connections wait in
+    /// the kernel's listen backlog until one closes.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this time, counted
+    /// from when the gateway starts waiting for it (so it is also how long
+    /// an idle keep-alive connection is kept). Slow-header clients are cut.
+    pub header_read_timeout_ms: u64,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` names the
+    /// client. Anyone else's header is ignored: the socket address is the
+    /// client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub const DEFAULT_HTTP_BODY_LIMIT_BYTES: usize = 16 * 1024;
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
 impl Default for HttpSettings {
     fn default() -> Self {
@@ -51,6 +65,9 @@ impl Default for HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: DEFAULT_HTTP_BODY_LIMIT_BYTES,
             request_timeout_ms: DEFAULT_HTTP_REQUEST_TIMEOUT_MS,
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            header_read_timeout_ms: DEFAULT_HTTP_HEADER_READ_TIMEOUT_MS,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -276,6 +293,123 @@ impl Default for ExpirySettings {
     }
 }
 
+/// What a limit does with a request past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitMode {
+    /// Refuse it.
+    Enforce,
+    /// Count it as refused, and serve it: for trying a limit on live traffic.
+    Shadow,
+    /// Do not check at all.
+    Off,
+}
+
+/// A token-bucket rate: `per_second` requests replenished each second, up to
+/// `burst` at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateSettings {
+    pub mode: LimitMode,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateSettings {
+    const fn new(mode: LimitMode, per_second: u32, burst: u32) -> Self {
+        Self {
+            mode,
+            per_second,
+            burst,
+        }
+    }
+}
+
+impl Default for RateSettings {
+    fn default() -> Self {
+        DEFAULT_ACCOUNT_RATE
+    }
+}
+
+/// Cap on Redis calls in flight from requests (load shedding).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InFlightSettings {
+    pub mode: LimitMode,
+    /// Past this many, a request is answered 503 `overloaded` at once.
+    pub max: usize,
+}
+
+impl Default for InFlightSettings {
+    fn default() -> Self {
+        Self {
+            mode: LimitMode::Enforce,
+            max: DEFAULT_IN_FLIGHT_MAX,
+        }
+    }
+}
+
+/// The local "sold out" answer for SKUs that have nothing left to hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoldOutSettings {
+    pub mode: LimitMode,
+    /// Longest a SKU is answered locally without news from Redis; a restock,
+    /// release or expiry announced on pub/sub ends it sooner.
+    pub ttl_ms: u64,
+    /// SKUs remembered at once; past it, new sold-out SKUs go to Redis.
+    pub skus_max: usize,
+}
+
+impl Default for SoldOutSettings {
+    fn default() -> Self {
+        Self {
+            mode: LimitMode::Enforce,
+            ttl_ms: DEFAULT_SOLD_OUT_TTL_MS,
+            skus_max: DEFAULT_SOLD_OUT_SKUS_MAX,
+        }
+    }
+}
+
+/// Admission control in front of `POST /v1/reservations` (see README, "Admission").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Per account, in this instance (governor).
+    pub account: RateSettings,
+    /// Per client IP, in this instance (governor).
+    pub ip: RateSettings,
+    /// Per account, shared by every instance (a GCRA script on Redis; one
+    /// more Redis call per reservation, so off by default).
+    pub shared: RateSettings,
+    /// How often the in-process limiters forget keys whose budget is full
+    /// again, and give the memory back.
+    pub housekeeping_interval_ms: u64,
+    pub in_flight: InFlightSettings,
+    pub sold_out: SoldOutSettings,
+}
+
+pub const DEFAULT_ACCOUNT_RATE: RateSettings = RateSettings::new(LimitMode::Enforce, 5, 10);
+pub const DEFAULT_IP_RATE: RateSettings = RateSettings::new(LimitMode::Enforce, 100, 200);
+pub const DEFAULT_SHARED_RATE: RateSettings = RateSettings::new(LimitMode::Off, 5, 10);
+pub const DEFAULT_LIMITS_HOUSEKEEPING_INTERVAL_MS: u64 = 10_000;
+pub const DEFAULT_IN_FLIGHT_MAX: usize = 1_024;
+pub const DEFAULT_SOLD_OUT_TTL_MS: u64 = 1_000;
+pub const DEFAULT_SOLD_OUT_SKUS_MAX: usize = 100_000;
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            account: DEFAULT_ACCOUNT_RATE,
+            ip: DEFAULT_IP_RATE,
+            shared: DEFAULT_SHARED_RATE,
+            housekeeping_interval_ms: DEFAULT_LIMITS_HOUSEKEEPING_INTERVAL_MS,
+            in_flight: InFlightSettings::default(),
+            sold_out: SoldOutSettings::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -388,8 +522,32 @@ impl Settings {
         if self.http.body_limit_bytes < 256 {
             bail!("http.body_limit_bytes must be at least 256");
         }
+        self.validate_http_and_limits()?;
         if matches!(&self.auth.secret, Some(s) if s.len() < 16) {
             bail!("auth.secret must be at least 16 bytes");
+        }
+        Ok(())
+    }
+
+    fn validate_http_and_limits(&self) -> anyhow::Result<()> {
+        if self.http.max_connections == 0 || self.http.header_read_timeout_ms == 0 {
+            bail!("http.max_connections and http.header_read_timeout_ms must be positive");
+        }
+        let l = &self.limits;
+        for (name, rate) in [
+            ("account", &l.account),
+            ("ip", &l.ip),
+            ("shared", &l.shared),
+        ] {
+            if rate.per_second == 0 || rate.burst == 0 {
+                bail!("limits.{name}.per_second and limits.{name}.burst must be positive");
+            }
+        }
+        if l.housekeeping_interval_ms == 0 || l.in_flight.max == 0 {
+            bail!("limits.housekeeping_interval_ms and limits.in_flight.max must be positive");
+        }
+        if l.sold_out.ttl_ms == 0 || l.sold_out.skus_max == 0 {
+            bail!("limits.sold_out.ttl_ms and limits.sold_out.skus_max must be positive");
         }
         Ok(())
     }

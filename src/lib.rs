@@ -12,6 +12,8 @@
 //! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
 //! - `loadgen`: the open-model HTTP load generator behind `demo` and `bench`.
+//! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
+//! - `metrics`: every metric name, the Prometheus recorder.
 //! - `http`: router, middleware, extractors, problem errors, one file per route area.
 //! - `tools`: the one-shot operator commands (`migrate`, `reconcile`, `rebuild`).
 //! - `telemetry`: log set-up.
@@ -27,7 +29,9 @@ pub mod devstack;
 pub mod http;
 pub mod inventory;
 pub mod journal;
+pub mod limits;
 pub mod loadgen;
+pub mod metrics;
 pub mod redis;
 pub mod telemetry;
 pub mod tools;

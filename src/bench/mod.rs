@@ -99,6 +99,8 @@ impl Target {
                     "postgres__url",
                     format!("postgres://postgres@127.0.0.1:{postgres_port}/flashgate"),
                 ),
+                // Every request comes from the load generator's address.
+                ("limits__ip__mode", "off".into()),
             ],
         )
         .await?;

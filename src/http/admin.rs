@@ -112,6 +112,9 @@ pub async fn set_stock(
         .redis
         .set_stock(&sku, &location, counts, expected, &operation_id())
         .await?;
+    // Units may have come back: this instance stops answering "sold out"
+    // before the admin hears the change is made.
+    state.admission.sold_out.forget(&sku);
     admin_response(&sku, reply)
 }
 
@@ -176,6 +179,9 @@ pub async fn adjust(
             &operation_id(),
         )
         .await?;
+    // Units may have come back: this instance stops answering "sold out"
+    // before the admin hears the change is made.
+    state.admission.sold_out.forget(&sku);
     admin_response(&sku, reply)
 }
 

@@ -27,6 +27,7 @@ pub async fn get(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&raw)?;
+    let _permit = state.admission.enter_redis()?;
     let view = state
         .redis
         .inventory(&sku)

@@ -11,6 +11,7 @@ pub mod middleware;
 pub mod ops;
 pub mod problem;
 pub mod reservations;
+pub mod serve;
 pub mod state;
 
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit_bytes))

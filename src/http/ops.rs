@@ -7,6 +7,17 @@ use serde_json::{Value, json};
 
 use super::state::AppState;
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -6,13 +6,17 @@
 //! client receives.
 
 use axum::{
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Map, Value, json};
 
 use super::middleware::current_request_id;
-use crate::{auth::AuthError, redis::RedisError};
+use crate::{
+    auth::AuthError,
+    limits::{RateReport, Refusal},
+    redis::RedisError,
+};
 
 const TYPE_BASE: &str = "https://flashgate.dev/problems/";
 
@@ -59,6 +63,10 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("the SKU's version is {version}, not the one in If-Match")]
     PreconditionFailed { version: u64 },
+    #[error("too many requests; retry after the time in Retry-After")]
+    RateLimited(RateReport),
+    #[error("the gateway is at capacity; retry shortly")]
+    Overloaded,
     #[error("a dependency is unavailable; retry shortly")]
     Unavailable(String),
     #[error("the request took too long; retry shortly")]
@@ -91,6 +99,8 @@ impl ApiError {
             ReservationConfirmed => ("reservation-confirmed", StatusCode::CONFLICT),
             IdempotencyKeyReused => ("idempotency-key-reused", StatusCode::UNPROCESSABLE_ENTITY),
             PreconditionFailed { .. } => ("precondition-failed", StatusCode::PRECONDITION_FAILED),
+            RateLimited(_) => ("rate-limited", StatusCode::TOO_MANY_REQUESTS),
+            Overloaded => ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
             Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
             Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
@@ -130,6 +140,33 @@ impl From<RedisError> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::RateLimited(report) => Self::RateLimited(report),
+            Refusal::Overloaded => Self::Overloaded,
+        }
+    }
+}
+
+/// Adds the IETF `RateLimit-Policy` and `RateLimit` headers for `report`.
+pub fn insert_rate_headers(headers: &mut HeaderMap, report: &RateReport) {
+    if report.policies.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&report.policy_header()) {
+        headers.insert(RATELIMIT_POLICY, v);
+    }
+    if let Some(check) = report.tightest
+        && let Ok(v) = HeaderValue::from_str(&check.header_item())
+    {
+        headers.insert(RATELIMIT, v);
+    }
+}
+
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status) = self.code();
@@ -162,6 +199,11 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if let Self::RateLimited(report) = &self {
+            let seconds = report.tightest.map_or(1, |c| c.retry_after_seconds());
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            insert_rate_headers(headers, report);
         }
         response
     }

@@ -1,8 +1,10 @@
 //! Shopper reservations: hold, read, confirm, release.
 
+use std::net::SocketAddr;
+
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{ConnectInfo, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -10,14 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     extract::{Authenticated, JsonBody},
-    problem::ApiError,
+    problem::{ApiError, insert_rate_headers},
     rfc3339,
     state::AppState,
 };
 use crate::{
-    auth::Role,
+    auth::{Caller, Role},
     config::ConfirmDurability,
     inventory::{IdempotencyKey, Location, Qty, ReservationId, Sku},
+    limits::{RateReport, sold_out::Answer},
     redis::calls::{
         Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
         Settlement,
@@ -99,17 +102,53 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
         .transpose()
 }
 
-/// `POST /v1/reservations`
+/// `POST /v1/reservations`. Every answer past the token and body checks
+/// carries the rate-limit headers of the limits it passed.
 pub async fn create(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Authenticated(caller): Authenticated,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ReserveBody>,
+) -> Response {
+    let mut report = None;
+    let mut response = admit_and_reserve(&state, peer, &caller, &headers, body, &mut report)
+        .await
+        .into_response();
+    if let Some(report) = &report {
+        insert_rate_headers(response.headers_mut(), report);
+    }
+    response
+}
+
+/// Checks, admission, then the one Redis call; `report` receives the rate
+/// state once the limits have passed.
+async fn admit_and_reserve(
+    state: &AppState,
+    peer: SocketAddr,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: ReserveBody,
+    report: &mut Option<RateReport>,
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&body.sku)?;
     let qty = Qty::parse(body.qty, state.limits.max_qty_per_request)?;
     let location = body.location.as_deref().map(Location::parse).transpose()?;
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(headers)?;
+    let admission = &state.admission;
+    let ip = admission.client_ip(peer.ip(), headers);
+    let passed = admission.check_local(&caller.account, ip)?;
+    // A repeated Idempotency-Key is owed its original answer, which only
+    // Redis has: such requests are never answered "sold out" locally.
+    if key.is_none() && admission.sold_out.check(&sku) == Answer::SoldOut {
+        *report = Some(passed);
+        return Err(ApiError::InsufficientStock { available: 0 });
+    }
+    let _permit = admission.enter_redis()?;
+    let passed = admission
+        .check_shared(&state.redis, &caller.account, passed)
+        .await?;
+    *report = Some(passed);
     let id = ReservationId::generate(&sku, state.redis.keys().partition_of(&sku));
     let reply = state
         .redis
@@ -123,7 +162,15 @@ pub async fn create(
         .await?;
     let hold = match reply {
         ReserveReply::Held(hold) => hold,
-        ReserveReply::InsufficientStock { available } => {
+        ReserveReply::InsufficientStock {
+            available,
+            holdable,
+            version,
+            next_expiry_ms,
+        } => {
+            if holdable <= 0 {
+                admission.sold_out.remember(&sku, version, next_expiry_ms);
+            }
             return Err(ApiError::InsufficientStock { available });
         }
         ReserveReply::PurchaseLimit { limit, already } => {
@@ -173,18 +220,25 @@ pub async fn get(
     Path(raw): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = parse_id(&state, &raw)?;
+    let _permit = state.admission.enter_redis()?;
     let owner = (caller.role == Role::Shopper).then_some(&caller.account);
     reservation_response(state.redis.reservation(&id, owner).await?)
 }
 
 async fn settle(
     state: AppState,
-    caller: crate::auth::Caller,
+    caller: Caller,
     raw: String,
     settlement: Settlement,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = parse_id(&state, &raw)?;
+    let _permit = state.admission.enter_redis()?;
     let (reply, events) = state.redis.settle(&id, &caller.account, settlement).await?;
+    if settlement == Settlement::Release && matches!(reply, ReservationReply::Ok(_)) {
+        // The units are back: this instance stops answering "sold out"
+        // before the client hears the release is done.
+        state.admission.sold_out.forget(id.sku());
+    }
     let sync = state.journal.durability == ConfirmDurability::Sync;
     match (settlement, sync, &reply) {
         (Settlement::Confirm, true, ReservationReply::Ok(r)) => {

@@ -1,12 +1,13 @@
 //! What every handler shares: the Redis layer, the journal, the token
-//! checker, the request limits, and whether the gateway is draining.
+//! checker, the request limits, admission control, and whether the gateway
+//! is draining.
 
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
 };
 
-use crate::{auth::Auth, journal::JournalAccess, redis::Redis};
+use crate::{auth::Auth, journal::JournalAccess, limits::Admission, redis::Redis};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,6 +16,7 @@ pub struct AppState {
     pub limits: Arc<RequestLimits>,
     pub lifecycle: Arc<Lifecycle>,
     pub journal: JournalAccess,
+    pub admission: Arc<Admission>,
 }
 
 /// Request-shape limits, from `Settings`.

@@ -34,9 +34,25 @@ pub struct Hold {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ReserveReply {
     Held(Hold),
-    InsufficientStock { available: i64 },
-    PurchaseLimit { limit: i64, already: i64 },
-    SaleNotOpen { opens_at_ms: i64 },
+    InsufficientStock {
+        available: i64,
+        /// Units the whole SKU could still hold, backorders included: 0
+        /// means sold out, whatever the quantity or location asked for.
+        holdable: i64,
+        /// The SKU's version when Redis decided.
+        version: u64,
+        /// The earliest remaining hold deadline (ms since the epoch): units
+        /// may come back then.
+        #[serde(default)]
+        next_expiry_ms: Option<i64>,
+    },
+    PurchaseLimit {
+        limit: i64,
+        already: i64,
+    },
+    SaleNotOpen {
+        opens_at_ms: i64,
+    },
     SaleClosed,
     UnknownSku,
     UnknownLocation,

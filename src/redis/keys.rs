@@ -88,6 +88,13 @@ impl Keys {
         self.tagged(p, format_args!("events"))
     }
 
+    /// The shared per-account rate limit's state (lua/rate_limit.lua). Its
+    /// own slot: it is read apart from any SKU, and accounts spread over
+    /// the cluster.
+    pub fn shared_limit(&self, account: &AccountId) -> String {
+        format!("{}:rl:{{{account}}}", self.prefix)
+    }
+
     /// Sharded pub/sub channel announcing stock changes in the partition.
     pub fn stock_channel(&self, p: Partition) -> String {
         self.tagged(p, format_args!("stock"))

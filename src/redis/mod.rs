@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fred::{
+    clients::SubscriberClient,
     prelude::*,
     types::{FromValue, MultipleKeys, MultipleValues},
 };
@@ -232,15 +233,39 @@ impl Redis {
     }
 }
 
+/// Stock announcements one subscriber buffers before its consumer is said
+/// to lag (and drops its sold-out answers).
+const ANNOUNCEMENTS_BUFFERED: usize = 16_384;
+
+/// A client for the stock announcement channels, on its own connections
+/// (a subscribed connection can send nothing else). Not yet connected.
+pub fn build_subscriber(settings: &RedisSettings) -> anyhow::Result<SubscriberClient> {
+    builder(settings)?
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = Duration::from_millis(settings.command_timeout_ms);
+            perf.broadcast_channel_capacity = ANNOUNCEMENTS_BUFFERED;
+        })
+        .build_subscriber_client()
+        .context("building the redis subscriber")
+}
+
 fn build_pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
-    let config = Config::from_url(&settings.url)
-        .with_context(|| format!("redis.url {:?} is not a redis URL", settings.url))?;
     let command_timeout = Duration::from_millis(settings.command_timeout_ms);
-    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
-    Builder::from_config(config)
+    builder(settings)?
         .with_performance_config(|perf| {
             perf.default_command_timeout = command_timeout;
         })
+        .build_pool(settings.pool_size)
+        .context("building the redis client pool")
+}
+
+/// What every client shares: the URL, timeouts and reconnection policy.
+fn builder(settings: &RedisSettings) -> anyhow::Result<Builder> {
+    let config = Config::from_url(&settings.url)
+        .with_context(|| format!("redis.url {:?} is not a redis URL", settings.url))?;
+    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    let mut builder = Builder::from_config(config);
+    builder
         .with_connection_config(|conn| {
             conn.connection_timeout = connect_timeout;
             conn.internal_command_timeout = connect_timeout;
@@ -249,7 +274,6 @@ fn build_pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
             conn.max_command_attempts = 3;
         })
         // Reconnect forever (0 attempts = no limit), 50 ms to 2 s apart.
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-        .build_pool(settings.pool_size)
-        .context("building the redis client pool")
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
 }

@@ -22,10 +22,11 @@ pub enum ScriptName {
     Adjust,
     SetPolicy,
     Restore,
+    RateLimit,
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 9] = [
+    pub const ALL: [ScriptName; 10] = [
         Self::Reserve,
         Self::Confirm,
         Self::Release,
@@ -35,6 +36,7 @@ impl ScriptName {
         Self::Adjust,
         Self::SetPolicy,
         Self::Restore,
+        Self::RateLimit,
     ];
 
     pub fn stem(self) -> &'static str {
@@ -48,6 +50,7 @@ impl ScriptName {
             Self::Adjust => "adjust",
             Self::SetPolicy => "set_policy",
             Self::Restore => "restore",
+            Self::RateLimit => "rate_limit",
         }
     }
 
@@ -62,6 +65,7 @@ impl ScriptName {
             Self::Adjust => include_str!("../../lua/adjust.lua"),
             Self::SetPolicy => include_str!("../../lua/set_policy.lua"),
             Self::Restore => include_str!("../../lua/restore.lua"),
+            Self::RateLimit => include_str!("../../lua/rate_limit.lua"),
         }
     }
 }
