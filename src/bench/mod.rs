@@ -101,6 +101,10 @@ impl Target {
                 ),
                 // Every request comes from the load generator's address.
                 ("limits__ip__mode", "off".into()),
+                // The crowd's accounts stay within their budget at any
+                // offered rate up to ACCOUNTS x 100/s.
+                ("limits__account__per_second", "100".into()),
+                ("limits__account__burst", "100".into()),
             ],
         )
         .await?;
@@ -192,7 +196,7 @@ fn scenario_name(scenario: Scenario) -> String {
 /// The reservation body and token of operation `i`.
 fn reservation<'t>(tokens: &'t [String], skus: &[String], i: u64) -> (String, &'t str) {
     let sku = &skus[(i as usize) % skus.len()];
-    let token = tokens[(i as usize / skus.len().max(1)) % tokens.len()].as_str();
+    let token = tokens[(i as usize) % tokens.len()].as_str();
     (format!(r#"{{"sku":"{sku}","qty":1}}"#), token)
 }
 

@@ -231,7 +231,7 @@ fn bench_reports_each_scenario_as_json() {
         assert!(order.windows(2).all(|w| w[0] <= w[1]), "{l}");
         assert!(r["gateway_cpu_us_per_op"].as_f64().is_some(), "{r}");
     }
-    assert_eq!(reports[0]["ok"], 200);
+    assert_eq!(reports[0]["ok"], 200, "{}", reports[0]);
     assert_eq!(reports[1]["ok"], 200, "every hold confirmed");
     assert_eq!(reports[2]["ok"], 0);
     assert_eq!(reports[2]["rejected"]["insufficient-stock"], 200);

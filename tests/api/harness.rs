@@ -13,7 +13,7 @@
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         OnceLock,
         atomic::{AtomicU32, Ordering},
@@ -467,4 +467,99 @@ macro_rules! on_both_topologies {
             }
         }
     )+};
+}
+
+/// `flashgate serve` as its own process, so a test can kill it.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+/// The `flashgate` binary, configured through the environment for `settings`.
+pub fn flashgate(settings: &Settings, command: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
+    cmd.arg(command)
+        .env("FLASHGATE_REDIS__URL", &settings.redis.url)
+        .env("FLASHGATE_REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+        .env(
+            "FLASHGATE_REDIS__PARTITIONS",
+            settings.redis.partitions.to_string(),
+        )
+        .env("FLASHGATE_POSTGRES__URL", &settings.postgres.url)
+        .env("FLASHGATE_AUTH__SECRET", TEST_SECRET)
+        .env("FLASHGATE_LOG__LEVEL", "warn");
+    cmd
+}
+
+/// Runs a one-shot command; its exit code and standard output.
+pub fn run_tool(settings: &Settings, args: &[&str]) -> (i32, String) {
+    let out = flashgate(settings, args[0])
+        .args(&args[1..])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run flashgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+impl GatewayProcess {
+    pub fn start(settings: &Settings) -> Self {
+        Self::start_with(settings, &[])
+    }
+
+    /// Starts it with more `FLASHGATE_…` variables, e.g.
+    /// `("FLASHGATE_LIMITS__ACCOUNT__MODE", "shadow")`.
+    pub fn start_with(settings: &Settings, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = flashgate(settings, "serve")
+            .env("FLASHGATE_HTTP__LISTEN", &addr)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start flashgate serve");
+        Self { child, addr }
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until it answers `/readyz` with 200 (at most 30 s).
+    pub async fn wait_ready(&mut self) {
+        let http = reqwest::Client::new();
+        let start = std::time::Instant::now();
+        loop {
+            let ready = http.get(self.url("/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            let exited = self.child.try_wait().expect("the gateway's status");
+            assert!(
+                start.elapsed() < Duration::from_secs(30) && exited.is_none(),
+                "the gateway process never became ready ({exited:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
 }

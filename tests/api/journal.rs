@@ -2,10 +2,7 @@
 //! fails on the way (queue overflow, a killed gateway, Postgres going away,
 //! Redis losing its data).
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use flashgate::{
     config::Settings,
@@ -23,8 +20,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Backend, ChaosProxy, TEST_SECRET, TestApp, journal_db, servers, spawn_app_with, test_settings,
-    token, unique_prefix, wipe_prefix,
+    Backend, ChaosProxy, GatewayProcess, TestApp, journal_db, run_tool, servers, spawn_app_with,
+    test_settings, token, unique_prefix, wipe_prefix,
 };
 use crate::on_both_topologies;
 
@@ -374,70 +371,6 @@ async fn postgres_going_away_loses_nothing_acknowledged(backend: Backend) {
         .send(reqwest::Method::GET, "/readyz", None, &[], None)
         .await;
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
-}
-
-/// `flashgate serve` as its own process, so a test can kill it.
-struct GatewayProcess {
-    child: Child,
-    addr: String,
-}
-
-/// The `flashgate` binary, configured through the environment for `settings`.
-fn flashgate(settings: &Settings, command: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
-    cmd.arg(command)
-        .env("FLASHGATE_REDIS__URL", &settings.redis.url)
-        .env("FLASHGATE_REDIS__KEY_PREFIX", &settings.redis.key_prefix)
-        .env(
-            "FLASHGATE_REDIS__PARTITIONS",
-            settings.redis.partitions.to_string(),
-        )
-        .env("FLASHGATE_POSTGRES__URL", &settings.postgres.url)
-        .env("FLASHGATE_AUTH__SECRET", TEST_SECRET)
-        .env("FLASHGATE_LOG__LEVEL", "warn");
-    cmd
-}
-
-/// Runs a one-shot command; its exit code and standard output.
-fn run_tool(settings: &Settings, args: &[&str]) -> (i32, String) {
-    let out = flashgate(settings, args[0])
-        .args(&args[1..])
-        .stderr(Stdio::null())
-        .output()
-        .expect("run flashgate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-impl GatewayProcess {
-    fn start(settings: &Settings) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = flashgate(settings, "serve")
-            .env("FLASHGATE_HTTP__LISTEN", &addr)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start flashgate serve");
-        Self { child, addr }
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 async fn a_gateway_killed_mid_load_loses_no_acknowledged_reservation(backend: Backend) {

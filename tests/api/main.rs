@@ -7,6 +7,7 @@
 mod harness;
 
 mod access;
+mod admission;
 mod contention;
 mod demo;
 mod idempotency;
