@@ -63,6 +63,10 @@ struct Comparison {
     hot_p99_vs_postgres_p99: f64,
     /// Goal ≥ 0.8.
     sold_out_vs_hello_world: f64,
+    /// Latency of the 429s of one account far over its limit, at --rate.
+    rate_limited_latency_ms: Option<Latency>,
+    /// Latency of the 503 `overloaded` answers, at --rate. Goal: p99 < 1 ms.
+    overloaded_latency_ms: Option<Latency>,
 }
 
 pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> {
@@ -98,6 +102,16 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
     hot_half.scenario = "hot-at-half-max".into();
     emit(&hot_half)?;
 
+    let at_rate = Plan {
+        pace: Pace::Rate(options.rate),
+        duration,
+        connections: options.connections,
+    };
+    let rate_limited = target.measure(Scenario::RateLimited, at_rate).await?;
+    emit(&rate_limited)?;
+    let overloaded = target.measure(Scenario::Overloaded, at_rate).await?;
+    emit(&overloaded)?;
+
     let comparison = Comparison {
         scenario: "comparison",
         raw_script_per_s,
@@ -114,6 +128,11 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         hot_vs_postgres_throughput: hot_max.achieved_per_s / postgres_hot_row_per_s,
         hot_p99_vs_postgres_p99: hot_max.latency_ms.p99 / postgres_hot_row_latency_ms.p99,
         sold_out_vs_hello_world: sold_out_max.achieved_per_s / hello.achieved_per_s,
+        rate_limited_latency_ms: rate_limited
+            .latency_by_outcome_ms
+            .get("rate-limited")
+            .copied(),
+        overloaded_latency_ms: overloaded.latency_by_outcome_ms.get("overloaded").copied(),
     };
     println!(
         "{}",
@@ -151,6 +170,19 @@ fn print_goals(c: &Comparison) {
         c.sold_out_vs_hello_world,
         verdict(c.sold_out_vs_hello_world >= 0.8)
     );
+    if let Some(l) = c.rate_limited_latency_ms {
+        eprintln!(
+            "429 rate-limited latency                 p50 {:>5.3} p99 {:>5.3} ms",
+            l.p50, l.p99
+        );
+    }
+    if let Some(l) = c.overloaded_latency_ms {
+        eprintln!(
+            "503 overloaded p99                                {:>6.3} ms   < 1 ms   {}",
+            l.p99,
+            verdict(l.p99 < 1.0)
+        );
+    }
     if let Some(cpu) = c.gateway_cpu_us_per_reservation {
         eprintln!(
             "gateway CPU per reservation                       {cpu:>6.1} µs   ≤ 20 µs  {}",

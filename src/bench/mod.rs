@@ -47,12 +47,18 @@ pub enum Scenario {
     SoldOut,
     /// Reservations spread over 1,000 SKUs in every partition.
     Many,
+    /// One account far over its rate limit: nearly every answer is a 429.
+    RateLimited,
+    /// A gateway whose Redis is stalled and whose in-flight cap is 1: nearly
+    /// every answer is a 503 `overloaded` (the one request in flight waits
+    /// for the Redis command timeout).
+    Overloaded,
     /// Hot reservations at rising rates until p99 passes --p99-bound-ms or
     /// the gateway falls behind.
     Knee,
     /// Ceilings and ratios: see BENCHMARKS.md.
     Compare,
-    /// hot, confirm, sold-out and many, at --rate.
+    /// hot, confirm, sold-out, many, rate-limited and overloaded, at --rate.
     All,
 }
 
@@ -161,6 +167,14 @@ impl Target {
                 let workload = Arc::new(ReserveThenConfirm { tokens });
                 loadgen::run(name, self.addr(), plan, workload, None).await?
             }
+            Scenario::Overloaded => return self.measure_overloaded(plan).await,
+            Scenario::RateLimited => {
+                let workload = Arc::new(Reserve {
+                    tokens: Arc::new(tokens[..1].to_vec()),
+                    skus: vec![HOT_SKU.to_owned()],
+                });
+                loadgen::run(name, self.addr(), plan, workload, None).await?
+            }
             _ => {
                 let workload = Arc::new(Reserve {
                     tokens,
@@ -178,6 +192,57 @@ impl Target {
             report.gateway_cpu_us_per_op = Some((after - before).as_secs_f64() * 1e6 / ops);
         }
         Ok(report)
+    }
+}
+
+impl Target {
+    /// `overloaded`: a second gateway, with an in-flight cap of one, in
+    /// front of a second Redis that is paused for the whole run.
+    async fn measure_overloaded(&self, plan: Plan) -> anyhow::Result<Report> {
+        let mut stack = DevStack::create("bench-shed")?;
+        let redis_port = stack.redis()?;
+        let database = "flashgate_shed";
+        devstack::psql(
+            self.postgres_port,
+            "postgres",
+            &format!("CREATE DATABASE {database}"),
+        )
+        .with_context(|| format!("creating database {database}"))?;
+        let gateway = GatewayProcess::start(
+            &mut stack,
+            &[
+                ("redis__url", format!("redis://127.0.0.1:{redis_port}")),
+                (
+                    "postgres__url",
+                    format!(
+                        "postgres://postgres@127.0.0.1:{}/{database}",
+                        self.postgres_port
+                    ),
+                ),
+                ("limits__ip__mode", "off".into()),
+                ("limits__in_flight__max", "1".into()),
+            ],
+        )
+        .await?;
+        let pause_ms = (plan.duration + Duration::from_secs(5))
+            .as_millis()
+            .to_string();
+        devstack::redis_cli(redis_port, &["CLIENT", "PAUSE", &pause_ms, "ALL"]);
+        let auth = Auth::new(&gateway.secret);
+        let tokens = (0..ACCOUNTS)
+            .map(|n| {
+                AccountId::parse(&format!("bench-{n:04}"))
+                    .map(|a| auth.issue(&a, Role::Shopper, 86_400))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let workload = Arc::new(Reserve {
+            tokens: Arc::new(tokens),
+            skus: vec![HOT_SKU.to_owned()],
+        });
+        let name = scenario_name(Scenario::Overloaded);
+        let report = loadgen::run(&name, gateway.addr, plan, workload, None).await;
+        devstack::redis_cli(redis_port, &["CLIENT", "UNPAUSE"]);
+        report
     }
 }
 
@@ -265,6 +330,14 @@ pub fn emit(report: &Report) -> anyhow::Result<()> {
             .gateway_cpu_us_per_op
             .map_or(String::new(), |c| format!("  gateway cpu {c:.1} µs/op")),
     );
+    if report.latency_by_outcome_ms.len() > 1 {
+        for (outcome, l) in &report.latency_by_outcome_ms {
+            eprintln!(
+                "{:<22}   {outcome:<20} p50 {:.3} p99 {:.3} max {:.3} ms",
+                "", l.p50, l.p99, l.max
+            );
+        }
+    }
     Ok(())
 }
 
@@ -286,6 +359,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<std::process::ExitCode
                 Scenario::Confirm,
                 Scenario::SoldOut,
                 Scenario::Many,
+                Scenario::RateLimited,
+                Scenario::Overloaded,
             ] {
                 emit(&target.measure(scenario, plan).await?)?;
             }

@@ -107,6 +107,8 @@ impl Plan {
 /// What one connection saw.
 struct Tally {
     latency_us: Histogram<u64>,
+    /// The same latencies by outcome: `ok`, a problem code, or `failed`.
+    by_outcome_us: BTreeMap<String, Histogram<u64>>,
     ok: u64,
     rejected: BTreeMap<String, u64>,
     failed: u64,
@@ -116,12 +118,32 @@ struct Tally {
 impl Tally {
     fn new(start: Instant) -> anyhow::Result<Self> {
         Ok(Self {
-            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
+            latency_us: histogram()?,
+            by_outcome_us: BTreeMap::new(),
             ok: 0,
             rejected: BTreeMap::new(),
             failed: 0,
             last_done: start,
         })
+    }
+
+    fn record(&mut self, latency_us: u64, outcome: Outcome) -> anyhow::Result<()> {
+        self.latency_us.saturating_record(latency_us);
+        let name = match &outcome {
+            Outcome::Ok => "ok",
+            Outcome::Rejected(code) => code.as_str(),
+            Outcome::Failed => "failed",
+        };
+        match self.by_outcome_us.get_mut(name) {
+            Some(h) => h.saturating_record(latency_us),
+            None => {
+                let mut h = histogram()?;
+                h.saturating_record(latency_us);
+                self.by_outcome_us.insert(name.to_owned(), h);
+            }
+        }
+        self.count(outcome);
+        Ok(())
     }
 
     fn count(&mut self, outcome: Outcome) {
@@ -134,6 +156,16 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         let _ = self.latency_us.add(&other.latency_us);
+        for (name, h) in other.by_outcome_us {
+            match self.by_outcome_us.get_mut(&name) {
+                Some(mine) => {
+                    let _ = mine.add(&h);
+                }
+                None => {
+                    self.by_outcome_us.insert(name, h);
+                }
+            }
+        }
         self.ok += other.ok;
         for (code, n) in other.rejected {
             *self.rejected.entry(code).or_default() += n;
@@ -141,6 +173,10 @@ impl Tally {
         self.failed += other.failed;
         self.last_done = self.last_done.max(other.last_done);
     }
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?)
 }
 
 /// Latency percentiles in milliseconds.
@@ -152,6 +188,20 @@ pub struct Latency {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
 }
 
 /// The result of one run, as `flashgate bench` prints it.
@@ -168,6 +218,8 @@ pub struct Report {
     pub rejected: BTreeMap<String, u64>,
     pub failed: u64,
     pub latency_ms: Latency,
+    /// The same, for each outcome: `ok`, a problem code, or `failed`.
+    pub latency_by_outcome_ms: BTreeMap<String, Latency>,
     /// The gateway's CPU time (user + system) per operation, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_cpu_us_per_op: Option<f64>,
@@ -218,29 +270,24 @@ pub async fn run<W: Workload>(
                 let counted_from = if free_at <= due { sent } else { due };
                 let outcome = workload.run(&mut conn, i).await;
                 let done = Instant::now();
-                tally
-                    .latency_us
-                    .saturating_record((done - counted_from).as_micros() as u64);
+                tally.record((done - counted_from).as_micros() as u64, outcome)?;
                 tally.last_done = done;
-                tally.count(outcome);
                 if let Some(progress) = &progress {
                     progress.inc(1);
                 }
             }
-            tally
+            anyhow::Ok(tally)
         }));
     }
     let mut total = Tally::new(start)?;
     for worker in workers {
-        total.merge(worker.await?);
+        total.merge(worker.await??);
     }
     Ok(report(scenario, plan, start, total))
 }
 
 fn report(scenario: &str, plan: Plan, start: Instant, tally: Tally) -> Report {
     let elapsed = (tally.last_done - start).as_secs_f64().max(1e-9);
-    let h = &tally.latency_us;
-    let ms = |us: u64| us as f64 / 1000.0;
     let sent = tally.ok + tally.rejected.values().sum::<u64>() + tally.failed;
     Report {
         scenario: scenario.to_owned(),
@@ -255,14 +302,12 @@ fn report(scenario: &str, plan: Plan, start: Instant, tally: Tally) -> Report {
         ok: tally.ok,
         rejected: tally.rejected,
         failed: tally.failed,
-        latency_ms: Latency {
-            p50: ms(h.value_at_quantile(0.50)),
-            p90: ms(h.value_at_quantile(0.90)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            p999: ms(h.value_at_quantile(0.999)),
-            max: ms(h.max()),
-        },
+        latency_ms: Latency::of(&tally.latency_us),
+        latency_by_outcome_ms: tally
+            .by_outcome_us
+            .iter()
+            .map(|(name, h)| (name.clone(), Latency::of(h)))
+            .collect(),
         gateway_cpu_us_per_op: None,
     }
 }
