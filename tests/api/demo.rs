@@ -220,7 +220,17 @@ fn bench_reports_each_scenario_as_json() {
         .iter()
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["hot", "confirm", "sold-out", "many"]);
+    assert_eq!(
+        names,
+        [
+            "hot",
+            "confirm",
+            "sold-out",
+            "many",
+            "rate-limited",
+            "overloaded"
+        ]
+    );
     for r in &reports {
         assert_eq!(r["offered_per_s"], 200.0);
         assert_eq!(r["sent"], 200, "{r}");
@@ -236,6 +246,19 @@ fn bench_reports_each_scenario_as_json() {
     assert_eq!(reports[2]["ok"], 0);
     assert_eq!(reports[2]["rejected"]["insufficient-stock"], 200);
     assert_eq!(reports[3]["ok"], 200);
+    // One account: a burst of 20, then 100/s, over about a second.
+    let limited = &reports[4];
+    let ok = limited["ok"].as_u64().unwrap();
+    assert!((20..=125).contains(&ok), "{limited}");
+    assert_eq!(limited["rejected"]["rate-limited"], 200 - ok, "{limited}");
+    assert!(limited["latency_by_outcome_ms"]["rate-limited"]["p99"].is_number());
+    // Redis paused, one place in flight: shed, but for the request holding it.
+    let shed = &reports[5];
+    assert_eq!(shed["ok"], 0, "{shed}");
+    assert!(
+        shed["rejected"]["overloaded"].as_u64().unwrap() >= 190,
+        "{shed}"
+    );
 }
 
 /// A server that answers at once, except that it holds every request
