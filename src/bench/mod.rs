@@ -147,13 +147,7 @@ impl Target {
     }
 
     fn tokens(&self) -> anyhow::Result<Arc<Vec<String>>> {
-        let tokens = (0..ACCOUNTS)
-            .map(|n| {
-                AccountId::parse(&format!("bench-{n:04}"))
-                    .map(|a| self.auth.issue(&a, Role::Shopper, 86_400))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(tokens))
+        shopper_tokens(&self.auth)
     }
 
     /// Runs `scenario` once as `plan` says, with the gateway's CPU time per
@@ -226,15 +220,8 @@ impl Target {
             .as_millis()
             .to_string();
         devstack::redis_cli(redis_port, &["CLIENT", "PAUSE", &pause_ms, "ALL"]);
-        let auth = Auth::new(&gateway.secret);
-        let tokens = (0..ACCOUNTS)
-            .map(|n| {
-                AccountId::parse(&format!("bench-{n:04}"))
-                    .map(|a| auth.issue(&a, Role::Shopper, 86_400))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let workload = Arc::new(Reserve {
-            tokens: Arc::new(tokens),
+            tokens: shopper_tokens(&Auth::new(&gateway.secret))?,
             skus: vec![HOT_SKU.to_owned()],
         });
         let name = scenario_name(Scenario::Overloaded);
@@ -245,6 +232,17 @@ impl Target {
         report.gateway_cpu_us_per_op = cpu_per_op(before, gateway.cpu_time(), report.sent);
         Ok(report)
     }
+}
+
+/// A token for each of the bench's accounts.
+fn shopper_tokens(auth: &Auth) -> anyhow::Result<Arc<Vec<String>>> {
+    let tokens = (0..ACCOUNTS)
+        .map(|n| {
+            AccountId::parse(&format!("bench-{n:04}"))
+                .map(|a| auth.issue(&a, Role::Shopper, 86_400))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(tokens))
 }
 
 /// CPU time between two readings, per operation, in microseconds.

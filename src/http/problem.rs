@@ -151,12 +151,10 @@ impl From<Refusal> for ApiError {
 
 /// Adds the IETF `RateLimit-Policy` and `RateLimit` headers for `report`.
 pub fn insert_rate_headers(headers: &mut HeaderMap, report: &RateReport) {
-    if report.policies.is_empty() {
+    let Some(policy) = &report.policy_header else {
         return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&report.policy_header()) {
-        headers.insert(RATELIMIT_POLICY, v);
-    }
+    };
+    headers.insert(RATELIMIT_POLICY, policy.clone());
     if let Some(check) = report.tightest
         && let Ok(v) = HeaderValue::from_str(&check.header_item())
     {

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use metrics::Counter;
 use tokio_util::sync::CancellationToken;
@@ -121,45 +121,51 @@ impl<L> Guarded<L> {
 /// `RateLimit`): every enforced policy, and the check closest to refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateReport {
-    pub policies: Vec<Policy>,
+    /// `RateLimit-Policy`, fixed at start; `None` when no limit is enforced.
+    pub policy_header: Option<HeaderValue>,
     pub tightest: Option<RateCheck>,
 }
 
 impl RateReport {
-    pub fn policy_header(&self) -> String {
-        let items: Vec<String> = self
-            .policies
-            .iter()
-            .map(|p| {
-                format!(
-                    "\"{}\";q={};w={}",
-                    p.name.as_str(),
-                    p.quota,
-                    p.window_seconds
-                )
-            })
-            .collect();
-        items.join(", ")
-    }
-
     /// Takes in one judged check: a refusal ends admission, an admitted
-    /// check becomes the one reported if it is the closest to refusal.
-    fn apply(mut self, judged: Result<RateCheck, RateCheck>) -> Result<Self, Refusal> {
+    /// check of an enforced (`announced`) limit becomes the one reported if
+    /// it is the closest to refusal.
+    fn apply(
+        mut self,
+        judged: Result<RateCheck, RateCheck>,
+        announced: bool,
+    ) -> Result<Self, Refusal> {
         match judged {
             Err(refusing) => {
                 self.tightest = Some(refusing);
                 Err(Refusal::RateLimited(self))
             }
             Ok(check) => {
-                if self.policies.contains(&check.policy)
-                    && self.tightest.is_none_or(|t| check.remaining < t.remaining)
-                {
+                if announced && self.tightest.is_none_or(|t| check.remaining < t.remaining) {
                     self.tightest = Some(check);
                 }
                 Ok(self)
             }
         }
     }
+}
+
+/// `"ip";q=200;w=2, "account";q=10;w=2` for the enforced limits.
+fn policy_header(policies: &[Policy]) -> Option<HeaderValue> {
+    let items: Vec<String> = policies
+        .iter()
+        .map(|p| {
+            format!(
+                "\"{}\";q={};w={}",
+                p.name.as_str(),
+                p.quota,
+                p.window_seconds
+            )
+        })
+        .collect();
+    (!items.is_empty())
+        .then(|| HeaderValue::from_str(&items.join(", ")).ok())
+        .flatten()
 }
 
 /// Why a request is not let through.
@@ -180,18 +186,31 @@ pub struct Admission {
     pub sold_out: Arc<SoldOut>,
     trusted_proxies: Vec<IpNet>,
     housekeeping_interval: Duration,
+    policy_header: Option<HeaderValue>,
 }
 
 impl Admission {
     pub fn new(limits: &LimitsSettings, trusted_proxies: &[IpNet]) -> Self {
+        let ip = keyed(LimitName::Ip, &limits.ip);
+        let account = keyed(LimitName::Account, &limits.account);
+        let shared = Guarded::new(
+            limits.shared.mode,
+            LimitName::Shared,
+            SharedRate::new(&limits.shared),
+        );
+        let enforced: Vec<Policy> = [
+            (ip.announced(), ip.limit.policy()),
+            (account.announced(), account.limit.policy()),
+            (shared.announced(), shared.limit.policy()),
+        ]
+        .into_iter()
+        .filter_map(|(announced, policy)| announced.then_some(policy))
+        .collect();
         Self {
-            ip: keyed(LimitName::Ip, &limits.ip),
-            account: keyed(LimitName::Account, &limits.account),
-            shared: Guarded::new(
-                limits.shared.mode,
-                LimitName::Shared,
-                SharedRate::new(&limits.shared),
-            ),
+            policy_header: policy_header(&enforced),
+            ip,
+            account,
+            shared,
             in_flight: InFlight::new(&limits.in_flight),
             in_flight_refusals: Refusals::new(LimitName::InFlight),
             sold_out: Arc::new(SoldOut::new(&limits.sold_out)),
@@ -204,23 +223,16 @@ impl Admission {
     /// `account` at `ip`.
     pub fn check_local(&self, account: &AccountId, ip: IpAddr) -> Result<RateReport, Refusal> {
         let mut report = RateReport {
-            policies: Vec::new(),
+            policy_header: self.policy_header.clone(),
             tightest: None,
         };
-        for (announced, policy) in [
-            (self.ip.announced(), self.ip.limit.policy()),
-            (self.account.announced(), self.account.limit.policy()),
-            (self.shared.announced(), self.shared.limit.policy()),
-        ] {
-            if announced {
-                report.policies.push(policy);
-            }
-        }
         if self.ip.enabled() {
-            report = report.apply(self.ip.judge(self.ip.limit.check(&ip_key(ip))))?;
+            let check = self.ip.judge(self.ip.limit.check(&ip_key(ip)));
+            report = report.apply(check, self.ip.announced())?;
         }
         if self.account.enabled() {
-            report = report.apply(self.account.judge(self.account.limit.check(account)))?;
+            let check = self.account.judge(self.account.limit.check(account));
+            report = report.apply(check, self.account.announced())?;
         }
         Ok(report)
     }
@@ -237,7 +249,7 @@ impl Admission {
             return Ok(report);
         }
         match self.shared.limit.check(redis, account).await {
-            Some(check) => report.apply(self.shared.judge(check)),
+            Some(check) => report.apply(self.shared.judge(check), self.shared.announced()),
             None => Ok(report),
         }
     }

@@ -245,6 +245,28 @@ async fn until_answered_locally(app: &TestApp, port: u16, sku: &str) {
     }
 }
 
+/// Tries to reserve one unit every 20 ms until a 201 or `within` passes;
+/// the last refusal's body when none came.
+async fn sold_within(
+    app: &TestApp,
+    account: &str,
+    sku: &str,
+    within: Duration,
+) -> Result<(), Value> {
+    let t = token(account);
+    let start = Instant::now();
+    loop {
+        let r = app.reserve(&t, one_unit(sku), None).await;
+        if r.status == StatusCode::CREATED {
+            return Ok(());
+        }
+        if start.elapsed() >= within {
+            return Err(r.body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sell_out_requests_are_answered_without_redis_until_a_release() {
     let redis = PrivateRedis::start();
@@ -296,20 +318,11 @@ async fn after_sell_out_requests_are_answered_without_redis_until_a_release() {
         )
         .await;
     assert_eq!(released.status, StatusCode::OK, "{:?}", released.body);
-    let released_at = Instant::now();
-    let t = token("next-buyer");
-    loop {
-        let r = app.reserve(&t, one_unit("A-GONE"), None).await;
-        if r.status == StatusCode::CREATED {
-            break;
-        }
-        assert!(
-            released_at.elapsed() < Duration::from_secs(3),
-            "the released unit was not sold again: {:?}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sold = sold_within(app, "next-buyer", "A-GONE", Duration::from_secs(3)).await;
+    assert!(
+        sold.is_ok(),
+        "the released unit was not sold again: {sold:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,19 +340,11 @@ async fn a_sold_out_answer_ends_at_its_bound_without_any_news() {
     let p = Partition::of("A-QUIET", settings.redis.partitions);
     let key = keys.sku(p, &sku);
     redis_cli(redis.port, &["HINCRBY", &key, "l:default:oh", "1"]);
-    let changed_at = Instant::now();
-    let t = token("patient");
-    loop {
-        let r = app.reserve(&t, one_unit("A-QUIET"), None).await;
-        if r.status == StatusCode::CREATED {
-            break;
-        }
-        assert!(
-            changed_at.elapsed() < Duration::from_secs(3),
-            "the sold-out answer outlived its bound"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sold = sold_within(&app, "patient", "A-QUIET", Duration::from_secs(3)).await;
+    assert!(
+        sold.is_ok(),
+        "the sold-out answer outlived its bound: {sold:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
