@@ -70,7 +70,11 @@ impl InFlight {
         match (before < self.max, self.mode) {
             (true, _) => (Entry::Admitted, Some(permit)),
             (false, LimitMode::Shadow) => (Entry::AdmittedInShadow, Some(permit)),
-            (false, _) => (Entry::Shed, None),
+            (false, _) => {
+                // A shed request gives its place back at once.
+                drop(permit);
+                (Entry::Shed, None)
+            }
         }
     }
 
