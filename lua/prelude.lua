@@ -107,14 +107,19 @@ local function commit(ctx, s, kind, loc, fields)
   ctx.out = ctx.out or {}
   ctx.out[#ctx.out + 1] = {ctx.last_id, entry}
   ctx.changed = true
+  -- The invariant every hold must keep. Checked after the write, so a flaw
+  -- in a decision above is reported (the `oversold` metric) instead of
+  -- passing silently.
+  if kind == 'reserved' and room(l) < 0 then ctx.oversold = (ctx.oversold or 0) + 1 end
   return ctx.last_id
 end
 
 -- Encodes a mutating script's reply: {reply = <outcome object>, events =
--- [[stream id, [field, value, ...]], ...]}, events absent when none were
--- appended (cjson would encode an empty table as an object).
+-- [[stream id, [field, value, ...]], ...], oversold = n}, events absent when
+-- none were appended (cjson would encode an empty table as an object) and
+-- oversold absent unless a hold broke the invariant in `commit`.
 local function encode(ctx, reply)
-  return cjson.encode({reply = reply, events = ctx.out})
+  return cjson.encode({reply = reply, events = ctx.out, oversold = ctx.oversold})
 end
 
 local function hold_member(rid, loc, qty, bo, acct)

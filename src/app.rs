@@ -33,6 +33,8 @@ use crate::{
 
 pub struct App {
     listener: TcpListener,
+    /// `metrics.listen`, when set.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     settings: Settings,
     journal_rx: mpsc::Receiver<Event>,
@@ -81,6 +83,7 @@ impl App {
             store,
             status: Arc::new(JournalStatus::default()),
             durability: settings.journal.confirm_durability,
+            queue: journal_queue.clone(),
         };
         crate::metrics::install();
         let subscriber = crate::redis::build_subscriber(&settings.redis)?;
@@ -91,6 +94,14 @@ impl App {
         let listener = TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("binding {}", settings.http.listen))?;
+        let metrics_listener = match settings.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics.listen {addr}"))?,
+            ),
+            None => None,
+        };
         let state = AppState {
             redis: Arc::new(redis),
             auth: Arc::new(Auth::new(settings.auth.secret_or_development())),
@@ -103,6 +114,7 @@ impl App {
         };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             settings,
             journal_rx,
@@ -110,6 +122,13 @@ impl App {
             migration,
             subscriber,
         })
+    }
+
+    /// The address of `metrics.listen`, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -125,6 +144,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             state,
             settings,
             journal_rx,
@@ -176,6 +196,11 @@ impl App {
             // generous, and bounds a stuck client.
             drain_timeout: settings.request_timeout() * 2,
         };
+        let metrics_server = metrics_listener.map(|listener| {
+            let router = http::metrics_router(state.clone());
+            let stop = background.clone();
+            tokio::spawn(serve(listener, router, limits, stop.cancelled_owned()))
+        });
         serve(listener, router, limits, async move {
             stop.await;
             tracing::info!("stopping: draining in-flight requests");
@@ -183,6 +208,11 @@ impl App {
         })
         .await;
         background.cancel();
+        if let Some(server) = metrics_server
+            && let Err(e) = server.await
+        {
+            tracing::warn!(error = %e, "metrics listener ended abnormally");
+        }
         if let Err(e) = sweeper.await {
             tracing::warn!(error = %e, "expiry sweeper ended abnormally");
         }

@@ -29,6 +29,7 @@ pub struct Settings {
     pub reservation: ReservationSettings,
     pub expiry: ExpirySettings,
     pub limits: LimitsSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
 
@@ -408,6 +409,15 @@ impl Default for LimitsSettings {
             sold_out: SoldOutSettings::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// A second listener serving only `GET /metrics`, so Prometheus can
+    /// scrape on an address shoppers cannot reach. `/metrics` stays on
+    /// `http.listen` too. None (the default): no second listener.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,50 +1,197 @@
 //! The only place metric names exist.
 //!
-//! Names follow `flashgate_<name>_<unit>[_total]`; labels come from closed
-//! sets (a limit's name, a mode, a cause), never a SKU, account or address.
+//! Names follow `flashgate_<name>_<unit>[_total]` in base units (seconds,
+//! events); labels come from closed sets (a route template, a script, an
+//! outcome, a reason), never a SKU, account, address or reservation id.
+//! Every name is declared once in the table below with its kind and help
+//! text; `install` describes them all and sets the histogram buckets.
+//!
 //! The Prometheus recorder is process-wide: the first gateway built in a
-//! process installs it, and `/metrics` renders it.
+//! process installs it, and `/metrics` renders it. Values that already live
+//! in atomics elsewhere (the journal queue's counters, the journal lag) are
+//! copied into the recorder when it is rendered, so the hot path pays for
+//! them once.
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-/// Requests a limit refused (`mode="enforce"`) or would have refused
-/// (`mode="shadow"`); `limit` is `account`, `ip`, `shared` or `in_flight`.
-pub const ADMISSION_REFUSED_TOTAL: &str = "flashgate_admission_refused_total";
-/// Keys an in-process rate limiter tracks (`limit` = `account` or `ip`).
-pub const LIMITER_TRACKED_KEYS: &str = "flashgate_limiter_tracked_keys";
-/// Shared-limit checks that Redis could not answer; the request was let through.
-pub const SHARED_LIMIT_ERRORS_TOTAL: &str = "flashgate_shared_limit_errors_total";
-/// Redis calls in flight from requests, and the cap past which requests are shed.
-pub const REDIS_IN_FLIGHT: &str = "flashgate_redis_in_flight";
-pub const REDIS_IN_FLIGHT_CAPACITY: &str = "flashgate_redis_in_flight_capacity";
-/// Reservations answered 409 locally because the SKU is sold out
-/// (`mode="shadow"`: would have been, and went to Redis anyway).
-pub const SOLD_OUT_SHORT_CIRCUIT_TOTAL: &str = "flashgate_sold_out_short_circuit_total";
-/// SKUs this instance currently answers "sold out" for.
-pub const SOLD_OUT_CACHED_SKUS: &str = "flashgate_sold_out_cached_skus";
-/// Sold-out answers dropped before their bound: `cause` is `announced` (a
-/// stock change on pub/sub), `local` (a change made through this instance)
-/// or `resync` (the subscription was lost, everything is dropped).
-pub const SOLD_OUT_INVALIDATIONS_TOTAL: &str = "flashgate_sold_out_invalidations_total";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric as the recorder describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Described {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+/// Declares each metric's constant and its entry in `ALL` from one line.
+macro_rules! metric_table {
+    ($($(#[doc = $doc:literal])+ $ident:ident: $kind:ident = $name:literal;)+) => {
+        $($(#[doc = $doc])+ pub const $ident: &str = $name;)+
+        /// Every metric flashgate exports.
+        pub const ALL: &[Described] = &[
+            $(Described { name: $name, kind: Kind::$kind, help: concat!($($doc),+) },)+
+        ];
+    };
+}
+
+metric_table! {
+    /// HTTP requests answered, by route template, method and status.
+    HTTP_REQUESTS_TOTAL: Counter = "flashgate_http_requests_total";
+    /// Time from the request reaching the router to its response, by route
+    /// template, method and status.
+    HTTP_REQUEST_DURATION_SECONDS: Histogram = "flashgate_http_request_duration_seconds";
+    /// Reservation requests by outcome: `held`, `replayed`, or the problem
+    /// code they were refused with (`insufficient-stock`, `rate-limited`...).
+    RESERVATIONS_TOTAL: Counter = "flashgate_reservations_total";
+    /// Inventory events the scripts appended to the partition streams, by
+    /// kind (`reserved`, `confirmed`, `released`, `expired`, `stock_set`,
+    /// `adjusted`).
+    INVENTORY_EVENTS_TOTAL: Counter = "flashgate_inventory_events_total";
+    /// Time of one Redis script call, retries included, by script.
+    REDIS_SCRIPT_DURATION_SECONDS: Histogram = "flashgate_redis_script_duration_seconds";
+    /// Redis errors by script (or command) and kind: `unavailable`,
+    /// `refused`, `reply` (not understood), `noscript` (reloaded) and `busy`
+    /// (retried).
+    REDIS_ERRORS_TOTAL: Counter = "flashgate_redis_errors_total";
+    /// Redis calls in flight from requests.
+    REDIS_IN_FLIGHT: Gauge = "flashgate_redis_in_flight";
+    /// The in-flight cap past which requests are shed.
+    REDIS_IN_FLIGHT_CAPACITY: Gauge = "flashgate_redis_in_flight_capacity";
+    /// Times a script observed a location holding more units than it may
+    /// (reserved above on hand - safety stock + backorder limit) right after
+    /// its own write. It must stay 0: anything else is an oversell.
+    OVERSOLD_TOTAL: Counter = "flashgate_oversold_total";
+    /// Events the journal queue can hold.
+    JOURNAL_QUEUE_CAPACITY: Gauge = "flashgate_journal_queue_capacity";
+    /// Events waiting in the journal queue.
+    JOURNAL_QUEUE_DEPTH: Gauge = "flashgate_journal_queue_depth";
+    /// Events offered to the journal queue and accepted.
+    JOURNAL_QUEUE_PUSHED_TOTAL: Counter = "flashgate_journal_queue_pushed_total";
+    /// Events the batch writer took from the queue and committed.
+    JOURNAL_QUEUE_POPPED_TOTAL: Counter = "flashgate_journal_queue_popped_total";
+    /// Events the queue refused, by reason (`queue_full`, `closed`); the
+    /// reconciler brings them from the partition streams.
+    JOURNAL_QUEUE_DROPPED_TOTAL: Counter = "flashgate_journal_queue_dropped_total";
+    /// Events per batch the writer committed.
+    JOURNAL_BATCH_EVENTS: Histogram = "flashgate_journal_batch_events";
+    /// Time of one batch write to Postgres that committed.
+    JOURNAL_WRITE_DURATION_SECONDS: Histogram = "flashgate_journal_write_duration_seconds";
+    /// Batch writes Postgres refused or did not answer (each is retried).
+    JOURNAL_WRITE_ERRORS_TOTAL: Counter = "flashgate_journal_write_errors_total";
+    /// How far Postgres trails the events Redis acknowledged.
+    JOURNAL_LAG_SECONDS: Gauge = "flashgate_journal_lag_seconds";
+    /// 1 when the last journal write or reconcile pass reached Postgres.
+    JOURNAL_POSTGRES_UP: Gauge = "flashgate_journal_postgres_up";
+    /// Reconciler passes over every partition, by result (`ok`, `failed`:
+    /// at least one partition could not be reconciled).
+    RECONCILE_PASSES_TOTAL: Counter = "flashgate_reconcile_passes_total";
+    /// Events the reconciler found missing in Postgres and inserted.
+    RECONCILE_REPAIRED_EVENTS_TOTAL: Counter = "flashgate_reconcile_repaired_events_total";
+    /// Passes that found stream entries lost before they were journaled.
+    RECONCILE_GAPS_TOTAL: Counter = "flashgate_reconcile_gaps_total";
+    /// SKUs whose Redis and Postgres states disagreed at the last drift
+    /// check, by reason (`missing_in_redis`, `redis_behind`, `counts_differ`).
+    DRIFT_SKUS: Gauge = "flashgate_drift_skus";
+    /// How long past its deadline a SKU's earliest hold was when the expiry
+    /// sweeper reached it.
+    EXPIRY_LAG_SECONDS: Histogram = "flashgate_expiry_lag_seconds";
+    /// Holds the expiry sweeper gave back.
+    EXPIRY_SWEPT_HOLDS_TOTAL: Counter = "flashgate_expiry_swept_holds_total";
+    /// Requests a limit refused (`mode="enforce"`) or would have refused
+    /// (`mode="shadow"`); `limit` is `account`, `ip`, `shared` or `in_flight`.
+    ADMISSION_REFUSED_TOTAL: Counter = "flashgate_admission_refused_total";
+    /// Keys an in-process rate limiter tracks (`limit` = `account` or `ip`).
+    LIMITER_TRACKED_KEYS: Gauge = "flashgate_limiter_tracked_keys";
+    /// Shared-limit checks Redis could not answer; the request was let through.
+    SHARED_LIMIT_ERRORS_TOTAL: Counter = "flashgate_shared_limit_errors_total";
+    /// Reservations answered 409 locally because the SKU is sold out
+    /// (`mode="shadow"`: would have been, and went to Redis anyway).
+    SOLD_OUT_SHORT_CIRCUIT_TOTAL: Counter = "flashgate_sold_out_short_circuit_total";
+    /// SKUs this instance currently answers "sold out" for.
+    SOLD_OUT_CACHED_SKUS: Gauge = "flashgate_sold_out_cached_skus";
+    /// Sold-out answers dropped before their bound: `cause` is `announced` (a
+    /// stock change on pub/sub), `local` (a change made through this
+    /// instance) or `resync` (the subscription was lost).
+    SOLD_OUT_INVALIDATIONS_TOTAL: Counter = "flashgate_sold_out_invalidations_total";
+    /// Always 1; `version` is the running flashgate's.
+    BUILD_INFO: Gauge = "flashgate_build_info";
+}
+
+/// Latency buckets (seconds): fine below 10 ms where Redis answers, and a
+/// bound at 0.15 s, the reservation p99 objective.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Expiry lag buckets (seconds): the sweeper runs every second or so, so
+/// anything past a few seconds means it cannot keep up.
+const EXPIRY_LAG_BUCKETS_SECONDS: &[f64] =
+    &[0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+const BATCH_BUCKETS_EVENTS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
 
 /// How often the recorder's histograms are compacted.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+fn builder() -> PrometheusBuilder {
+    let buckets = [
+        (
+            Matcher::Full(EXPIRY_LAG_SECONDS.into()),
+            EXPIRY_LAG_BUCKETS_SECONDS,
+        ),
+        (Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS),
+        (Matcher::Full(JOURNAL_BATCH_EVENTS.into()), BATCH_BUCKETS_EVENTS),
+    ];
+    buckets
+        .into_iter()
+        .fold(PrometheusBuilder::new(), |builder, (matcher, values)| {
+            // Every bucket list above is a non-empty constant, the only
+            // condition under which this fails.
+            match builder.set_buckets_for_metric(matcher, values) {
+                Ok(b) => b,
+                Err(_) => unreachable!("bucket lists are non-empty constants"),
+            }
+        })
+}
+
 fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = builder().build_recorder();
         let handle = recorder.handle();
         // Fails only when another recorder is installed (a test binary that
         // built one first); this handle then stays empty.
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::debug!("a metrics recorder was already installed");
         }
+        describe();
         handle
     })
+}
+
+fn describe() {
+    for m in ALL {
+        let help = m.help.trim();
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, help),
+            Kind::Histogram => metrics::describe_histogram!(m.name, help),
+        }
+    }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Exported from the start, so dashboards and alerts read 0, not nothing.
+    metrics::counter!(OVERSOLD_TOTAL).absolute(0);
 }
 
 /// Installs the recorder; call before any metric is registered.
@@ -65,5 +212,39 @@ pub async fn upkeep(stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => handle().run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_name_follows_the_conventions_once() {
+        let mut seen = HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} is declared twice", m.name);
+            assert!(m.name.starts_with("flashgate_"), "{}", m.name);
+            assert!(!m.help.trim().is_empty(), "{} has no help", m.name);
+            let total = m.name.ends_with("_total");
+            assert_eq!(total, m.kind == Kind::Counter, "{}: _total iff counter", m.name);
+            if m.kind == Kind::Histogram {
+                assert!(
+                    m.name.ends_with("_seconds") || m.name.ends_with("_events"),
+                    "{}: a histogram names its unit",
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn latency_histograms_have_a_bucket_at_the_objective() {
+        assert!(LATENCY_BUCKETS_SECONDS.contains(&0.15));
+        assert!(LATENCY_BUCKETS_SECONDS.is_sorted());
+        assert!(EXPIRY_LAG_BUCKETS_SECONDS.is_sorted());
+        assert!(BATCH_BUCKETS_EVENTS.is_sorted());
     }
 }

@@ -1,4 +1,5 @@
-//! The edge of every request: its id, its deadline, and a net for panics.
+//! The edge of every request: its id, its deadline, a net for panics, and
+//! its count and latency in the metrics.
 //!
 //! The request id is the client's `X-Request-Id` when it is 1-128 characters
 //! of `[A-Za-z0-9._:-]`, otherwise a fresh UUID. It is echoed on every
@@ -8,14 +9,15 @@
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use axum::{
-    extract::{Request, State},
-    http::HeaderValue,
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, Method},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use futures_util::FutureExt;
 
 use super::problem::ApiError;
+use crate::metrics as names;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -36,8 +38,15 @@ fn valid_request_id(value: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_owned())
 }
 
-/// Runs the rest of the stack with a request id, a deadline and a panic net.
+/// Runs the rest of the stack with a request id, a deadline and a panic net,
+/// and records it under its route template.
 pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let started = tokio::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED.to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(request.method());
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -57,5 +66,25 @@ pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next)
     if let Some(header) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, header);
     }
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method.to_owned()), ("status", status)];
+    metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, &labels)
+        .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The route label of requests no route matched, so that probing clients
+/// cannot mint label values.
+const UNMATCHED: &str = "unmatched";
+
+/// The method label: the methods the API serves, anything else as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
 }

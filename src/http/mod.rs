@@ -57,6 +57,14 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .with_state(state)
 }
 
+/// The router of `metrics.listen`: `GET /metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .with_state(state)
+}
+
 /// Milliseconds since the epoch as RFC 3339 UTC.
 pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

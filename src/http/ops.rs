@@ -1,4 +1,5 @@
-//! Liveness and readiness for orchestrators and load balancers.
+//! Liveness, readiness and metrics for orchestrators, load balancers and
+//! Prometheus.
 
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use serde_json::{Value, json};
 use super::state::AppState;
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics() -> impl axum::response::IntoResponse {
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    state.journal.publish_metrics();
     (
         [(
             axum::http::header::CONTENT_TYPE,

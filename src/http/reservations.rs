@@ -21,6 +21,7 @@ use crate::{
     config::ConfirmDurability,
     inventory::{IdempotencyKey, Location, Qty, ReservationId, Sku},
     limits::{RateReport, sold_out::Answer},
+    metrics as names,
     redis::calls::{
         Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
         Settlement,
@@ -112,9 +113,14 @@ pub async fn create(
     JsonBody(body): JsonBody<ReserveBody>,
 ) -> Response {
     let mut report = None;
-    let mut response = admit_and_reserve(&state, peer, &caller, &headers, body, &mut report)
-        .await
-        .into_response();
+    let result = admit_and_reserve(&state, peer, &caller, &headers, body, &mut report).await;
+    let outcome = match &result {
+        Ok(r) if r.headers().contains_key(IDEMPOTENT_REPLAYED_HEADER) => "replayed",
+        Ok(_) => "held",
+        Err(e) => e.code().0,
+    };
+    metrics::counter!(names::RESERVATIONS_TOTAL, "outcome" => outcome).increment(1);
+    let mut response = result.into_response();
     if let Some(report) = &report {
         insert_rate_headers(response.headers_mut(), report);
     }

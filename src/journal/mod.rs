@@ -36,9 +36,10 @@ use crate::{
     clock::now_ms,
     config::{ConfirmDurability, JournalSettings},
     inventory::Partition,
+    metrics as names,
     redis::{Redis, RedisError},
 };
-use reconciler::{DriftCheck, ReconcileLimits, Report};
+use reconciler::{DriftCheck, DriftReason, ReconcileLimits, Report};
 use store::StoreError;
 use writer::{Writer, WriterLimits};
 
@@ -99,9 +100,17 @@ impl JournalStatus {
         if report.failed == 0 {
             self.postgres_ok.store(true, Ordering::Relaxed);
         }
+        let result = if report.failed == 0 { "ok" } else { "failed" };
+        metrics::counter!(names::RECONCILE_PASSES_TOTAL, "result" => result).increment(1);
+        metrics::counter!(names::RECONCILE_REPAIRED_EVENTS_TOTAL).increment(report.missing);
+        metrics::counter!(names::RECONCILE_GAPS_TOTAL).increment(u64::from(report.gaps));
         if drift == DriftCheck::Run {
             self.drifted_skus
                 .store(report.drift.len() as u64, Ordering::Relaxed);
+            for reason in DriftReason::ALL {
+                let skus = report.drift.iter().filter(|d| d.reason == reason).count();
+                metrics::gauge!(names::DRIFT_SKUS, "reason" => reason.as_str()).set(skus as f64);
+            }
         }
     }
 }
@@ -112,9 +121,19 @@ pub struct JournalAccess {
     pub store: Store,
     pub status: Arc<JournalStatus>,
     pub durability: ConfirmDurability,
+    /// The queue's sending half, read for its metrics.
+    pub queue: JournalQueue,
 }
 
 impl JournalAccess {
+    /// Copies the queue's state and the journal lag into the metrics.
+    pub fn publish_metrics(&self) {
+        self.queue.publish_metrics();
+        metrics::gauge!(names::JOURNAL_LAG_SECONDS).set(self.status.lag_seconds());
+        let up = self.status.postgres_ok.load(Ordering::Relaxed);
+        metrics::gauge!(names::JOURNAL_POSTGRES_UP).set(if up { 1.0 } else { 0.0 });
+    }
+
     /// Returns once the event at `stream_id` of partition `p` is committed in
     /// Postgres: `events` are the ones the call just appended (written here
     /// directly); a repeated call appended none, so the entry is looked up,
@@ -180,6 +199,17 @@ impl Journal {
         rx: tokio::sync::mpsc::Receiver<Event>,
     ) -> Self {
         let JournalAccess { store, status, .. } = access.clone();
+        // Exported at 0 from the start, so alerts and rates see the first one.
+        for result in ["ok", "failed"] {
+            metrics::counter!(names::RECONCILE_PASSES_TOTAL, "result" => result).increment(0);
+        }
+        for name in [
+            names::RECONCILE_REPAIRED_EVENTS_TOTAL,
+            names::RECONCILE_GAPS_TOTAL,
+            names::JOURNAL_WRITE_ERRORS_TOTAL,
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         let stop = CancellationToken::new();
         let writer = Writer {
             rx,

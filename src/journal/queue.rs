@@ -15,6 +15,7 @@ use std::sync::{
 use tokio::sync::mpsc;
 
 use super::event::Event;
+use crate::metrics as names;
 
 /// Counters of one queue; they only grow.
 #[derive(Debug, Default)]
@@ -56,5 +57,25 @@ impl JournalQueue {
 
     pub fn stats(&self) -> Arc<QueueStats> {
         self.stats.clone()
+    }
+
+    /// Copies the queue's state into the metrics (at scrape time, so
+    /// `offer` pays for its counters once).
+    pub fn publish_metrics(&self) {
+        let capacity = self.tx.max_capacity();
+        let depth = capacity - self.tx.capacity();
+        metrics::gauge!(names::JOURNAL_QUEUE_CAPACITY).set(capacity as f64);
+        metrics::gauge!(names::JOURNAL_QUEUE_DEPTH).set(depth as f64);
+        let stats = &self.stats;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metrics::counter!(names::JOURNAL_QUEUE_PUSHED_TOTAL).absolute(read(&stats.pushed));
+        metrics::counter!(names::JOURNAL_QUEUE_POPPED_TOTAL).absolute(read(&stats.popped));
+        for (reason, count) in [
+            ("queue_full", &stats.dropped_full),
+            ("closed", &stats.dropped_closed),
+        ] {
+            metrics::counter!(names::JOURNAL_QUEUE_DROPPED_TOTAL, "reason" => reason)
+                .absolute(read(count));
+        }
     }
 }

@@ -83,6 +83,12 @@ pub enum DriftReason {
 }
 
 impl DriftReason {
+    pub const ALL: [DriftReason; 3] = [
+        Self::MissingInRedis,
+        Self::RedisBehind,
+        Self::CountsDiffer,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MissingInRedis => "missing_in_redis",

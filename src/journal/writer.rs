@@ -18,6 +18,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{JournalStatus, event::Event, queue::QueueStats, store::Store};
+use crate::metrics as names;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterLimits {
@@ -86,8 +87,12 @@ impl Writer {
             .store(oldest, Ordering::Relaxed);
         let mut failures = 0u64;
         loop {
+            let started = Instant::now();
             match self.store.apply(batch).await {
                 Ok(_) => {
+                    metrics::histogram!(names::JOURNAL_WRITE_DURATION_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(names::JOURNAL_BATCH_EVENTS).record(batch.len() as f64);
                     self.status.pending_since_ms.store(0, Ordering::Relaxed);
                     self.status.postgres_ok.store(true, Ordering::Relaxed);
                     self.stats
@@ -97,6 +102,7 @@ impl Writer {
                     return true;
                 }
                 Err(e) => {
+                    metrics::counter!(names::JOURNAL_WRITE_ERRORS_TOTAL).increment(1);
                     self.status.postgres_ok.store(false, Ordering::Relaxed);
                     if failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, events = batch.len(), failures,

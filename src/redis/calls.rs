@@ -13,6 +13,7 @@ use crate::{
         view::InventoryView,
     },
     journal::{Event, event::RawEvents},
+    metrics as names,
 };
 
 /// A reservation that holds units.
@@ -197,21 +198,29 @@ impl ReserveRequest<'_> {
 }
 
 fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, RedisError> {
-    serde_json::from_str(json).map_err(|e| RedisError::Reply {
-        script: script.stem(),
-        detail: format!("{e}: {json}"),
+    serde_json::from_str(json).map_err(|e| {
+        let error = RedisError::Reply {
+            script: script.stem(),
+            detail: format!("{e}: {json}"),
+        };
+        super::count_error(script.stem(), error.kind());
+        error
     })
 }
 
 /// A partition stream entry as XRANGE returns it: id and fields.
 pub type StreamEntry = (String, HashMap<String, String>);
 
-/// A mutating script's reply: its outcome and the stream entries it appended.
+/// A mutating script's reply: its outcome, the stream entries it appended,
+/// and how many locations it saw holding more than they may (always 0 unless
+/// an invariant broke).
 #[derive(Deserialize)]
 struct Scripted<T> {
     reply: T,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    oversold: u64,
 }
 
 /// The expire script's outcome.
@@ -233,7 +242,16 @@ impl Redis {
         args: Vec<String>,
     ) -> Result<(T, Vec<Event>), RedisError> {
         let json: String = self.eval(script, keys, args).await?;
-        let Scripted { reply, events } = decode::<Scripted<T>>(script, &json)?;
+        let Scripted {
+            reply,
+            events,
+            oversold,
+        } = decode::<Scripted<T>>(script, &json)?;
+        if oversold > 0 {
+            metrics::counter!(names::OVERSOLD_TOTAL).increment(oversold);
+            tracing::error!(script = script.stem(), partition = p.0, oversold,
+                "OVERSOLD: a location holds more units than it may after this call");
+        }
         if events.is_empty() {
             return Ok((reply, Vec::new()));
         }
@@ -241,6 +259,10 @@ impl Redis {
             tracing::error!(script = script.stem(), error = %e, "unparsable journal event");
             Vec::new()
         });
+        for event in &events {
+            metrics::counter!(names::INVENTORY_EVENTS_TOTAL, "kind" => event.kind.as_str())
+                .increment(1);
+        }
         Ok((reply, events))
     }
 

@@ -18,9 +18,12 @@ use fred::{
     types::{FromValue, MultipleKeys, MultipleValues},
 };
 
+use metrics::Histogram;
+
 use crate::{
     config::{RedisSettings, Settings},
     journal::JournalQueue,
+    metrics as names,
 };
 pub use keys::Keys;
 pub use scripts::{ScriptName, Scripts};
@@ -86,6 +89,9 @@ pub struct Redis {
     limits: CallLimits,
     /// Where mutating calls offer their events; `None` in one-shot tools.
     journal: Option<JournalQueue>,
+    /// Each script's latency histogram, in `ScriptName::ALL` order, built
+    /// once so a call does not look its labels up.
+    latency: Vec<Histogram>,
 }
 
 /// Replies that only mean "not now": retried a few times, then 503.
@@ -100,14 +106,35 @@ fn is_noscript(err: &fred::error::Error) -> bool {
     err.details().starts_with("NOSCRIPT")
 }
 
+/// Sorts a failed command into what the HTTP layer needs, and counts it.
 pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> RedisError {
     use fred::error::ErrorKind::*;
-    match source.kind() {
+    let error = match source.kind() {
         IO | Timeout | Canceled | Cluster | Routing | Backpressure | NotFound => {
             RedisError::Unavailable { script, source }
         }
         _ if is_busy(&source) => RedisError::Unavailable { script, source },
         _ => RedisError::Refused { script, source },
+    };
+    count_error(script, error.kind());
+    error
+}
+
+/// Every `kind` label of `flashgate_redis_errors_total`.
+const ERROR_KINDS: [&str; 5] = ["unavailable", "refused", "reply", "noscript", "busy"];
+
+fn count_error(script: &'static str, kind: &'static str) {
+    metrics::counter!(names::REDIS_ERRORS_TOTAL, "script" => script, "kind" => kind).increment(1);
+}
+
+impl RedisError {
+    /// The `kind` label of `flashgate_redis_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            Self::Refused { .. } => "refused",
+            Self::Reply { .. } => "reply",
+        }
     }
 }
 
@@ -128,7 +155,19 @@ impl Redis {
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
             limits: CallLimits::from_settings(settings),
             journal: None,
+            latency: ScriptName::ALL
+                .iter()
+                .map(|s| metrics::histogram!(names::REDIS_SCRIPT_DURATION_SECONDS, "script" => s.stem()))
+                .collect(),
         };
+        for script in ScriptName::ALL {
+            // Exported at 0 from the start: a rate over a counter that
+            // appears with its first error would miss that error.
+            for kind in ERROR_KINDS {
+                metrics::counter!(names::REDIS_ERRORS_TOTAL, "script" => script.stem(), "kind" => kind)
+                    .increment(0);
+            }
+        }
         redis.check_partitions().await?;
         redis.load_scripts().await.context("loading lua scripts")?;
         Ok(redis)
@@ -194,15 +233,23 @@ impl Redis {
         let args: MultipleValues = args.try_into().map_err(|e| classify(name.stem(), e))?;
         let mut busy_left = self.limits.busy_retries;
         let mut reloaded = false;
+        let started = tokio::time::Instant::now();
         loop {
             let result = self
                 .pool
                 .evalsha::<R, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
                 .await;
             match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    // Every name has its histogram (built from ALL above).
+                    if let Some(latency) = self.latency.get(name as usize) {
+                        latency.record(started.elapsed().as_secs_f64());
+                    }
+                    return Ok(value);
+                }
                 Err(e) if is_noscript(&e) && !reloaded => {
                     reloaded = true;
+                    count_error(name.stem(), "noscript");
                     tracing::warn!(script = name.stem(), "NOSCRIPT: reloading scripts");
                     self.load_scripts()
                         .await
@@ -210,6 +257,7 @@ impl Redis {
                 }
                 Err(e) if is_busy(&e) && busy_left > 0 => {
                     busy_left -= 1;
+                    count_error(name.stem(), "busy");
                     tokio::time::sleep(self.limits.busy_retry_delay).await;
                 }
                 Err(e) => return Err(classify(name.stem(), e)),

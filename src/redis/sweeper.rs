@@ -14,7 +14,10 @@ use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
 use super::Redis;
-use crate::inventory::{Partition, Sku};
+use crate::{
+    inventory::{Partition, Sku},
+    metrics as names,
+};
 
 /// Partitions swept concurrently.
 const SWEEP_CONCURRENCY: usize = 8;
@@ -27,6 +30,7 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    metrics::counter!(names::EXPIRY_SWEPT_HOLDS_TOTAL).increment(0);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -46,13 +50,13 @@ pub async fn run(
 
 async fn sweep_partition(redis: &Redis, p: Partition, skus_max: u32) -> i64 {
     let now_ms = crate::clock::now_ms();
-    let due: Result<Vec<String>, _> = redis
+    let due: Result<Vec<(String, f64)>, _> = redis
         .pool()
         .zrangebyscore(
             redis.keys().due(p),
             "-inf",
             now_ms,
-            false,
+            true,
             Some(Limit::from((0, i64::from(skus_max)))),
         )
         .await;
@@ -64,12 +68,16 @@ async fn sweep_partition(redis: &Redis, p: Partition, skus_max: u32) -> i64 {
         }
     };
     let mut expired = 0;
-    for raw in skus {
+    let lag = metrics::histogram!(names::EXPIRY_LAG_SECONDS);
+    for (raw, deadline_ms) in skus {
+        // The score is the SKU's earliest hold deadline.
+        lag.record((now_ms as f64 - deadline_ms).max(0.0) / 1000.0);
         let Ok(sku) = Sku::parse(&raw) else { continue };
         match redis.expire(&sku).await {
             Ok(n) => expired += n,
             Err(e) => tracing::warn!(partition = p.0, error = %e, "sweeper could not expire holds"),
         }
     }
+    metrics::counter!(names::EXPIRY_SWEPT_HOLDS_TOTAL).increment(expired.max(0) as u64);
     expired
 }
