@@ -1,11 +1,15 @@
 # Sourced by test.sh and demo.sh: installs the server packages flashgate's
 # tests, demo and bench start their own throwaway servers from
-# (redis-server, redis-cli/redis-benchmark, PostgreSQL with pgbench), or
-# says exactly what to install when it cannot.
+# (redis-server, redis-cli/redis-benchmark, PostgreSQL with pgbench, and for
+# the tests Prometheus), or says exactly what to install when it cannot.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+# The test suite also runs a real Prometheus and promtool (package prometheus).
+if [ "${want_prometheus:-0}" = 1 ]; then
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+fi
 
 if ((${#missing[@]})); then
   echo "flashgate: installing ${missing[*]}" >&2

@@ -55,6 +55,9 @@ enum Migration {
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
+        // Before anything registers a metric: handles made earlier would
+        // record into nothing.
+        crate::metrics::install();
         if settings.auth.secret.is_none() {
             tracing::warn!(
                 "auth.secret is not set: using the public development secret; \
@@ -85,7 +88,6 @@ impl App {
             durability: settings.journal.confirm_durability,
             queue: journal_queue.clone(),
         };
-        crate::metrics::install();
         let subscriber = crate::redis::build_subscriber(&settings.redis)?;
         let admission = Arc::new(Admission::new(
             &settings.limits,

@@ -151,7 +151,10 @@ fn builder() -> PrometheusBuilder {
             EXPIRY_LAG_BUCKETS_SECONDS,
         ),
         (Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS),
-        (Matcher::Full(JOURNAL_BATCH_EVENTS.into()), BATCH_BUCKETS_EVENTS),
+        (
+            Matcher::Full(JOURNAL_BATCH_EVENTS.into()),
+            BATCH_BUCKETS_EVENTS,
+        ),
     ];
     buckets
         .into_iter()
@@ -229,7 +232,12 @@ mod tests {
             assert!(m.name.starts_with("flashgate_"), "{}", m.name);
             assert!(!m.help.trim().is_empty(), "{} has no help", m.name);
             let total = m.name.ends_with("_total");
-            assert_eq!(total, m.kind == Kind::Counter, "{}: _total iff counter", m.name);
+            assert_eq!(
+                total,
+                m.kind == Kind::Counter,
+                "{}: _total iff counter",
+                m.name
+            );
             if m.kind == Kind::Histogram {
                 assert!(
                     m.name.ends_with("_seconds") || m.name.ends_with("_events"),

@@ -67,7 +67,11 @@ pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next)
         response.headers_mut().insert(REQUEST_ID_HEADER, header);
     }
     let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method.to_owned()), ("status", status)];
+    let labels = [
+        ("route", route),
+        ("method", method.to_owned()),
+        ("status", status),
+    ];
     metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels).increment(1);
     metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, &labels)
         .record(started.elapsed().as_secs_f64());

@@ -83,11 +83,7 @@ pub enum DriftReason {
 }
 
 impl DriftReason {
-    pub const ALL: [DriftReason; 3] = [
-        Self::MissingInRedis,
-        Self::RedisBehind,
-        Self::CountsDiffer,
-    ];
+    pub const ALL: [DriftReason; 3] = [Self::MissingInRedis, Self::RedisBehind, Self::CountsDiffer];
 
     pub fn as_str(self) -> &'static str {
         match self {

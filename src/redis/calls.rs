@@ -249,8 +249,12 @@ impl Redis {
         } = decode::<Scripted<T>>(script, &json)?;
         if oversold > 0 {
             metrics::counter!(names::OVERSOLD_TOTAL).increment(oversold);
-            tracing::error!(script = script.stem(), partition = p.0, oversold,
-                "OVERSOLD: a location holds more units than it may after this call");
+            tracing::error!(
+                script = script.stem(),
+                partition = p.0,
+                oversold,
+                "OVERSOLD: a location holds more units than it may after this call"
+            );
         }
         if events.is_empty() {
             return Ok((reply, Vec::new()));

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{
-    Backend, GatewayProcess, PrivateRedis, Reply, TestApp, spawn_app_with, test_settings, token,
-    unique_prefix,
+    Backend, GatewayProcess, PrivateRedis, Reply, TestApp, metric_value, spawn_app_with,
+    test_settings, token, unique_prefix,
 };
 use crate::on_both_topologies;
 
@@ -379,19 +379,6 @@ async fn past_the_in_flight_cap_requests_are_shed_at_once() {
 }
 
 /// The value of one counter series in a Prometheus text exposition.
-fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_mode_refuses_nothing_and_counts_what_it_would_have() {
     let settings = test_settings(Backend::Standalone, &unique_prefix());
@@ -451,7 +438,7 @@ async fn shadow_mode_refuses_nothing_and_counts_what_it_would_have() {
         .unwrap();
     let refill = (elapsed.as_secs_f64()).ceil() as usize;
     for (limit, burst) in [("account", 2usize), ("ip", 5)] {
-        let counted = counter(
+        let counted = metric_value(
             &metrics,
             "flashgate_admission_refused_total",
             &[("limit", limit), ("mode", "shadow")],
@@ -461,7 +448,7 @@ async fn shadow_mode_refuses_nothing_and_counts_what_it_would_have() {
             (most.saturating_sub(refill)..=most).contains(&counted),
             "{limit}: {counted} counted, {most} expected (less {refill} refilled)\n{metrics}"
         );
-        let enforced = counter(
+        let enforced = metric_value(
             &metrics,
             "flashgate_admission_refused_total",
             &[("limit", limit), ("mode", "enforce")],

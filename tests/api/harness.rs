@@ -469,6 +469,33 @@ macro_rules! on_both_topologies {
     )+};
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of the first series of `name` in a Prometheus text exposition
+/// whose labels include `labels`; 0 when there is none.
+pub fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `flashgate serve` as its own process, so a test can kill it.
 pub struct GatewayProcess {
     pub child: Child,
@@ -512,12 +539,7 @@ impl GatewayProcess {
     /// Starts it with more `FLASHGATE_…` variables, e.g.
     /// `("FLASHGATE_LIMITS__ACCOUNT__MODE", "shadow")`.
     pub fn start_with(settings: &Settings, env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
         let child = flashgate(settings, "serve")
             .env("FLASHGATE_HTTP__LISTEN", &addr)
             .envs(env.iter().copied())

@@ -13,6 +13,7 @@ mod demo;
 mod idempotency;
 mod journal;
 mod lifecycle;
+mod observability;
 mod resilience;
 mod stock;
 mod validation;
