@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// Print the OpenAPI 3.1 description of the HTTP API (what
+    /// `GET /openapi.json` serves; openapi.json is a committed copy).
+    Openapi,
     /// Print a token signed with the configured auth.secret.
     Token {
         /// The account id (the token's `sub`).

@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     };
     if !matches!(
         cli.command,
-        Command::Token { .. } | Command::Demo(_) | Command::Bench(_) | Command::HelloServer { .. }
+        Command::Token { .. }
+            | Command::Openapi
+            | Command::Demo(_)
+            | Command::Bench(_)
+            | Command::HelloServer { .. }
     ) {
         telemetry::init(&settings.log);
     }
@@ -42,6 +46,10 @@ fn main() -> ExitCode {
             let role = if admin { Role::Admin } else { Role::Shopper };
             let auth = Auth::new(settings.auth.secret_or_development());
             println!("{}", auth.issue(&account, role, ttl_seconds));
+            ExitCode::SUCCESS
+        }
+        Command::Openapi => {
+            print!("{}", flashgate::http::openapi::pretty_json());
             ExitCode::SUCCESS
         }
         Command::Serve => run(async {

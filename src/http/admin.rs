@@ -8,12 +8,13 @@ use axum::{
     response::Response,
 };
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     extract::{Admin, JsonBody},
     inventory::view_response,
     parse_rfc3339,
-    problem::ApiError,
+    problem::{ApiError, Problem},
     rfc3339,
     state::AppState,
 };
@@ -80,7 +81,7 @@ fn operation_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockBody {
     on_hand: i64,
@@ -93,6 +94,18 @@ pub struct StockBody {
 }
 
 /// `PUT /v1/admin/inventory/{sku}/locations/{location}`
+#[utoipa::path(put, path = "/v1/admin/inventory/{sku}/locations/{location}", tag = "admin",
+    summary = "Create or set a location's counts (reserved units are untouched)",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"), ("location" = String, Path, description = "1-32 characters of `[A-Za-z0-9._-]`"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: refuse with 412 unless the SKU is at this version")),
+    request_body = StockBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The inventory view after the change", body = InventoryView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The token lacks the `inventory:admin` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`precondition-failed` (member `version`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn set_stock(
     State(state): State<AppState>,
     Admin(_): Admin,
@@ -118,7 +131,7 @@ pub async fn set_stock(
     admin_response(&sku, reply)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AdjustmentReason {
     Receipt,
@@ -138,7 +151,7 @@ impl AdjustmentReason {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustBody {
     delta: i64,
@@ -148,6 +161,17 @@ pub struct AdjustBody {
 }
 
 /// `POST /v1/admin/inventory/{sku}/locations/{location}/adjustments`
+#[utoipa::path(post, path = "/v1/admin/inventory/{sku}/locations/{location}/adjustments", tag = "admin",
+    summary = "Add or remove units with a reason",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"), ("location" = String, Path, description = "1-32 characters of `[A-Za-z0-9._-]`")),
+    request_body = AdjustBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The inventory view after the change", body = InventoryView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The token lacks the `inventory:admin` scope", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient-stock`: fewer units would be left than are held", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn adjust(
     State(state): State<AppState>,
     Admin(_): Admin,
@@ -192,20 +216,27 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+/// Each field is optional: absent keeps the current value, `null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     max_per_account: Option<Option<i64>>,
+    /// RFC 3339.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     sale_opens_at: Option<Option<String>>,
+    /// RFC 3339.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     sale_closes_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     reservation_ttl_seconds: Option<Option<i64>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PolicyView {
     sku: String,
     max_per_account: Option<i64>,
@@ -243,6 +274,15 @@ fn instant(name: &str, value: Option<Option<String>>) -> Result<Option<PolicyFie
 
 /// `PUT /v1/admin/inventory/{sku}`: the sale policy. Absent fields stay,
 /// `null` clears.
+#[utoipa::path(put, path = "/v1/admin/inventory/{sku}", tag = "admin",
+    summary = "Set a SKU's sale policy: purchase cap, sale window, hold TTL",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
+    request_body = PolicyBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The policy after the change", body = PolicyView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The token lacks the `inventory:admin` scope", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn set_policy(
     State(state): State<AppState>,
     Admin(_): Admin,

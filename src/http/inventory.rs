@@ -7,7 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{problem::ApiError, state::AppState};
+use super::{
+    problem::{ApiError, Problem},
+    state::AppState,
+};
 use crate::inventory::{Sku, view::InventoryView};
 
 /// The view as a response, with its version as the `ETag` (the value an
@@ -22,6 +25,13 @@ pub fn view_response(view: InventoryView) -> Response {
 }
 
 /// `GET /v1/inventory/{sku}`: no token needed.
+#[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "shopper",
+    summary = "Read a SKU's stock, in total and per location",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
+    responses(
+        (status = 200, description = "The inventory view; `ETag` is its version", body = InventoryView),
+        (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(raw): Path<String>,

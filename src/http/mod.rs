@@ -8,6 +8,7 @@ pub mod admin;
 pub mod extract;
 pub mod inventory;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod problem;
 pub mod reservations;
@@ -45,6 +46,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit_bytes))

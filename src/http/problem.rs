@@ -20,6 +20,37 @@ use crate::{
 
 const TYPE_BASE: &str = "https://flashgate.dev/problems/";
 
+/// An error body as `/openapi.json` describes it: RFC 9457 members, then
+/// the extension members some codes carry. `into_response` renders it; a
+/// unit test keeps the two in step.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://flashgate.dev/problems/insufficient-stock",
+    "title": "Insufficient stock", "status": 409,
+    "detail": "not enough units available", "request_id": "4f1c…", "available": 0
+}))]
+pub struct Problem {
+    /// A URI ending in the problem code, e.g. `…/problems/insufficient-stock`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    /// Never internal error text on a 5xx.
+    pub detail: String,
+    /// The response's `X-Request-Id`.
+    pub request_id: String,
+    /// `insufficient-stock`: units available now.
+    pub available: Option<i64>,
+    /// `purchase-limit`: units one account may hold or buy.
+    pub limit: Option<i64>,
+    /// `purchase-limit`: units the account already has.
+    pub already: Option<i64>,
+    /// `sale-not-open`: when the sale opens (RFC 3339).
+    pub opens_at: Option<String>,
+    /// `precondition-failed`: the SKU's current version.
+    pub version: Option<u64>,
+}
+
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
@@ -210,5 +241,48 @@ impl IntoResponse for ApiError {
 impl From<crate::inventory::InvalidValue> for ApiError {
     fn from(e: crate::inventory::InvalidValue) -> Self {
         Self::Validation(e.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members `/openapi.json` lists for a problem body.
+    fn documented_members() -> Vec<String> {
+        let schema = serde_json::to_value(<Problem as utoipa::PartialSchema>::schema()).unwrap();
+        schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_rendered_problem_member_is_documented() {
+        let documented = documented_members();
+        let errors = [
+            ApiError::InsufficientStock { available: 0 },
+            ApiError::PurchaseLimit {
+                limit: 2,
+                already: 2,
+            },
+            ApiError::SaleNotOpen {
+                opens_at: "2026-11-21T10:00:00Z".into(),
+            },
+            ApiError::PreconditionFailed { version: 3 },
+            ApiError::Internal("secret".into()),
+        ];
+        for error in errors {
+            let response = error.into_response();
+            let bytes = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            for member in body.as_object().unwrap().keys() {
+                assert!(documented.contains(member), "{member} is not documented");
+            }
+        }
     }
 }

@@ -9,10 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     extract::{Authenticated, JsonBody},
-    problem::{ApiError, insert_rate_headers},
+    problem::{ApiError, Problem, insert_rate_headers},
     rfc3339,
     state::AppState,
 };
@@ -31,16 +32,22 @@ use crate::{
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED_HEADER: &str = "idempotent-replayed";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
+    /// 1-64 characters of `[A-Za-z0-9._-]`.
+    #[schema(example = "SNEAKER-42")]
     sku: String,
+    /// From 1 to `reservation.max_qty_per_request` (default 10).
+    #[schema(minimum = 1, example = 1)]
     qty: i64,
+    /// Without it, the location with the most available units that can
+    /// serve the whole quantity.
     #[serde(default)]
     location: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HoldView {
     reservation_id: String,
     sku: String,
@@ -65,7 +72,7 @@ impl From<Hold> for HoldView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReservationView {
     reservation_id: String,
     sku: String,
@@ -105,6 +112,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 
 /// `POST /v1/reservations`. Every answer past the token and body checks
 /// carries the rate-limit headers of the limits it passed.
+#[utoipa::path(post, path = "/v1/reservations", tag = "shopper",
+    summary = "Hold units of a SKU for the caller's account",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1-128 printable ASCII characters: the same key and body within its TTL \
+                       (24 h) return the original answer with `Idempotent-Replayed: true`")),
+    request_body = ReserveBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Held until `expires_at`", body = HoldView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient-stock` (`available`), `purchase-limit` (`limit`, `already`), \
+            `sale-not-open` (`opens_at`) or `sale-closed`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over `http.body_limit_bytes`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`, or `idempotency-key-reused` with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate-limited`; retry after `Retry-After` (whole seconds)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -220,6 +243,14 @@ fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
 }
 
 /// `GET /v1/reservations/{id}`: the owner, or an admin.
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "shopper",
+    summary = "Read a reservation (its owner, or an admin)",
+    params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The reservation", body = ReservationView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this account", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -269,6 +300,16 @@ async fn settle(
 }
 
 /// `POST /v1/reservations/{id}/confirm`: the owner only.
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", tag = "shopper",
+    summary = "Turn a hold into a sale (idempotent)",
+    params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Confirmed (again, when repeated)", body = ReservationView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reservation-expired` or `reservation-released`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn confirm(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -278,6 +319,16 @@ pub async fn confirm(
 }
 
 /// `POST /v1/reservations/{id}/release`: the owner only.
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "shopper",
+    summary = "Give the held units back (idempotent)",
+    params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Released (again, when repeated)", body = ReservationView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reservation-confirmed` or `reservation-expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn release(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

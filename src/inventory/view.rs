@@ -4,8 +4,9 @@
 //! `l:<location>:<oh|rs|ss|lt|bo>` per location.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StockStatus {
     InStock,
@@ -27,7 +28,7 @@ impl StockStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LocationView {
     pub location: String,
     pub on_hand: i64,
@@ -42,7 +43,7 @@ pub struct LocationView {
 /// `GET /v1/inventory/{sku}`: totals over locations, then each location.
 /// The top-level status compares the total available with the sum of the
 /// locations' low-stock thresholds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct InventoryView {
     pub sku: String,
     pub available: i64,

@@ -214,6 +214,19 @@ async fn metrics_count_every_request_by_route_template_and_outcome(backend: Back
     assert_eq!(api_on_metrics.status(), StatusCode::NOT_FOUND);
     let on_api = o.http.get(o.gateway.url("/metrics")).send().await.unwrap();
     assert_eq!(on_api.status(), StatusCode::OK);
+
+    // The running gateway describes itself as the committed openapi.json.
+    let served: Value = o
+        .http
+        .get(o.gateway.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed = std::fs::read_to_string(repo_file("openapi.json")).unwrap();
+    assert_eq!(served, serde_json::from_str::<Value>(&committed).unwrap());
 }
 
 async fn a_hold_that_breaks_the_stock_invariant_is_counted_as_oversold(backend: Backend) {
