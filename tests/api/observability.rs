@@ -568,3 +568,95 @@ async fn prometheus_scrapes_a_gateway_under_load_and_every_panel_and_alert_evalu
         }
     }
 }
+
+/// `docker compose` (the plugin) or `docker-compose`, whichever answers.
+fn compose_command() -> Option<Command> {
+    let works = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(Command::new("docker").args(["compose", "version"])) {
+        let mut cmd = Command::new("docker");
+        cmd.arg("compose");
+        return Some(cmd);
+    }
+    works(Command::new("docker-compose").arg("version")).then(|| Command::new("docker-compose"))
+}
+
+#[test]
+fn the_compose_file_is_valid_pins_its_images_and_mounts_files_that_exist() {
+    let compose = std::fs::read_to_string(repo_file("docker-compose.yml")).unwrap();
+    for line in compose.lines().map(str::trim) {
+        if let Some(image) = line.strip_prefix("image:") {
+            let image = image.trim();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            let pinned = tag
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == 'v');
+            assert!(
+                pinned || image == "flashgate:local",
+                "{image} is not pinned"
+            );
+        }
+        if let Some(mount) = line.strip_prefix("- ./") {
+            let source = mount.split(':').next().unwrap();
+            assert!(
+                repo_file(source).exists(),
+                "{source} is mounted but missing"
+            );
+        }
+    }
+    assert!(compose.contains("--cluster-replicas 1"));
+    assert_eq!(
+        compose
+            .matches("--cluster-announce-hostname redis-")
+            .count(),
+        6
+    );
+
+    let Some(mut cmd) = compose_command() else {
+        eprintln!("neither `docker compose` nor docker-compose is installed: config check skipped");
+        return;
+    };
+    let out = cmd
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker compose config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_k6_scripts_parse() {
+    let scripts = [
+        "lib/flashgate.js",
+        "flash-sale.js",
+        "bot-storm.js",
+        "soak.js",
+    ];
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        eprintln!("node is not installed: the k6 scripts' syntax check is skipped");
+        return;
+    }
+    for script in scripts {
+        // k6 scripts are ES modules; node parses them without running them.
+        let out = Command::new("node")
+            .args(["--experimental-default-type=module", "--check"])
+            .arg(repo_file(&format!("loadtest/{script}")))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
