@@ -14,7 +14,7 @@
 //! - `loadgen`: the open-model HTTP load generator behind `demo` and `bench`.
 //! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
 //! - `metrics`: every metric name, the Prometheus recorder.
-//! - `http`: router, middleware, extractors, problem errors, one file per route area.
+//! - `http`: router, accept loop, middleware, extractors, problem errors, OpenAPI, one file per route area.
 //! - `tools`: the one-shot operator commands (`migrate`, `reconcile`, `rebuild`).
 //! - `telemetry`: log set-up.
 
