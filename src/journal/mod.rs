@@ -20,7 +20,7 @@ pub mod writer;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -65,13 +65,6 @@ pub struct JournalStatus {
     pub reconcile_lag_ms: AtomicI64,
     /// The last write or pass reached Postgres.
     pub postgres_ok: AtomicBool,
-    pub batches: AtomicU64,
-    /// Events the reconciler had to insert itself.
-    pub repaired: AtomicU64,
-    /// Passes that found entries lost before they were journaled.
-    pub gaps: AtomicU64,
-    /// SKUs whose Redis and Postgres states disagreed at the last check.
-    pub drifted_skus: AtomicU64,
 }
 
 impl JournalStatus {
@@ -94,9 +87,6 @@ impl JournalStatus {
             report.missing_lag_ms
         };
         self.reconcile_lag_ms.store(lag, Ordering::Relaxed);
-        self.repaired.fetch_add(report.missing, Ordering::Relaxed);
-        self.gaps
-            .fetch_add(u64::from(report.gaps), Ordering::Relaxed);
         if report.failed == 0 {
             self.postgres_ok.store(true, Ordering::Relaxed);
         }
@@ -105,8 +95,6 @@ impl JournalStatus {
         metrics::counter!(names::RECONCILE_REPAIRED_EVENTS_TOTAL).increment(report.missing);
         metrics::counter!(names::RECONCILE_GAPS_TOTAL).increment(u64::from(report.gaps));
         if drift == DriftCheck::Run {
-            self.drifted_skus
-                .store(report.drift.len() as u64, Ordering::Relaxed);
             for reason in DriftReason::ALL {
                 let skus = report.drift.iter().filter(|d| d.reason == reason).count();
                 metrics::gauge!(names::DRIFT_SKUS, "reason" => reason.as_str()).set(skus as f64);

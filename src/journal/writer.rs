@@ -98,7 +98,6 @@ impl Writer {
                     self.stats
                         .popped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.status.batches.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 Err(e) => {
