@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::{
     extract::{Admin, JsonBody},
     inventory::view_response,
+    openapi::{Forbidden, Unauthorized, Unavailable, UnknownSku, ValidationFailed},
     parse_rfc3339,
     problem::{ApiError, Problem},
     rfc3339,
@@ -102,9 +103,11 @@ pub struct StockBody {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The inventory view after the change", body = InventoryView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The token lacks the `inventory:admin` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 412, description = "`precondition-failed` (member `version`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn set_stock(
     State(state): State<AppState>,
@@ -168,9 +171,12 @@ pub struct AdjustBody {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The inventory view after the change", body = InventoryView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The token lacks the `inventory:admin` scope", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = UnknownSku),
         (status = 409, description = "`insufficient-stock`: fewer units would be left than are held", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn adjust(
     State(state): State<AppState>,
@@ -281,7 +287,11 @@ fn instant(name: &str, value: Option<Option<String>>) -> Result<Option<PolicyFie
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The policy after the change", body = PolicyView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The token lacks the `inventory:admin` scope", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = UnknownSku),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn set_policy(
     State(state): State<AppState>,

@@ -8,7 +8,8 @@ use axum::{
 };
 
 use super::{
-    problem::{ApiError, Problem},
+    openapi::{Unavailable, UnknownSku, ValidationFailed},
+    problem::ApiError,
     state::AppState,
 };
 use crate::inventory::{Sku, view::InventoryView};
@@ -30,7 +31,9 @@ pub fn view_response(view: InventoryView) -> Response {
     params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
     responses(
         (status = 200, description = "The inventory view; `ETag` is its version", body = InventoryView),
-        (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A field is out of range or unknown (`validation-failed`)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, response = UnknownSku),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn get(
     State(state): State<AppState>,

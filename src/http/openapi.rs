@@ -5,7 +5,7 @@
 
 use axum::Json;
 use utoipa::{
-    Modify, OpenApi,
+    Modify, OpenApi, ToResponse,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
@@ -33,7 +33,18 @@ use super::{admin, inventory, ops, problem::Problem, reservations};
         ops::metrics,
         document,
     ),
-    components(schemas(Problem)),
+    components(
+        schemas(Problem),
+        responses(
+            Unauthorized,
+            Forbidden,
+            UnknownSku,
+            ReservationNotFound,
+            ValidationFailed,
+            RateLimited,
+            Unavailable
+        )
+    ),
     modifiers(&BearerAuth),
     tags(
         (name = "shopper", description = "Stock and reservations; a shopper token's `sub` is the account"),
@@ -42,6 +53,28 @@ use super::{admin, inventory, ops, problem::Problem, reservations};
     )
 )]
 struct ApiDoc;
+
+/// Declares a problem answer that several routes give, once, so each
+/// route's description refers to it (`response = Unauthorized`). These types
+/// exist only in the description: the answers are `ApiError`s.
+macro_rules! problem_responses {
+    ($($name:ident: $description:literal;)+) => {$(
+        #[derive(ToResponse)]
+        #[response(description = $description, content_type = "application/problem+json")]
+        #[expect(dead_code, reason = "described in /openapi.json, never built")]
+        pub struct $name(Problem);
+    )+};
+}
+
+problem_responses! {
+    Unauthorized: "No valid token (`unauthorized`)";
+    Forbidden: "The token lacks the `inventory:admin` scope (`forbidden`)";
+    UnknownSku: "`unknown-sku`";
+    ReservationNotFound: "No such reservation for this account (`reservation-not-found`)";
+    ValidationFailed: "A field is out of range or unknown (`validation-failed`)";
+    RateLimited: "`rate-limited`; retry after `Retry-After` (whole seconds)";
+    Unavailable: "`overloaded` or `unavailable`; retry after `Retry-After`";
+}
 
 /// Adds the HS256 bearer token scheme the `security` entries name.
 struct BearerAuth;

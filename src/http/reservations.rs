@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::{
     extract::{Authenticated, JsonBody},
+    openapi::{RateLimited, ReservationNotFound, Unauthorized, Unavailable, UnknownSku},
     problem::{ApiError, Problem, insert_rate_headers},
     rfc3339,
     state::AppState,
@@ -121,12 +122,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Held until `expires_at`", body = HoldView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "`unknown-sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = UnknownSku),
         (status = 409, description = "`insufficient-stock` (`available`), `purchase-limit` (`limit`, `already`), \
             `sale-not-open` (`opens_at`) or `sale-closed`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over `http.body_limit_bytes`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation-failed`, or `idempotency-key-reused` with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "`rate-limited`; retry after `Retry-After` (whole seconds)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -249,7 +252,9 @@ fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The reservation", body = ReservationView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this account", body = Problem, content_type = "application/problem+json"), (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = ReservationNotFound),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -306,9 +311,10 @@ async fn settle(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Confirmed (again, when repeated)", body = ReservationView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = ReservationNotFound),
         (status = 409, description = "`reservation-expired` or `reservation-released`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn confirm(
     State(state): State<AppState>,
@@ -325,9 +331,10 @@ pub async fn confirm(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Released (again, when repeated)", body = ReservationView),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this account", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = ReservationNotFound),
         (status = 409, description = "`reservation-confirmed` or `reservation-expired`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` or `unavailable`; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
     ))]
 pub async fn release(
     State(state): State<AppState>,
