@@ -22,11 +22,9 @@ use flashgate::{
     app::App,
     auth::{Auth, Role},
     config::Settings,
+    events::{Event, EventKind, ReservationPart},
     inventory::{AccountId, Partition},
-    journal::{
-        Event, Store,
-        event::{EventKind, ReservationPart},
-    },
+    journal::Store,
 };
 use tokio_postgres::NoTls;
 

@@ -2,10 +2,23 @@
 --
 -- The script registry (src/redis/scripts.rs) prepends this file to each script
 -- in lua/ before SCRIPT LOAD, so these functions are locals of every script.
--- Nothing here invents a key name: every key arrives through the `ctx` table,
--- which a script fills from its own KEYS.
+-- Nothing here invents a key name: every key arrives through KEYS.
 --
--- SKU hash (KEYS of the caller), fields:
+-- Calling convention of every script that acts on SKUs of one partition
+-- (built by one Rust function, `Keys::partition_call`):
+--   KEYS: 1 partition due index, 2 partition event stream,
+--         then per SKU i (1..n): 3i SKU hash, 3i+1 holds, 3i+2 accounts;
+--         the script's own keys start at 3n+3.
+--   ARGV: 1 stream max length, 2 stock channel, 3 lazy expiry batch (>= 1),
+--         4 SKU count n (>= 1), 5..4+n the SKU names;
+--         the script's own arguments start at 5+n.
+-- Such a script applies one or more requests in order and returns
+--   cjson {r = [{reply = <outcome>, ev = [[stream id, packed event], ...]}, ...],
+--          oversold = n}
+-- (`ev` absent when a request appended nothing, `oversold` absent unless a
+-- hold broke the invariant below).
+--
+-- SKU hash fields:
 --   ver                       version, bumped by every stock mutation, never reused
 --   max, open, close, ttl     policy: per-account cap (units), sale window (ms since
 --                             the epoch), hold TTL (seconds); absent when unset
@@ -15,17 +28,31 @@
 --   l:<loc>:bo                backorder limit
 -- Holds sorted set: member `<rid>|<loc>|<qty>|<backorder 0/1>|<account>`, score
 -- = deadline in ms. Accounts hash: account -> units held or confirmed.
--- Reservation record hash: rid sku loc acct qty state exp bo created sid.
+-- Reservation record: a string `rid|sku|loc|acct|qty|state|exp|bo|created|sid`
+-- (a hash with those fields when written by an older gateway; still read).
+-- Event (the stream entry's one field `e`, and the reply's events):
+--   kind|sku|loc|ver|oh|rs|ss|lt|bl|ts|rid|acct|qty|bo|exp|created|delta|reason|ref
+--   (empty where a kind has no such value; `ref`, free text, comes last).
+--
+-- Within one call, the SKU hash, the accounts hash, the new holds, the due
+-- index and the stock announcement are written once per SKU, at `finish`;
+-- reservation and idempotency records are written as each request is
+-- applied, so a later request of the same call reads them.
 --
 -- Invariant kept by every script, per location: rs <= oh - ss + bo.
 
-local function now_ms()
+local function open_partition()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function new_sku(key)
-  return {key = key, ver = 0, locs = {}, names = {}, policy = {}}
+  local n = tonumber(ARGV[4])
+  local ctx = {due = KEYS[1], events = KEYS[2], maxlen = ARGV[1], channel = ARGV[2],
+    expiry_batch = tonumber(ARGV[3]),
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+    skus = {}, key = 3 * n + 3, arg = 5 + n}
+  for i = 1, n do
+    ctx.skus[i] = {name = ARGV[4 + i], key = KEYS[3 * i], holds = KEYS[3 * i + 1],
+      accounts = KEYS[3 * i + 2]}
+  end
+  return ctx
 end
 
 -- Registers a location with zero counts; the caller sorts `names`.
@@ -40,27 +67,6 @@ local function add_loc(s, loc)
   local l = new_loc(s, loc)
   table.sort(s.names)
   return l
-end
-
--- Reads a SKU hash into a table; nil when the SKU does not exist.
-local function load_sku(key)
-  local flat = redis.call('HGETALL', key)
-  if #flat == 0 then return nil end
-  local s = new_sku(key)
-  for i = 1, #flat, 2 do
-    local field, value = flat[i], tonumber(flat[i + 1])
-    local loc, attr = string.match(field, '^l:(.+):(%l%l)$')
-    if loc then
-      local l = s.locs[loc] or new_loc(s, loc)
-      l[attr] = value
-    elseif field == 'ver' then
-      s.ver = value
-    else
-      s.policy[field] = value
-    end
-  end
-  table.sort(s.names)
-  return s
 end
 
 -- Units that can be sold now (negative while backorders are owed).
@@ -79,57 +85,45 @@ local function totals(s)
   return avail, holdable
 end
 
-local function save_loc(s, loc)
-  local l = s.locs[loc]
-  local p = 'l:' .. loc .. ':'
-  redis.call('HSET', s.key, 'ver', s.ver, p .. 'oh', l.oh, p .. 'rs', l.rs,
-    p .. 'ss', l.ss, p .. 'lt', l.lt, p .. 'bo', l.bo)
-end
-
--- Bumps the version, writes the location, and appends one event to the
--- partition stream (the journal's outbox). Every event carries the location's
--- counts after the change, so any single event can set `stock_levels`. The
--- event is also kept in `ctx.out`, which `encode` adds to the script's reply
--- for the gateway's journal queue. Returns the stream entry id.
---
--- Stream entry fields: kind sku loc ver oh rs ss lt bl ts, then for a
--- reservation's events rid acct qty bo exp [created], for stock_set and
--- adjusted delta [reason ref].
-local function commit(ctx, s, kind, loc, fields)
-  s.ver = s.ver + 1
-  save_loc(s, loc)
-  local l = s.locs[loc]
-  local entry = {'kind', kind, 'sku', ctx.sku, 'loc', loc, 'ver', tostring(s.ver),
-    'oh', tostring(l.oh), 'rs', tostring(l.rs), 'ss', tostring(l.ss), 'lt', tostring(l.lt),
-    'bl', tostring(l.bo), 'ts', tostring(ctx.now)}
-  for i = 1, #fields do entry[#entry + 1] = tostring(fields[i]) end
-  ctx.last_id = redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*', unpack(entry))
-  ctx.out = ctx.out or {}
-  ctx.out[#ctx.out + 1] = {ctx.last_id, entry}
-  ctx.changed = true
-  -- The invariant every hold must keep. Checked after the write, so a flaw
-  -- in a decision above is reported (the `oversold` metric) instead of
-  -- passing silently.
-  if kind == 'reserved' and room(l) < 0 then ctx.oversold = (ctx.oversold or 0) + 1 end
-  return ctx.last_id
-end
-
--- Encodes a mutating script's reply: {reply = <outcome object>, events =
--- [[stream id, [field, value, ...]], ...], oversold = n}, events absent when
--- none were appended (cjson would encode an empty table as an object) and
--- oversold absent unless a hold broke the invariant in `commit`.
-local function encode(ctx, reply)
-  return cjson.encode({reply = reply, events = ctx.out, oversold = ctx.oversold})
-end
-
 local function hold_member(rid, loc, qty, bo, acct)
   return rid .. '|' .. loc .. '|' .. qty .. '|' .. bo .. '|' .. acct
 end
 
-local function account_add(ctx, acct, delta)
-  if redis.call('HINCRBY', ctx.accounts, acct, delta) <= 0 then
-    redis.call('HDEL', ctx.accounts, acct)
+-- The account's units (held or confirmed) as this call has left them.
+local function account_units(s, acct)
+  local base = s.acct_base[acct]
+  if base == nil then
+    base = tonumber(redis.call('HGET', s.accounts, acct) or '0')
+    s.acct_base[acct] = base
   end
+  return base + (s.acct_delta[acct] or 0)
+end
+
+local function account_add(s, acct, delta)
+  s.acct_delta[acct] = (s.acct_delta[acct] or 0) + delta
+end
+
+-- Bumps the version and appends one event to the partition stream (the
+-- journal's outbox); the location's counts after the change ride along, so
+-- any single event can set `stock_levels`. The event also goes into the
+-- current request's `ctx.ev`, for the gateway's journal queue. Returns the
+-- stream entry id. `r` holds the event's other fields (see the header).
+local function commit(ctx, s, kind, loc, r)
+  s.ver = s.ver + 1
+  s.dirty[loc] = true
+  s.changed = true
+  local l = s.locs[loc]
+  local e = table.concat({kind, s.name, loc, s.ver, l.oh, l.rs, l.ss, l.lt, l.bo, ctx.now,
+    r.rid or '', r.acct or '', r.qty or '', r.bo or '', r.exp or '', r.created or '',
+    r.delta or '', r.reason or '', r.ref or ''}, '|')
+  local id = redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*', 'e', e)
+  ctx.ev = ctx.ev or {}
+  ctx.ev[#ctx.ev + 1] = {id, e}
+  -- The invariant every hold must keep. Checked after the change, so a flaw
+  -- in a decision above is reported (the `oversold` metric) instead of
+  -- passing silently.
+  if kind == 'reserved' and room(l) < 0 then ctx.oversold = (ctx.oversold or 0) + 1 end
+  return id
 end
 
 -- Gives back the units of one hold that is past its deadline `exp`. The
@@ -139,42 +133,148 @@ local function expire_hold(ctx, s, member, exp)
   qty = tonumber(qty)
   local l = s.locs[loc] or add_loc(s, loc)
   l.rs = l.rs - qty
-  account_add(ctx, acct, -qty)
-  ctx.holds_changed = true
-  commit(ctx, s, 'expired', loc, {'rid', rid, 'acct', acct, 'qty', qty, 'bo', bo, 'exp', exp})
+  account_add(s, acct, -qty)
+  s.holds_changed = true
+  commit(ctx, s, 'expired', loc, {rid = rid, acct = acct, qty = qty, bo = bo, exp = exp})
 end
 
--- Expires up to `limit` overdue holds of this SKU (all of them when limit < 0).
+-- Expires up to `limit` overdue holds of this SKU (all of them when limit < 0);
+-- remembers whether more may be left.
 local function expire_overdue(ctx, s, limit)
-  local due = redis.call('ZRANGEBYSCORE', ctx.holds, '-inf', ctx.now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', s.holds, '-inf', ctx.now, 'WITHSCORES', 'LIMIT', 0, limit)
   for i = 1, #due, 2 do
-    redis.call('ZREM', ctx.holds, due[i])
+    redis.call('ZREM', s.holds, due[i])
     expire_hold(ctx, s, due[i], due[i + 1])
   end
+  s.more_overdue = limit >= 0 and #due / 2 >= limit
   return #due / 2
 end
 
--- Keeps the partition's due index (sku -> earliest hold deadline) in step with
--- the SKU's holds, so the sweeper finds it.
-local function refresh_due(ctx)
-  local first = redis.call('ZRANGE', ctx.holds, 0, 0, 'WITHSCORES')
-  if first[1] then
-    redis.call('ZADD', ctx.due, first[2], ctx.sku)
-  else
-    redis.call('ZREM', ctx.due, ctx.sku)
+-- The state of SKU i of this call, read once (HGETALL) and lazily expired
+-- once; a SKU that does not exist reads as empty with `exists = false`.
+local function sku_state(ctx, i)
+  local s = ctx.skus[i]
+  if s.ver then return s end
+  s.ver, s.locs, s.names, s.policy = 0, {}, {}, {}
+  s.dirty, s.acct_base, s.acct_delta, s.new_holds = {}, {}, {}, {}
+  local flat = redis.call('HGETALL', s.key)
+  s.exists = #flat > 0
+  for j = 1, #flat, 2 do
+    local field, value = flat[j], tonumber(flat[j + 1])
+    local loc, attr = string.match(field, '^l:(.+):(%l%l)$')
+    if loc then
+      local l = s.locs[loc] or new_loc(s, loc)
+      l[attr] = value
+    elseif field == 'ver' then
+      s.ver = value
+    else
+      s.policy[field] = value
+    end
   end
+  table.sort(s.names)
+  if s.exists then expire_overdue(ctx, s, ctx.expiry_batch) end
+  return s
 end
 
--- Ends a mutating script: refreshes the due index and announces the new stock.
-local function finish(ctx, s)
-  if ctx.holds_changed then refresh_due(ctx) end
-  if ctx.changed then
+-- The SKU as HGETALL would list its version and locations after this call.
+local function flat_sku(s)
+  local flat = {'ver', tostring(s.ver)}
+  for _, name in ipairs(s.names) do
+    local l, p = s.locs[name], 'l:' .. name .. ':'
+    for _, attr in ipairs({'oh', 'rs', 'ss', 'lt', 'bo'}) do
+      flat[#flat + 1] = p .. attr
+      flat[#flat + 1] = tostring(l[attr])
+    end
+  end
+  return flat
+end
+
+-- The earliest hold deadline of the SKU after this call; nil when none.
+local function first_deadline(s)
+  local first = tonumber(redis.call('ZRANGE', s.holds, 0, 0, 'WITHSCORES')[2])
+  if s.first_new and (not first or s.first_new < first) then return s.first_new end
+  return first
+end
+
+-- Writes what the call changed of one SKU: counts and version, account
+-- units, new holds, its entry in the due index, and one stock announcement.
+local function flush_sku(ctx, s)
+  for acct, d in pairs(s.acct_delta) do
+    if d ~= 0 and redis.call('HINCRBY', s.accounts, acct, d) <= 0 then
+      redis.call('HDEL', s.accounts, acct)
+    end
+  end
+  if next(s.dirty) then
+    local fields = {'ver', s.ver}
+    for loc in pairs(s.dirty) do
+      local l, p = s.locs[loc], 'l:' .. loc .. ':'
+      for _, attr in ipairs({'oh', 'rs', 'ss', 'lt', 'bo'}) do
+        fields[#fields + 1] = p .. attr
+        fields[#fields + 1] = l[attr]
+      end
+    end
+    redis.call('HSET', s.key, unpack(fields))
+  end
+  if #s.new_holds > 0 then redis.call('ZADD', s.holds, unpack(s.new_holds)) end
+  if s.holds_changed then
+    local first = redis.call('ZRANGE', s.holds, 0, 0, 'WITHSCORES')
+    if first[1] then
+      redis.call('ZADD', ctx.due, first[2], s.name)
+    else
+      redis.call('ZREM', ctx.due, s.name)
+    end
+  elseif s.first_new then
+    -- Nothing left the holds set: the SKU's earliest deadline is the older
+    -- one or the earliest new hold's, which ZADD LT keeps without a read.
+    redis.call('ZADD', ctx.due, 'LT', s.first_new, s.name)
+  end
+  if s.changed then
     local avail, holdable = totals(s)
-    redis.call('SPUBLISH', ctx.channel, ctx.sku .. '|' .. s.ver .. '|' .. avail .. '|' .. holdable)
+    redis.call('SPUBLISH', ctx.channel, s.name .. '|' .. s.ver .. '|' .. avail .. '|' .. holdable)
   end
 end
 
+local function finish(ctx)
+  for _, s in ipairs(ctx.skus) do
+    if s.ver then flush_sku(ctx, s) end
+  end
+end
+
+-- Runs `apply(ctx, i)` for each of `count` requests in order and encodes
+-- the replies with the events each request appended.
+local function run_requests(ctx, count, apply)
+  local out = {}
+  for i = 1, count do
+    ctx.ev = nil
+    local reply = apply(ctx, i)
+    out[i] = {reply = reply, ev = ctx.ev}
+  end
+  finish(ctx)
+  return cjson.encode({r = out, oversold = ctx.oversold})
+end
+
+local function encode_record(rec)
+  return table.concat({rec.rid, rec.sku, rec.loc, rec.acct, rec.qty, rec.state, rec.exp,
+    rec.bo, rec.created, rec.sid}, '|')
+end
+
+local function decode_record(v)
+  local rid, sku, loc, acct, qty, state, exp, bo, created, sid = string.match(v,
+    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  return {rid = rid, sku = sku, loc = loc, acct = acct, qty = qty, state = state, exp = exp,
+    bo = bo, created = created, sid = sid}
+end
+
+local function save_record(key, rec, ttl_ms)
+  redis.call('SET', key, encode_record(rec), 'PX', ttl_ms)
+end
+
+-- A reservation record, or nil. Records written by an older gateway are
+-- hashes: GET answers WRONGTYPE for them, and they are read as hashes.
 local function load_record(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then return decode_record(v) end
+  if type(v) ~= 'table' or not v.err then return nil end
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then return nil end
   local rec = {}
@@ -200,60 +300,15 @@ end
 -- (and without events: the first run journaled them).
 local function replay_op(key)
   local done = redis.call('GET', key)
-  if done then return '{"reply":' .. done .. '}' end
+  if done then return '{"r":[{"reply":' .. done .. '}]}' end
   return nil
 end
 
--- Ends an admin mutation: finishes the script and keeps its reply under the
--- operation id for a re-sent command.
-local function op_reply(ctx, s, key, ttl_ms, reply)
-  finish(ctx, s)
+-- Ends an admin mutation of one SKU: writes it, keeps its reply under the
+-- operation id for a re-sent command, and encodes it.
+local function op_reply(ctx, key, ttl_ms, reply)
+  local ev = ctx.ev
+  finish(ctx)
   redis.call('SET', key, cjson.encode(reply), 'PX', ttl_ms)
-  return encode(ctx, reply)
-end
-
--- Confirm and release share one shape: load the caller's reservation, give
--- back overdue holds (this one's included), then move a live hold to `target`
--- ('confirmed' or 'released'). Repeating the same transition answers the same.
---
--- KEYS: 1 SKU hash, 2 SKU holds, 3 SKU accounts, 4 reservation record,
---       5 partition due index, 6 partition event stream
--- ARGV: 1 account id, 2 lazy expiry batch, 3 stream max length,
---       4 record retention (ms), 5 stock channel, 6 sku
--- Returns JSON {reply, events} (`encode`), where reply is
---   {outcome='ok', <reservation>} | not_found |
---   reservation_<status> (the status that forbids the transition).
-local function settle(target)
-  local ctx = {sku = ARGV[6], holds = KEYS[2], accounts = KEYS[3], due = KEYS[5],
-    events = KEYS[6], channel = ARGV[5], maxlen = ARGV[3], now = now_ms()}
-  local rec = load_record(KEYS[4])
-  if not rec or rec.acct ~= ARGV[1] then return encode(ctx, {outcome = 'not_found'}) end
-  local s = load_sku(KEYS[1]) or new_sku(KEYS[1])
-  expire_overdue(ctx, s, tonumber(ARGV[2]))
-  local member = hold_member(rec.rid, rec.loc, rec.qty, rec.bo, rec.acct)
-  local status = record_status(rec, ctx.now)
-  if status == 'expired' and redis.call('ZREM', ctx.holds, member) == 1 then
-    expire_hold(ctx, s, member, rec.exp)
-  end
-  if status == 'held' then
-    local qty = tonumber(rec.qty)
-    local l = s.locs[rec.loc] or add_loc(s, rec.loc)
-    redis.call('ZREM', ctx.holds, member)
-    ctx.holds_changed = true
-    l.rs = l.rs - qty
-    if target == 'confirmed' then
-      l.oh = l.oh - qty
-    else
-      account_add(ctx, rec.acct, -qty)
-    end
-    rec.sid = commit(ctx, s, target, rec.loc, {'rid', rec.rid, 'acct', rec.acct, 'qty', qty,
-      'bo', rec.bo, 'exp', rec.exp, 'created', rec.created})
-    rec.state = target
-    status = target
-    redis.call('HSET', KEYS[4], 'state', target, 'sid', rec.sid)
-    redis.call('PEXPIRE', KEYS[4], ARGV[4])
-  end
-  finish(ctx, s)
-  if status == target then return encode(ctx, record_reply(rec, ctx.now, 'ok')) end
-  return encode(ctx, {outcome = 'reservation_' .. status})
+  return cjson.encode({r = {{reply = reply, ev = ev}}, oversold = ctx.oversold})
 end

@@ -1,5 +1,6 @@
 -- reservation: read one reservation with its derived status (a hold past its
--- deadline reads as expired), by Redis time like every other script.
+-- deadline reads as expired), by Redis time like every other script. It
+-- touches no SKU, so it does not follow the partition convention.
 --
 -- KEYS: 1 reservation record
 -- ARGV: 1 account id ('' = any: the caller is an admin)
@@ -10,4 +11,5 @@ local rec = load_record(KEYS[1])
 if not rec or (ARGV[1] ~= '' and rec.acct ~= ARGV[1]) then
   return cjson.encode({outcome = 'not_found'})
 end
-return cjson.encode(record_reply(rec, now_ms(), 'ok'))
+local t = redis.call('TIME')
+return cjson.encode(record_reply(rec, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'ok'))

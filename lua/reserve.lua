@@ -1,28 +1,25 @@
--- reserve: hold `qty` units of one SKU for one account, atomically.
+-- reserve: hold units for a batch of requests of one partition, atomically,
+-- each exactly as if it were sent alone, in the order given.
 --
--- Expires the SKU's overdue holds first, so a hold past its deadline never
--- blocks a new reservation; then checks the idempotency record, the sale
--- window, the per-account cap and the stock, and picks a location when none
--- is given (the one with the most available units that can serve the whole
--- quantity; failing that, the one with the most backorder room).
+-- Per SKU of the batch, once: expires its overdue holds (one batch of them;
+-- all of them before a refusal that they could have caused), so a hold past
+-- its deadline never blocks a new reservation. Per request: checks the
+-- idempotency record, the sale window, the per-account cap and the stock,
+-- and picks a location when none is given (the one with the most available
+-- units that can serve the whole quantity; failing that, the one with the
+-- most backorder room).
 --
--- KEYS:
---   1 SKU hash                  2 SKU holds (zset)         3 SKU accounts (hash)
---   4 reservation record (the new id's)                    5 idempotency record
---   6 partition due index (zset) 7 partition event stream
--- ARGV:
---   1 reservation id (string, carries the partition)
---   2 account id (string)        3 qty (integer >= 1)
---   4 location ('' = choose)     5 default hold TTL (ms, >= 1000)
---   6 '1' when KEYS[5] is in use (client sent an Idempotency-Key), else '0'
---   7 request fingerprint (string)
---   8 idempotency record TTL (ms)
---   9 lazy expiry batch (integer >= 1)
---  10 stream max length (approximate trim)
---  11 record retention after the hold's deadline (ms)
---  12 stock channel (sharded pub/sub)   13 sku
--- Returns JSON {reply = <outcome>, events = [...]} (see `encode` in the
--- prelude), where the outcome is an object with `outcome`:
+-- KEYS: the partition convention (prelude), then per request j (0-based):
+--   3n+3+2j reservation record (the request's new id), 3n+4+2j idempotency
+--   record (a placeholder in the slot when the request has no key)
+-- ARGV: the partition convention, then from 5+n:
+--   default hold TTL (ms, >= 1000), idempotency record TTL (ms),
+--   record retention after the hold's deadline (ms),
+--   then 7 per request: reservation id (string, carries the partition),
+--   SKU index (1..n), account id, qty (integer >= 1), location ('' = choose),
+--   '1' when the client sent an Idempotency-Key (else '0'),
+--   request fingerprint (string)
+-- Returns the partition convention's {r = [...]}, one reply per request:
 --   held {reservation_id, sku, location, qty, expires_at_ms, backorder, stream_id, replayed}
 --   insufficient_stock {available, holdable, version, next_expiry_ms}
 --     (holdable: units the whole SKU could still hold, backorders included;
@@ -30,13 +27,20 @@
 --   purchase_limit {limit, already}
 --   sale_not_open {opens_at_ms} | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused
--- `events` lists the stream entries this call appended (lazy expiries too).
+-- A request's `ev` lists the stream entries it appended (lazy expiries too).
 -- Error replies: none on valid input (the gateway validates ARGV first).
 
-local rid, account, qty, want_loc = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local keyed = ARGV[6] == '1'
-local ctx = {sku = ARGV[13], holds = KEYS[2], accounts = KEYS[3], due = KEYS[6],
-  events = KEYS[7], channel = ARGV[12], maxlen = ARGV[10], now = now_ms()}
+local ctx = open_partition()
+local a, k = ctx.arg, ctx.key
+local default_ttl, idem_ttl, retention = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
+local first_arg = a + 3
+local count = (#ARGV - first_arg + 1) / 7
+
+-- Every request's reservation id is its own: an existing record means the
+-- client library re-sent this very command after a dropped connection.
+local record_keys = {}
+for j = 0, count - 1 do record_keys[j + 1] = KEYS[k + 2 * j] end
+local prior = redis.call('MGET', unpack(record_keys))
 
 local function held_reply(rec, replayed)
   return {outcome = 'held', reservation_id = rec.rid, sku = rec.sku, location = rec.loc,
@@ -44,49 +48,30 @@ local function held_reply(rec, replayed)
     stream_id = rec.sid, replayed = replayed}
 end
 
-if keyed then
-  local stored = redis.call('GET', KEYS[5])
-  if stored then
-    local rec = cjson.decode(stored)
-    if rec.fp ~= ARGV[7] then return encode(ctx, {outcome = 'idempotency_key_reused'}) end
-    rec.reply.replayed = true
-    return encode(ctx, rec.reply)
-  end
-end
-
--- The reservation id is this request's own: an existing record means the
--- client library re-sent this very command after a dropped connection.
-local prior = load_record(KEYS[4])
-if prior then return encode(ctx, held_reply(prior, false)) end
-
-local s = load_sku(KEYS[1])
-if not s then return encode(ctx, {outcome = 'unknown_sku'}) end
-if want_loc ~= '' and not s.locs[want_loc] then
-  return encode(ctx, {outcome = 'unknown_location'})
-end
-
 -- Returns a refusal, or nil and the chosen location and backorder flag.
-local function decide()
+local function decide(s, req)
   local p = s.policy
   if p.open and ctx.now < p.open then return {outcome = 'sale_not_open', opens_at_ms = p.open} end
   if p.close and ctx.now >= p.close then return {outcome = 'sale_closed'} end
   if p.max then
-    local already = tonumber(redis.call('HGET', ctx.accounts, account) or '0')
-    if already + qty > p.max then
+    local already = account_units(s, req.account)
+    if already + req.qty > p.max then
       return {outcome = 'purchase_limit', limit = p.max, already = already}
     end
   end
-  if want_loc ~= '' then
-    local l = s.locs[want_loc]
-    if free(l) >= qty then return nil, want_loc, 0 end
-    if room(l) >= qty then return nil, want_loc, 1 end
+  if req.loc ~= '' then
+    local l = s.locs[req.loc]
+    if free(l) >= req.qty then return nil, req.loc, 0 end
+    if room(l) >= req.qty then return nil, req.loc, 1 end
     return {outcome = 'insufficient_stock', available = available(l)}
   end
   local best, best_free, best_room, best_room_units = nil, -1, nil, -1
   for _, name in ipairs(s.names) do
     local l = s.locs[name]
-    if free(l) >= qty and free(l) > best_free then best, best_free = name, free(l) end
-    if room(l) >= qty and room(l) > best_room_units then best_room, best_room_units = name, room(l) end
+    if free(l) >= req.qty and free(l) > best_free then best, best_free = name, free(l) end
+    if room(l) >= req.qty and room(l) > best_room_units then
+      best_room, best_room_units = name, room(l)
+    end
   end
   if best then return nil, best, 0 end
   if best_room then return nil, best_room, 1 end
@@ -94,46 +79,64 @@ local function decide()
   return {outcome = 'insufficient_stock', available = avail}
 end
 
-expire_overdue(ctx, s, tonumber(ARGV[9]))
-local refusal, loc, bo = decide()
-if refusal and redis.call('ZCOUNT', ctx.holds, '-inf', ctx.now) > 0 then
-  -- More overdue holds than one batch: they must not cause a refusal.
-  expire_overdue(ctx, s, -1)
-  refusal, loc, bo = decide()
+local function hold(s, req, loc, backorder, record_key)
+  local bo = tostring(backorder)
+  local l = s.locs[loc]
+  l.rs = l.rs + req.qty
+  local ttl_ms = s.policy.ttl and s.policy.ttl * 1000 or default_ttl
+  local exp = ctx.now + ttl_ms
+  local n = #s.new_holds
+  s.new_holds[n + 1] = exp
+  s.new_holds[n + 2] = hold_member(req.rid, loc, req.qty, bo, req.account)
+  if not s.first_new then s.first_new = exp end
+  account_add(s, req.account, req.qty)
+  local sid = commit(ctx, s, 'reserved', loc, {rid = req.rid, acct = req.account, qty = req.qty,
+    bo = bo, exp = exp, created = ctx.now})
+  local rec = {rid = req.rid, sku = s.name, loc = loc, acct = req.account, qty = req.qty,
+    state = 'held', exp = exp, bo = bo, created = ctx.now, sid = sid}
+  save_record(record_key, rec, ttl_ms + retention)
+  return held_reply(rec, false)
 end
-if refusal then
-  if refusal.outcome == 'insufficient_stock' then
-    -- What a gateway needs to answer "sold out" locally, and for how long.
-    local _, holdable = totals(s)
-    refusal.holdable, refusal.version = holdable, s.ver
-    local first = redis.call('ZRANGE', ctx.holds, 0, 0, 'WITHSCORES')
-    refusal.next_expiry_ms = tonumber(first[2])
+
+local function reserve(_, i)
+  local base = first_arg + 7 * (i - 1)
+  local req = {rid = ARGV[base], sku = tonumber(ARGV[base + 1]), account = ARGV[base + 2],
+    qty = tonumber(ARGV[base + 3]), loc = ARGV[base + 4], keyed = ARGV[base + 5] == '1',
+    fp = ARGV[base + 6]}
+  local record_key, idem_key = KEYS[k + 2 * (i - 1)], KEYS[k + 2 * (i - 1) + 1]
+  if req.keyed then
+    local stored = redis.call('GET', idem_key)
+    if stored then
+      local rec = cjson.decode(stored)
+      if rec.fp ~= req.fp then return {outcome = 'idempotency_key_reused'} end
+      rec.reply.replayed = true
+      return rec.reply
+    end
   end
-  finish(ctx, s)
-  return encode(ctx, refusal)
+  if prior[i] then return held_reply(decode_record(prior[i]), false) end
+  local s = sku_state(ctx, req.sku)
+  if not s.exists then return {outcome = 'unknown_sku'} end
+  if req.loc ~= '' and not s.locs[req.loc] then return {outcome = 'unknown_location'} end
+  local refusal, loc, bo = decide(s, req)
+  if refusal and s.more_overdue then
+    -- More overdue holds than one batch: they must not cause a refusal.
+    expire_overdue(ctx, s, -1)
+    refusal, loc, bo = decide(s, req)
+  end
+  if refusal then
+    if refusal.outcome == 'insufficient_stock' then
+      -- What a gateway needs to answer "sold out" locally, and for how long.
+      local _, holdable = totals(s)
+      refusal.holdable, refusal.version = holdable, s.ver
+      refusal.next_expiry_ms = first_deadline(s)
+    end
+    return refusal
+  end
+  local reply = hold(s, req, loc, bo, record_key)
+  if req.keyed then
+    redis.call('SET', idem_key, cjson.encode({fp = req.fp, reply = reply}), 'PX', idem_ttl)
+  end
+  return reply
 end
 
-local l = s.locs[loc]
-l.rs = l.rs + qty
-local ttl_ms = s.policy.ttl and s.policy.ttl * 1000 or tonumber(ARGV[5])
-local exp = ctx.now + ttl_ms
-redis.call('ZADD', ctx.holds, exp, hold_member(rid, loc, qty, bo, account))
-account_add(ctx, account, qty)
-if not ctx.holds_changed then
-  -- Nothing expired in this call: the SKU's earliest deadline is the older
-  -- one or this hold's, which ZADD LT keeps without reading the holds set.
-  redis.call('ZADD', ctx.due, 'LT', exp, ctx.sku)
-end
-local sid = commit(ctx, s, 'reserved', loc, {'rid', rid, 'acct', account, 'qty', qty, 'bo', bo,
-  'exp', exp, 'created', ctx.now})
-redis.call('HSET', KEYS[4], 'rid', rid, 'sku', ctx.sku, 'loc', loc, 'acct', account, 'qty', qty,
-  'state', 'held', 'exp', exp, 'bo', bo, 'created', ctx.now, 'sid', sid)
-redis.call('PEXPIRE', KEYS[4], ttl_ms + tonumber(ARGV[11]))
-finish(ctx, s)
-
-local reply = held_reply({rid = rid, sku = ctx.sku, loc = loc, qty = qty, exp = exp,
-  bo = tostring(bo), sid = sid}, false)
-if keyed then
-  redis.call('SET', KEYS[5], cjson.encode({fp = ARGV[7], reply = reply}), 'PX', ARGV[8])
-end
-return encode(ctx, reply)
+return run_requests(ctx, count, reserve)

@@ -2,11 +2,11 @@
 -- it (`flashgate rebuild`). Refuses when the SKU changed since the caller
 -- looked, so a rebuild never overwrites a write it did not see.
 --
--- KEYS: 1 SKU hash, 2 SKU holds, 3 SKU accounts, 4 partition due index,
---       5.. one reservation record per entry of `records`, in order
--- ARGV: 1 JSON document:
+-- KEYS: the partition convention (prelude) with one SKU, then from 6 one
+--   reservation record per entry of `records`, in order
+-- ARGV: the partition convention, then 6 a JSON document:
 --   {expect = <version the caller saw, -1 when the SKU was absent>,
---    ver = <version to restore>, sku = <sku>,
+--    ver = <version to restore>,
 --    locs = [{loc, oh, rs, ss, lt, bl}], policy = {max, open, close, ttl},
 --    records = [{rid, loc, acct, qty, state, exp, bo, created, sid, ttl_ms}]}
 -- Held records become holds again (an overdue one is expired, with its event,
@@ -15,39 +15,44 @@
 -- Returns JSON: {outcome='ok', holds} | {outcome='changed', version}
 -- Error replies: none on valid input.
 
-local doc = cjson.decode(ARGV[1])
-local current = redis.call('HGET', KEYS[1], 'ver')
+local ctx = open_partition()
+local sku = ctx.skus[1]
+local doc = cjson.decode(ARGV[6])
+local current = redis.call('HGET', sku.key, 'ver')
 local seen = current and tonumber(current) or -1
 if seen ~= doc.expect then
   return cjson.encode({outcome = 'changed', version = seen})
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[1], 'ver', doc.ver)
+redis.call('DEL', sku.key, sku.holds, sku.accounts)
+redis.call('HSET', sku.key, 'ver', doc.ver)
 for _, l in ipairs(doc.locs) do
   local p = 'l:' .. l.loc .. ':'
-  redis.call('HSET', KEYS[1], p .. 'oh', l.oh, p .. 'rs', l.rs, p .. 'ss', l.ss,
+  redis.call('HSET', sku.key, p .. 'oh', l.oh, p .. 'rs', l.rs, p .. 'ss', l.ss,
     p .. 'lt', l.lt, p .. 'bo', l.bl)
 end
 for _, field in ipairs({'max', 'open', 'close', 'ttl'}) do
   local v = doc.policy[field]
-  if type(v) == 'number' then redis.call('HSET', KEYS[1], field, v) end
+  if type(v) == 'number' then redis.call('HSET', sku.key, field, v) end
 end
-local ctx = {sku = doc.sku, holds = KEYS[2], accounts = KEYS[3], due = KEYS[4]}
 local holds = 0
 for i, r in ipairs(doc.records) do
-  local key = KEYS[4 + i]
   if r.ttl_ms > 0 then
-    redis.call('DEL', key)
-    redis.call('HSET', key, 'rid', r.rid, 'sku', doc.sku, 'loc', r.loc, 'acct', r.acct,
-      'qty', r.qty, 'state', r.state, 'exp', r.exp, 'bo', r.bo, 'created', r.created,
-      'sid', r.sid)
-    redis.call('PEXPIRE', key, r.ttl_ms)
+    save_record(KEYS[5 + i], {rid = r.rid, sku = sku.name, loc = r.loc, acct = r.acct,
+      qty = r.qty, state = r.state, exp = r.exp, bo = r.bo, created = r.created, sid = r.sid},
+      r.ttl_ms)
   end
   if r.state == 'held' then
-    redis.call('ZADD', ctx.holds, r.exp, hold_member(r.rid, r.loc, r.qty, r.bo, r.acct))
+    redis.call('ZADD', sku.holds, r.exp, hold_member(r.rid, r.loc, r.qty, r.bo, r.acct))
     holds = holds + 1
   end
-  if r.state == 'held' or r.state == 'confirmed' then account_add(ctx, r.acct, r.qty) end
+  if r.state == 'held' or r.state == 'confirmed' then
+    redis.call('HINCRBY', sku.accounts, r.acct, r.qty)
+  end
 end
-refresh_due(ctx)
+local first = redis.call('ZRANGE', sku.holds, 0, 0, 'WITHSCORES')
+if first[1] then
+  redis.call('ZADD', ctx.due, first[2], sku.name)
+else
+  redis.call('ZREM', ctx.due, sku.name)
+end
 return cjson.encode({outcome = 'ok', holds = holds})

@@ -1,25 +1,26 @@
 -- set_policy: set or clear a SKU's sale policy, creating the SKU if needed.
 -- Policy changes do not move stock, so they bump no version and emit no event.
 --
--- KEYS: 1 SKU hash
--- ARGV: 1 max per account, 2 sale opens at (ms since the epoch),
---       3 sale closes at (ms), 4 hold TTL (seconds); each one of
---       '' (leave as is), '-' (clear) or an integer
+-- KEYS, ARGV: the partition convention (prelude) with one SKU, then ARGV
+--   6 max per account, 7 sale opens at (ms since the epoch), 8 sale closes
+--   at (ms), 9 hold TTL (seconds); each one of '' (leave as is), '-' (clear)
+--   or an integer
 -- Returns JSON: {outcome='ok', max, open, close, ttl} (cleared fields absent)
 -- Error replies: none on valid input.
 
+local key = KEYS[3]
 local fields = {'max', 'open', 'close', 'ttl'}
 for i, field in ipairs(fields) do
-  local v = ARGV[i]
+  local v = ARGV[5 + i]
   if v == '-' then
-    redis.call('HDEL', KEYS[1], field)
+    redis.call('HDEL', key, field)
   elseif v ~= '' then
-    redis.call('HSET', KEYS[1], field, v)
+    redis.call('HSET', key, field, v)
   end
 end
-if redis.call('HEXISTS', KEYS[1], 'ver') == 0 then redis.call('HSET', KEYS[1], 'ver', 0) end
+if redis.call('HEXISTS', key, 'ver') == 0 then redis.call('HSET', key, 'ver', 0) end
 local reply = {outcome = 'ok'}
-local values = redis.call('HMGET', KEYS[1], unpack(fields))
+local values = redis.call('HMGET', key, unpack(fields))
 for i, field in ipairs(fields) do
   if values[i] then reply[field] = tonumber(values[i]) end
 end

@@ -21,14 +21,16 @@ use fred::clients::SubscriberClient;
 use crate::{
     auth::Auth,
     config::Settings,
+    events::Event,
     http::{
         self, AppState,
         serve::{ListenerLimits, serve},
         state::{Lifecycle, RequestLimits},
     },
-    journal::{Event, Journal, JournalAccess, JournalQueue, JournalStatus, Store},
+    journal::{Journal, JournalAccess, JournalQueue, JournalStatus, Store},
     limits::{Admission, sold_out},
-    redis::{Redis, sweeper},
+    redis::Redis,
+    service::{self, sweeper},
 };
 
 pub struct App {
@@ -67,8 +69,7 @@ impl App {
         let (journal_queue, journal_rx) = JournalQueue::bounded(settings.journal.queue_capacity);
         let redis = Redis::connect(&settings)
             .await
-            .context("starting the redis layer")?
-            .with_journal(journal_queue.clone());
+            .context("starting the redis layer")?;
         let store = Store::new(&settings.postgres)?;
         let migration = match store.migrate(settings.redis.partitions).await {
             Ok(()) => Migration::Done,
@@ -104,8 +105,13 @@ impl App {
             ),
             None => None,
         };
-        let state = AppState {
+        let inventory = service::Inventory {
             redis: Arc::new(redis),
+            journal: journal.clone(),
+            sold_out: admission.sold_out.clone(),
+        };
+        let state = AppState {
+            inventory,
             auth: Arc::new(Auth::new(settings.auth.secret_or_development())),
             limits: Arc::new(RequestLimits {
                 max_qty_per_request: settings.reservation.max_qty_per_request,
@@ -166,12 +172,12 @@ impl App {
         let journal = Journal::start(
             &settings.journal,
             &state.journal,
-            state.redis.clone(),
+            state.inventory.redis.clone(),
             &journal_queue,
             journal_rx,
         );
         let sweeper = tokio::spawn(sweeper::run(
-            state.redis.clone(),
+            state.inventory.clone(),
             Duration::from_millis(settings.expiry.sweep_interval_ms),
             settings.expiry.sweep_skus_max,
             background.clone(),
@@ -179,7 +185,7 @@ impl App {
         let follower = tokio::spawn(sold_out::follow(
             state.admission.sold_out.clone(),
             subscriber,
-            state.redis.keys().clone(),
+            state.inventory.redis.keys().clone(),
             background.clone(),
         ));
         tokio::spawn(state.admission.clone().housekeep(background.clone()));
@@ -222,7 +228,7 @@ impl App {
             tracing::warn!(error = %e, "stock announcement follower ended abnormally");
         }
         journal.stop().await;
-        state.redis.quit().await;
+        state.inventory.redis.quit().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -97,6 +97,12 @@ pub struct RedisSettings {
     /// Entries beyond it are trimmed oldest first: size it to hold what the
     /// journal may lag behind (see README, "Event stream").
     pub stream_max_len: u64,
+    /// Most requests one batch script call applies (per partition; see
+    /// README, "Batching").
+    pub batch_size_max: usize,
+    /// Requests a partition's pending list holds while its batch is in
+    /// flight; past it, new requests get 503 `overloaded`.
+    pub batch_pending_max: usize,
 }
 
 pub const DEFAULT_REDIS_PARTITIONS: u32 = 256;
@@ -106,6 +112,8 @@ pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_REDIS_BUSY_RETRIES: u32 = 3;
 pub const DEFAULT_REDIS_BUSY_RETRY_DELAY_MS: u64 = 25;
 pub const DEFAULT_REDIS_STREAM_MAX_LEN: u64 = 1_000_000;
+pub const DEFAULT_REDIS_BATCH_SIZE_MAX: usize = 128;
+pub const DEFAULT_REDIS_BATCH_PENDING_MAX: usize = 4_096;
 
 impl Default for RedisSettings {
     fn default() -> Self {
@@ -119,6 +127,8 @@ impl Default for RedisSettings {
             busy_retries: DEFAULT_REDIS_BUSY_RETRIES,
             busy_retry_delay_ms: DEFAULT_REDIS_BUSY_RETRY_DELAY_MS,
             stream_max_len: DEFAULT_REDIS_STREAM_MAX_LEN,
+            batch_size_max: DEFAULT_REDIS_BATCH_SIZE_MAX,
+            batch_pending_max: DEFAULT_REDIS_BATCH_PENDING_MAX,
         }
     }
 }
@@ -492,6 +502,14 @@ impl Settings {
         }
         if self.redis.stream_max_len < 1_000 {
             bail!("redis.stream_max_len must be at least 1000");
+        }
+        // A batch is one EVALSHA whose KEYS and ARGV grow with it; Lua's
+        // `unpack` bounds what one call can pass on.
+        if !(1..=1_000).contains(&self.redis.batch_size_max) {
+            bail!("redis.batch_size_max must be between 1 and 1000");
+        }
+        if !(1..=1_000_000).contains(&self.redis.batch_pending_max) {
+            bail!("redis.batch_pending_max must be between 1 and 1000000");
         }
         if self.reservation.ttl_seconds == 0 || self.reservation.ttl_seconds > 86_400 {
             bail!("reservation.ttl_seconds must be between 1 and 86400");

@@ -9,7 +9,9 @@
 //! - `bench`: `flashgate bench`, scenarios, the knee and the comparison with its ceilings.
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
-//! - `redis`: client, key layout, Lua script registry, typed calls, expiry sweeper.
+//! - `events`: the inventory event both the Redis layer and the journal speak.
+//! - `service`: the use cases handlers call: Redis, then the journal and the sold-out cache.
+//! - `redis`: client, key layout, Lua script registry, per-partition batcher, typed calls.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
 //! - `loadgen`: the open-model HTTP load generator behind `demo` and `bench`.
 //! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
@@ -26,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod devstack;
+pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod journal;
@@ -33,5 +36,6 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod redis;
+pub mod service;
 pub mod telemetry;
 pub mod tools;

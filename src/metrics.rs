@@ -62,6 +62,8 @@ metric_table! {
     /// `refused`, `reply` (not understood), `noscript` (reloaded) and `busy`
     /// (retried).
     REDIS_ERRORS_TOTAL: Counter = "flashgate_redis_errors_total";
+    /// Requests per batch script call, by script (`reserve`, `settle`).
+    REDIS_BATCH_REQUESTS: Histogram = "flashgate_redis_batch_requests";
     /// Redis calls in flight from requests.
     REDIS_IN_FLIGHT: Gauge = "flashgate_redis_in_flight";
     /// The in-flight cap past which requests are shed.
@@ -141,6 +143,8 @@ const BATCH_BUCKETS_EVENTS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
 ];
 
+const BATCH_BUCKETS_REQUESTS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// How often the recorder's histograms are compacted.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -154,6 +158,10 @@ fn builder() -> PrometheusBuilder {
         (
             Matcher::Full(JOURNAL_BATCH_EVENTS.into()),
             BATCH_BUCKETS_EVENTS,
+        ),
+        (
+            Matcher::Full(REDIS_BATCH_REQUESTS.into()),
+            BATCH_BUCKETS_REQUESTS,
         ),
     ];
     buckets
@@ -240,7 +248,9 @@ mod tests {
             );
             if m.kind == Kind::Histogram {
                 assert!(
-                    m.name.ends_with("_seconds") || m.name.ends_with("_events"),
+                    m.name.ends_with("_seconds")
+                        || m.name.ends_with("_events")
+                        || m.name.ends_with("_requests"),
                     "{}: a histogram names its unit",
                     m.name
                 );
@@ -254,5 +264,6 @@ mod tests {
         assert!(LATENCY_BUCKETS_SECONDS.is_sorted());
         assert!(EXPIRY_LAG_BUCKETS_SECONDS.is_sorted());
         assert!(BATCH_BUCKETS_EVENTS.is_sorted());
+        assert!(BATCH_BUCKETS_REQUESTS.is_sorted());
     }
 }

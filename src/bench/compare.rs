@@ -205,13 +205,13 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<f64> 
     let id = ReservationId::generate(&sku, redis.keys().partition_of(&sku));
     let account = AccountId::parse("bench-raw")?;
     let request = ReserveRequest {
-        id: &id,
-        account: &account,
+        id: id.clone(),
+        account,
         qty: Qty::parse(1, settings.reservation.max_qty_per_request)?,
         location: None,
         idempotency_key: None,
     };
-    let (keys, args) = redis.reserve_call(&request, request.fingerprint());
+    let (keys, args) = redis.reserve_call(&request);
     redis.quit().await;
     // The id's random part; every occurrence becomes a fresh random number.
     let unique = id

@@ -21,7 +21,6 @@ use super::{
 };
 use crate::{
     inventory::{Location, Sku, view::InventoryView},
-    journal::store::PolicyRow,
     redis::calls::{AdminReply, Policy, PolicyField, PolicyUpdate, StockCounts},
 };
 
@@ -66,7 +65,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 fn admin_response(sku: &Sku, reply: AdminReply) -> Result<Response, ApiError> {
     match reply {
-        AdminReply::Ok { sku: hash } => InventoryView::from_hash(sku.as_str(), &hash.0)
+        AdminReply::Ok { sku: hash } => hash
+            .view(sku.as_str())
             .map(view_response)
             .ok_or_else(|| ApiError::Internal("empty SKU hash after a write".into())),
         AdminReply::VersionMismatch { version } => Err(ApiError::PreconditionFailed { version }),
@@ -125,12 +125,9 @@ pub async fn set_stock(
     };
     let expected = if_match(&headers)?;
     let reply = state
-        .redis
+        .inventory
         .set_stock(&sku, &location, counts, expected, &operation_id())
         .await?;
-    // Units may have come back: this instance stops answering "sold out"
-    // before the admin hears the change is made.
-    state.admission.sold_out.forget(&sku);
     admin_response(&sku, reply)
 }
 
@@ -199,7 +196,7 @@ pub async fn adjust(
         }
     }
     let reply = state
-        .redis
+        .inventory
         .adjust(
             &sku,
             &location,
@@ -209,9 +206,6 @@ pub async fn adjust(
             &operation_id(),
         )
         .await?;
-    // Units may have come back: this instance stops answering "sold out"
-    // before the admin hears the change is made.
-    state.admission.sold_out.forget(&sku);
     admin_response(&sku, reply)
 }
 
@@ -322,21 +316,7 @@ pub async fn set_policy(
             "sale_opens_at must be before sale_closes_at".into(),
         ));
     }
-    let policy: Policy = state.redis.set_policy(&sku, &update).await?;
-    // Policy is configuration, not an event: it is acknowledged only once
-    // the journal has it, so `flashgate rebuild` can restore caps and windows.
-    let row = PolicyRow {
-        max_per_account: policy.max,
-        opens_at_ms: policy.open,
-        closes_at_ms: policy.close,
-        hold_ttl_seconds: policy.ttl,
-    };
-    state
-        .journal
-        .store
-        .save_policy(sku.as_str(), &row)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("journaling the policy: {e}")))?;
+    let policy: Policy = state.inventory.set_policy(&sku, &update).await?;
     Ok(Json(PolicyView {
         sku: sku.to_string(),
         max_per_account: policy.max,

@@ -42,8 +42,8 @@ pub async fn get(
     let sku = Sku::parse(&raw)?;
     let _permit = state.admission.enter_redis()?;
     let view = state
-        .redis
-        .inventory(&sku)
+        .inventory
+        .view(&sku)
         .await?
         .ok_or(ApiError::UnknownSku)?;
     Ok(view_response(view))

@@ -63,7 +63,7 @@ const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
         (status = 503, description = "Not ready: the failing checks say why", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let (redis, postgres) = tokio::join!(state.redis.ping(), async {
+    let (redis, postgres) = tokio::join!(state.inventory.redis.ping(), async {
         tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, state.journal.store.ping()).await
     });
     let redis = match redis {

@@ -16,6 +16,7 @@ use crate::{
     auth::AuthError,
     limits::{RateReport, Refusal},
     redis::RedisError,
+    service::ServiceError,
 };
 
 const TYPE_BASE: &str = "https://flashgate.dev/problems/";
@@ -166,7 +167,17 @@ impl From<RedisError> for ApiError {
     fn from(e: RedisError) -> Self {
         match e {
             RedisError::Unavailable { .. } => Self::Unavailable(e.to_string()),
+            RedisError::Overloaded { .. } => Self::Overloaded,
             RedisError::Refused { .. } | RedisError::Reply { .. } => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Redis(e) => e.into(),
+            ServiceError::Journal(_) => Self::Unavailable(e.to_string()),
         }
     }
 }

@@ -20,13 +20,12 @@ use super::{
 };
 use crate::{
     auth::{Caller, Role},
-    config::ConfirmDurability,
     inventory::{IdempotencyKey, Location, Qty, ReservationId, Sku},
     limits::{RateReport, sold_out::Answer},
     metrics as names,
     redis::calls::{
         Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
-        Settlement,
+        SettleRequest, Settlement,
     },
 };
 
@@ -178,31 +177,23 @@ async fn admit_and_reserve(
     }
     let _permit = admission.enter_redis()?;
     let passed = admission
-        .check_shared(&state.redis, &caller.account, passed)
+        .check_shared(&state.inventory.redis, &caller.account, passed)
         .await?;
     *report = Some(passed);
-    let id = ReservationId::generate(&sku, state.redis.keys().partition_of(&sku));
+    let partition = state.inventory.redis.keys().partition_of(&sku);
     let reply = state
-        .redis
+        .inventory
         .reserve(ReserveRequest {
-            id: &id,
-            account: &caller.account,
+            id: ReservationId::generate(&sku, partition),
+            account: caller.account.clone(),
             qty,
-            location: location.as_ref(),
-            idempotency_key: key.as_ref(),
+            location,
+            idempotency_key: key,
         })
         .await?;
     let hold = match reply {
         ReserveReply::Held(hold) => hold,
-        ReserveReply::InsufficientStock {
-            available,
-            holdable,
-            version,
-            next_expiry_ms,
-        } => {
-            if holdable <= 0 {
-                admission.sold_out.remember(&sku, version, next_expiry_ms);
-            }
+        ReserveReply::InsufficientStock { available, .. } => {
             return Err(ApiError::InsufficientStock { available });
         }
         ReserveReply::PurchaseLimit { limit, already } => {
@@ -242,7 +233,8 @@ fn reservation_response(reply: ReservationReply) -> Result<Json<ReservationView>
 }
 
 fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
-    ReservationId::parse(raw, state.redis.keys().partitions()).ok_or(ApiError::ReservationNotFound)
+    ReservationId::parse(raw, state.inventory.redis.keys().partitions())
+        .ok_or(ApiError::ReservationNotFound)
 }
 
 /// `GET /v1/reservations/{id}`: the owner, or an admin.
@@ -264,7 +256,7 @@ pub async fn get(
     let id = parse_id(&state, &raw)?;
     let _permit = state.admission.enter_redis()?;
     let owner = (caller.role == Role::Shopper).then_some(&caller.account);
-    reservation_response(state.redis.reservation(&id, owner).await?)
+    reservation_response(state.inventory.reservation(&id, owner).await?)
 }
 
 async fn settle(
@@ -275,32 +267,14 @@ async fn settle(
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = parse_id(&state, &raw)?;
     let _permit = state.admission.enter_redis()?;
-    let (reply, events) = state.redis.settle(&id, &caller.account, settlement).await?;
-    if settlement == Settlement::Release && matches!(reply, ReservationReply::Ok(_)) {
-        // The units are back: this instance stops answering "sold out"
-        // before the client hears the release is done.
-        state.admission.sold_out.forget(id.sku());
-    }
-    let sync = state.journal.durability == ConfirmDurability::Sync;
-    match (settlement, sync, &reply) {
-        (Settlement::Confirm, true, ReservationReply::Ok(r)) => {
-            // `confirm_durability = sync`: the 200 means Postgres has it too.
-            // A failure leaves the confirmation in Redis and its stream (and
-            // the queue); the client's retry answers the same confirmation
-            // and checks again.
-            let committed = state
-                .journal
-                .ensure_committed(&state.redis, id.partition(), &r.stream_id, &events)
-                .await;
-            if let Err(e) = committed {
-                state.redis.offer_to_journal(events);
-                return Err(ApiError::Unavailable(format!(
-                    "journaling the confirmation: {e}"
-                )));
-            }
-        }
-        _ => state.redis.offer_to_journal(events),
-    }
+    let reply = state
+        .inventory
+        .settle(SettleRequest {
+            id,
+            account: caller.account,
+            settlement,
+        })
+        .await?;
     reservation_response(reply)
 }
 

@@ -1,17 +1,17 @@
-//! What every handler shares: the Redis layer, the journal, the token
-//! checker, the request limits, admission control, and whether the gateway
-//! is draining.
+//! What every handler shares: the inventory use cases, the journal (for
+//! readiness and metrics), the token checker, the request limits, admission
+//! control, and whether the gateway is draining.
 
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
 };
 
-use crate::{auth::Auth, journal::JournalAccess, limits::Admission, redis::Redis};
+use crate::{auth::Auth, journal::JournalAccess, limits::Admission, service::Inventory};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub redis: Arc<Redis>,
+    pub inventory: Inventory,
     pub auth: Arc<Auth>,
     pub limits: Arc<RequestLimits>,
     pub lifecycle: Arc<Lifecycle>,

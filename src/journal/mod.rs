@@ -1,7 +1,7 @@
 //! The Postgres journal behind the hot path.
 //!
 //! Scripts append every change to their partition's Redis stream (the
-//! outbox) and return the same events; the Redis layer offers them to the
+//! outbox) and return the same events; the service layer offers them to the
 //! bounded `queue`, the `writer` batches them into Postgres, and the
 //! `reconciler` brings whatever the queue dropped or a crash lost from the
 //! streams, advancing a per-partition checkpoint. `rebuild` goes the other
@@ -10,7 +10,6 @@
 //! `Journal::start` spawns the writer and the reconciler and returns the
 //! handle the gateway keeps; `Journal::stop` drains within the grace period.
 
-pub mod event;
 pub mod queue;
 pub mod rebuild;
 pub mod reconciler;
@@ -28,13 +27,13 @@ use std::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use event::Event;
 pub use queue::JournalQueue;
 pub use store::Store;
 
 use crate::{
     clock::now_ms,
     config::{ConfirmDurability, JournalSettings},
+    events::Event,
     inventory::Partition,
     metrics as names,
     redis::{Redis, RedisError},
@@ -51,7 +50,7 @@ pub enum JournalError {
     #[error(transparent)]
     Redis(#[from] RedisError),
     #[error("{0}")]
-    Event(#[from] event::EventParseError),
+    Event(#[from] crate::events::EventParseError),
 }
 
 /// What the writer and the reconciler last saw, for readiness and reports.
@@ -162,8 +161,8 @@ impl JournalAccess {
     }
 }
 
-/// The running journal's tasks: the queue's sending half lives in the Redis
-/// layer, and handlers reach the store through `JournalAccess`.
+/// The running journal's tasks: the queue's sending half lives in the
+/// service layer, which reaches the store through `JournalAccess`.
 pub struct Journal {
     stop: CancellationToken,
     writer: JoinHandle<()>,

@@ -1,8 +1,8 @@
 //! The bounded journal queue between the request path and the batch writer.
 //!
-//! Created by `Journal::start`, which hands the sending half to the Redis
-//! layer (every typed script call offers the events its script returned) and
-//! the receiving half to the writer. `offer` never waits: when the queue is
+//! Created by `App::build`, which hands the sending half to the service layer
+//! (every use case offers the events its script returned) and the receiving
+//! half to the writer. `offer` never waits: when the queue is
 //! full the event is counted as dropped and left to the reconciler, since it
 //! is already in its partition stream. The queue closes when the writer
 //! stops; later offers count as dropped with reason "closed".
@@ -14,7 +14,7 @@ use std::sync::{
 
 use tokio::sync::mpsc;
 
-use super::event::Event;
+use crate::events::Event;
 use crate::metrics as names;
 
 /// Counters of one queue; they only grow.

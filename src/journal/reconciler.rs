@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     JournalError, JournalStatus,
-    event::Event,
     store::{self, RECONCILE_LOCK, StockFilter, Store, StoreError},
 };
 use crate::{
     clock::now_ms,
+    events::Event,
     inventory::{Partition, Sku, view::InventoryView},
     redis::Redis,
 };

@@ -16,8 +16,8 @@ use deadpool_postgres::{
 };
 use tokio_postgres::NoTls;
 
-use super::event::Event;
 use crate::config::PostgresSettings;
+use crate::events::Event;
 use crate::inventory::Partition;
 
 mod embedded {

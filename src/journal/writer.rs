@@ -17,7 +17,8 @@ use std::{
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{JournalStatus, event::Event, queue::QueueStats, store::Store};
+use super::{JournalStatus, queue::QueueStats, store::Store};
+use crate::events::Event;
 use crate::metrics as names;
 
 #[derive(Debug, Clone, Copy)]

@@ -1,18 +1,22 @@
 //! Typed calls: one function per script, turning domain values into `KEYS`
-//! and `ARGV` and the script's JSON reply into an enum.
+//! and `ARGV` and the script's JSON reply into an enum. Mutating calls
+//! return the events their scripts appended, for the caller to journal.
 
 use std::collections::HashMap;
 
 use fred::prelude::*;
 use serde::{Deserialize, de::DeserializeOwned};
 
-use super::{Redis, RedisError, ScriptName};
+use super::{
+    Core, Redis, RedisError, ScriptName,
+    batch::{Applied, BatchKind},
+};
 use crate::{
+    events::{Event, StreamEntry, parse_packed},
     inventory::{
         AccountId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku,
         view::InventoryView,
     },
-    journal::{Event, event::RawEvents},
     metrics as names,
 };
 
@@ -106,6 +110,12 @@ pub enum Settlement {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SkuHash(pub Vec<(String, String)>);
 
+impl SkuHash {
+    pub fn view(&self, sku: &str) -> Option<InventoryView> {
+        InventoryView::from_hash(sku, &self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for SkuHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut flat = Vec::<String>::deserialize(d)?.into_iter();
@@ -181,19 +191,120 @@ pub struct Policy {
     pub ttl: Option<i64>,
 }
 
-pub struct ReserveRequest<'a> {
-    pub id: &'a ReservationId,
-    pub account: &'a AccountId,
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub id: ReservationId,
+    pub account: AccountId,
     pub qty: Qty,
-    pub location: Option<&'a Location>,
-    pub idempotency_key: Option<&'a IdempotencyKey>,
+    pub location: Option<Location>,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
-impl ReserveRequest<'_> {
+impl ReserveRequest {
     /// What makes two requests "the same body" for an idempotency key.
     pub fn fingerprint(&self) -> String {
-        let loc = self.location.map_or("*", |l| l.as_str());
+        let loc = self.location.as_ref().map_or("*", |l| l.as_str());
         format!("{}|{}|{}", self.id.sku(), loc, self.qty.get())
+    }
+}
+
+/// One confirm or release of a batch.
+#[derive(Debug, Clone)]
+pub struct SettleRequest {
+    pub id: ReservationId,
+    pub account: AccountId,
+    pub settlement: Settlement,
+}
+
+impl Settlement {
+    /// The state the script moves a live hold to.
+    fn target(self) -> &'static str {
+        match self {
+            Self::Confirm => "confirmed",
+            Self::Release => "released",
+        }
+    }
+}
+
+/// The distinct SKUs of a batch, in first-seen order, and each request's
+/// 1-based index among them (the scripts' SKU index).
+fn sku_table<'a>(skus: impl Iterator<Item = &'a Sku>) -> (Vec<&'a Sku>, Vec<usize>) {
+    let mut distinct: Vec<&Sku> = Vec::new();
+    let indexes = skus
+        .map(|sku| match distinct.iter().position(|s| *s == sku) {
+            Some(i) => i + 1,
+            None => {
+                distinct.push(sku);
+                distinct.len()
+            }
+        })
+        .collect();
+    (distinct, indexes)
+}
+
+/// The reserve script over a batch (lua/reserve.lua).
+pub struct ReserveBatch;
+
+impl BatchKind for ReserveBatch {
+    type Request = ReserveRequest;
+    type Reply = ReserveReply;
+    const SCRIPT: ScriptName = ScriptName::Reserve;
+
+    fn call(core: &Core, p: Partition, batch: &[&ReserveRequest]) -> (Vec<String>, Vec<String>) {
+        let (skus, indexes) = sku_table(batch.iter().map(|r| r.id.sku()));
+        let (mut keys, mut args) = core.partition_call(p, &skus);
+        let limits = core.limits();
+        args.push(limits.hold_ttl_ms.to_string());
+        args.push(limits.idempotency_ttl_ms.to_string());
+        args.push(limits.record_retention_ms.to_string());
+        for (req, index) in batch.iter().zip(indexes) {
+            keys.push(core.keys().reservation(&req.id));
+            keys.push(match &req.idempotency_key {
+                Some(key) => core.keys().idempotency(p, req.id.sku(), &req.account, key),
+                None => core.keys().no_idempotency(p),
+            });
+            args.push(req.id.as_str().to_owned());
+            args.push(index.to_string());
+            args.push(req.account.as_str().to_owned());
+            args.push(req.qty.get().to_string());
+            args.push(
+                req.location
+                    .as_ref()
+                    .map_or(String::new(), |l| l.as_str().to_owned()),
+            );
+            args.push(
+                if req.idempotency_key.is_some() {
+                    "1"
+                } else {
+                    "0"
+                }
+                .to_owned(),
+            );
+            args.push(req.fingerprint());
+        }
+        (keys, args)
+    }
+}
+
+/// The settle script over a batch (lua/settle.lua).
+pub struct SettleBatch;
+
+impl BatchKind for SettleBatch {
+    type Request = SettleRequest;
+    type Reply = ReservationReply;
+    const SCRIPT: ScriptName = ScriptName::Settle;
+
+    fn call(core: &Core, p: Partition, batch: &[&SettleRequest]) -> (Vec<String>, Vec<String>) {
+        let (skus, indexes) = sku_table(batch.iter().map(|r| r.id.sku()));
+        let (mut keys, mut args) = core.partition_call(p, &skus);
+        args.push(core.limits().record_retention_ms.to_string());
+        for (req, index) in batch.iter().zip(indexes) {
+            keys.push(core.keys().reservation(&req.id));
+            args.push(index.to_string());
+            args.push(req.account.as_str().to_owned());
+            args.push(req.settlement.target().to_owned());
+        }
+        (keys, args)
     }
 }
 
@@ -208,19 +319,22 @@ fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, Redi
     })
 }
 
-/// A partition stream entry as XRANGE returns it: id and fields.
-pub type StreamEntry = (String, HashMap<String, String>);
-
-/// A mutating script's reply: its outcome, the stream entries it appended,
-/// and how many locations it saw holding more than they may (always 0 unless
-/// an invariant broke).
+/// A partition script's reply (the convention in lua/prelude.lua): one item
+/// per request, and how many locations it saw holding more than they may
+/// (always 0 unless an invariant broke).
 #[derive(Deserialize)]
 struct Scripted<T> {
-    reply: T,
-    #[serde(default)]
-    events: RawEvents,
+    r: Vec<Item<T>>,
     #[serde(default)]
     oversold: u64,
+}
+
+#[derive(Deserialize)]
+struct Item<T> {
+    reply: T,
+    /// `[stream id, packed event]` of each entry the request appended.
+    #[serde(default)]
+    ev: Vec<(String, String)>,
 }
 
 /// The expire script's outcome.
@@ -229,24 +343,20 @@ struct Expired {
     expired: i64,
 }
 
-impl Redis {
-    /// Runs a mutating script of partition `p` and parses the events it
-    /// appended. An event that does not parse is a bug between Lua and Rust:
-    /// it is logged and left to the reconciler, and the outcome still counts
-    /// (Redis has applied it).
-    async fn eval_mut<T: DeserializeOwned>(
+impl Core {
+    /// Runs a script of partition `p` that follows the partition convention
+    /// and parses each request's reply and events. An event that does not
+    /// parse is a bug between Lua and Rust: it is logged and left to the
+    /// reconciler, and the outcome still counts (Redis has applied it).
+    pub async fn eval_partition<T: DeserializeOwned>(
         &self,
         script: ScriptName,
         p: Partition,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> Result<(T, Vec<Event>), RedisError> {
+    ) -> Result<Vec<Applied<T>>, RedisError> {
         let json: String = self.eval(script, keys, args).await?;
-        let Scripted {
-            reply,
-            events,
-            oversold,
-        } = decode::<Scripted<T>>(script, &json)?;
+        let Scripted { r, oversold } = decode::<Scripted<T>>(script, &json)?;
         if oversold > 0 {
             metrics::counter!(names::OVERSOLD_TOTAL).increment(oversold);
             tracing::error!(
@@ -256,20 +366,49 @@ impl Redis {
                 "OVERSOLD: a location holds more units than it may after this call"
             );
         }
-        if events.is_empty() {
-            return Ok((reply, Vec::new()));
-        }
-        let events = events.parse(p).unwrap_or_else(|e| {
-            tracing::error!(script = script.stem(), error = %e, "unparsable journal event");
-            Vec::new()
-        });
-        for event in &events {
-            metrics::counter!(names::INVENTORY_EVENTS_TOTAL, "kind" => event.kind.as_str())
-                .increment(1);
-        }
-        Ok((reply, events))
+        Ok(r.into_iter()
+            .map(|item| Applied {
+                reply: item.reply,
+                events: events_of(script, p, &item.ev),
+            })
+            .collect())
     }
 
+    /// A one-request partition script (expire and the admin writes).
+    async fn eval_one<T: DeserializeOwned>(
+        &self,
+        script: ScriptName,
+        p: Partition,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Applied<T>, RedisError> {
+        let mut replies = self.eval_partition(script, p, keys, args).await?;
+        match (replies.pop(), replies.is_empty()) {
+            (Some(one), true) => Ok(one),
+            _ => Err(RedisError::Reply {
+                script: script.stem(),
+                detail: "not exactly one reply".into(),
+            }),
+        }
+    }
+}
+
+fn events_of(script: ScriptName, p: Partition, raw: &[(String, String)]) -> Vec<Event> {
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    let events = parse_packed(p, raw).unwrap_or_else(|e| {
+        tracing::error!(script = script.stem(), error = %e, "unparsable journal event");
+        Vec::new()
+    });
+    for event in &events {
+        metrics::counter!(names::INVENTORY_EVENTS_TOTAL, "kind" => event.kind.as_str())
+            .increment(1);
+    }
+    events
+}
+
+impl Redis {
     /// Partition `p`'s stream entries from `start` to `end` (inclusive ids,
     /// or `-`/`+`), at most `count`.
     pub async fn stream_entries(
@@ -285,60 +424,22 @@ impl Redis {
             .map_err(|e| super::classify("stream_entries", e))
     }
 
-    /// Offers events to the journal queue, when this process runs one.
-    pub fn offer_to_journal(&self, events: Vec<Event>) {
-        if let Some(queue) = &self.journal
-            && !events.is_empty()
-        {
-            queue.offer(events);
-        }
-    }
-
-    /// The KEYS and ARGV of the reserve script for `req`: the exact call
-    /// `reserve` makes, also handed to `flashgate bench` so that its raw
+    /// The KEYS and ARGV of the reserve script for `req` alone: the call a
+    /// batch of one makes, also handed to `flashgate bench` so that its raw
     /// Redis ceiling measures the same script with the same arguments.
-    pub fn reserve_call(
-        &self,
-        req: &ReserveRequest<'_>,
-        fingerprint: String,
-    ) -> (Vec<String>, Vec<String>) {
-        let limits = self.limits();
-        let p = req.id.partition();
-        let keys = self
-            .keys()
-            .reserve_keys(req.id, req.idempotency_key.map(|k| (req.account, k)));
-        let args = vec![
-            req.id.as_str().to_owned(),
-            req.account.as_str().to_owned(),
-            req.qty.get().to_string(),
-            req.location
-                .map_or(String::new(), |l| l.as_str().to_owned()),
-            limits.hold_ttl_ms.to_string(),
-            if req.idempotency_key.is_some() {
-                "1"
-            } else {
-                "0"
-            }
-            .to_owned(),
-            fingerprint,
-            limits.idempotency_ttl_ms.to_string(),
-            limits.expiry_batch.to_string(),
-            limits.stream_max_len.to_string(),
-            limits.record_retention_ms.to_string(),
-            self.keys().stock_channel(p),
-            req.id.sku().as_str().to_owned(),
-        ];
-        (keys, args)
+    pub fn reserve_call(&self, req: &ReserveRequest) -> (Vec<String>, Vec<String>) {
+        ReserveBatch::call(self.core(), req.id.partition(), &[req])
     }
 
-    pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveReply, RedisError> {
-        let fingerprint = req.fingerprint();
-        let limits = self.limits();
-        if let Some(key) = req.idempotency_key {
+    /// Holds units for `req`, in its partition's next batch.
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<Applied<ReserveReply>, RedisError> {
+        if let Some(key) = &req.idempotency_key {
             // Ties the key to this body whatever SKU a later request names;
-            // the SKU-slot record below then answers same-body repeats.
-            let claim_key = self.keys().idempotency_claim(req.account, key);
-            let ttl = Expiration::PX(limits.idempotency_ttl_ms as i64);
+            // the SKU-slot record the script keeps then answers same-body
+            // repeats.
+            let fingerprint = req.fingerprint();
+            let claim_key = self.keys().idempotency_claim(&req.account, key);
+            let ttl = Expiration::PX(self.limits().idempotency_ttl_ms as i64);
             let previous: Option<String> = self
                 .pool()
                 .set(
@@ -351,40 +452,22 @@ impl Redis {
                 .await
                 .map_err(|e| super::classify("idempotency_claim", e))?;
             if previous.is_some_and(|p| p != fingerprint) {
-                return Ok(ReserveReply::IdempotencyKeyReused);
+                return Ok(Applied {
+                    reply: ReserveReply::IdempotencyKeyReused,
+                    events: Vec::new(),
+                });
             }
         }
-        let (keys, args) = self.reserve_call(&req, fingerprint);
-        let p = req.id.partition();
-        let (reply, events) = self.eval_mut(ScriptName::Reserve, p, keys, args).await?;
-        self.offer_to_journal(events);
-        Ok(reply)
+        self.reserves.submit(req.id.partition(), req).await
     }
 
-    /// Confirms or releases the account's reservation. Unlike the other
-    /// calls it hands the events it appended to the caller, who writes them
-    /// synchronously or offers them to the journal (`offer_to_journal`).
+    /// Confirms or releases the account's reservation, in its partition's
+    /// next batch.
     pub async fn settle(
         &self,
-        id: &ReservationId,
-        account: &AccountId,
-        settlement: Settlement,
-    ) -> Result<(ReservationReply, Vec<Event>), RedisError> {
-        let script = match settlement {
-            Settlement::Confirm => ScriptName::Confirm,
-            Settlement::Release => ScriptName::Release,
-        };
-        let limits = self.limits();
-        let args = vec![
-            account.as_str().to_owned(),
-            limits.expiry_batch.to_string(),
-            limits.stream_max_len.to_string(),
-            limits.record_retention_ms.to_string(),
-            self.keys().stock_channel(id.partition()),
-            id.sku().as_str().to_owned(),
-        ];
-        let keys = self.keys().settle_keys(id);
-        self.eval_mut(script, id.partition(), keys, args).await
+        req: SettleRequest,
+    ) -> Result<Applied<ReservationReply>, RedisError> {
+        self.settles.submit(req.id.partition(), req).await
     }
 
     /// Reads a reservation; `owner` limits it to one account (None: admin).
@@ -418,26 +501,22 @@ impl Redis {
         counts: StockCounts,
         if_match: Option<u64>,
         op_id: &str,
-    ) -> Result<AdminReply, RedisError> {
-        let limits = self.limits();
+    ) -> Result<Applied<AdminReply>, RedisError> {
         let p = self.keys().partition_of(sku);
-        let args = vec![
+        let (mut keys, mut args) = self.core().partition_call(p, &[sku]);
+        keys.push(self.keys().operation(p, sku, op_id));
+        args.extend([
             location.as_str().to_owned(),
             counts.on_hand.to_string(),
             counts.safety_stock.to_string(),
             counts.low_stock_threshold.to_string(),
             counts.backorder_limit.to_string(),
             if_match.map_or(String::new(), |v| v.to_string()),
-            limits.expiry_batch.to_string(),
-            limits.stream_max_len.to_string(),
-            self.keys().stock_channel(p),
-            limits.operation_ttl_ms.to_string(),
-            sku.as_str().to_owned(),
-        ];
-        let keys = self.keys().admin_keys(sku, op_id);
-        let (reply, events) = self.eval_mut(ScriptName::SetStock, p, keys, args).await?;
-        self.offer_to_journal(events);
-        Ok(reply)
+            self.limits().operation_ttl_ms.to_string(),
+        ]);
+        self.core()
+            .eval_one(ScriptName::SetStock, p, keys, args)
+            .await
     }
 
     pub async fn adjust(
@@ -448,36 +527,33 @@ impl Redis {
         reason: &str,
         reference: Option<&str>,
         op_id: &str,
-    ) -> Result<AdminReply, RedisError> {
-        let limits = self.limits();
+    ) -> Result<Applied<AdminReply>, RedisError> {
         let p = self.keys().partition_of(sku);
-        let args = vec![
+        let (mut keys, mut args) = self.core().partition_call(p, &[sku]);
+        keys.push(self.keys().operation(p, sku, op_id));
+        args.extend([
             location.as_str().to_owned(),
             delta.to_string(),
             reason.to_owned(),
             reference.unwrap_or_default().to_owned(),
-            limits.expiry_batch.to_string(),
-            limits.stream_max_len.to_string(),
-            self.keys().stock_channel(p),
-            limits.operation_ttl_ms.to_string(),
-            sku.as_str().to_owned(),
-        ];
-        let keys = self.keys().admin_keys(sku, op_id);
-        let (reply, events) = self.eval_mut(ScriptName::Adjust, p, keys, args).await?;
-        self.offer_to_journal(events);
-        Ok(reply)
+            self.limits().operation_ttl_ms.to_string(),
+        ]);
+        self.core()
+            .eval_one(ScriptName::Adjust, p, keys, args)
+            .await
     }
 
     pub async fn set_policy(&self, sku: &Sku, update: &PolicyUpdate) -> Result<Policy, RedisError> {
-        let key = self.keys().sku(self.keys().partition_of(sku), sku);
+        let p = self.keys().partition_of(sku);
+        let (keys, mut args) = self.core().partition_call(p, &[sku]);
         let arg = |f: Option<PolicyField>| f.unwrap_or(PolicyField::Keep).arg();
-        let args = vec![
+        args.extend([
             arg(update.max_per_account),
             arg(update.opens_at_ms),
             arg(update.closes_at_ms),
             arg(update.ttl_seconds),
-        ];
-        let json: String = self.eval(ScriptName::SetPolicy, vec![key], args).await?;
+        ]);
+        let json: String = self.eval(ScriptName::SetPolicy, keys, args).await?;
         decode(ScriptName::SetPolicy, &json)
     }
 
@@ -489,29 +565,27 @@ impl Redis {
         ids: &[ReservationId],
         doc: &serde_json::Value,
     ) -> Result<RestoreReply, RedisError> {
-        let keys = self.keys().restore_keys(sku, ids);
-        let json: String = self
-            .eval(ScriptName::Restore, keys, vec![doc.to_string()])
-            .await?;
+        let p = self.keys().partition_of(sku);
+        let (mut keys, mut args) = self.core().partition_call(p, &[sku]);
+        keys.extend(ids.iter().map(|id| self.keys().reservation(id)));
+        args.push(doc.to_string());
+        let json: String = self.eval(ScriptName::Restore, keys, args).await?;
         decode(ScriptName::Restore, &json)
     }
 
-    /// Expires up to one batch of the SKU's overdue holds; returns how many.
-    pub async fn expire(&self, sku: &Sku) -> Result<i64, RedisError> {
-        let limits = self.limits();
+    /// Expires up to one batch of the SKU's overdue holds; returns how many,
+    /// with their events.
+    pub async fn expire(&self, sku: &Sku) -> Result<Applied<i64>, RedisError> {
         let p = self.keys().partition_of(sku);
-        let args = vec![
-            limits.expiry_batch.to_string(),
-            limits.stream_max_len.to_string(),
-            self.keys().stock_channel(p),
-            sku.as_str().to_owned(),
-        ];
-        let keys = self.keys().expire_keys(sku);
-        let (reply, events) = self
-            .eval_mut::<Expired>(ScriptName::Expire, p, keys, args)
+        let (keys, args) = self.core().partition_call(p, &[sku]);
+        let applied = self
+            .core()
+            .eval_one::<Expired>(ScriptName::Expire, p, keys, args)
             .await?;
-        self.offer_to_journal(events);
-        Ok(reply.expired)
+        Ok(Applied {
+            reply: applied.reply.expired,
+            events: applied.events,
+        })
     }
 }
 
@@ -541,12 +615,14 @@ mod tests {
             }
         );
         assert!(decode::<ReserveReply>(ScriptName::Reserve, r#"{"outcome":"what"}"#).is_err());
-        let admin: AdminReply = decode::<Scripted<AdminReply>>(
+        let mut scripted = decode::<Scripted<AdminReply>>(
             ScriptName::SetStock,
-            r#"{"reply":{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}}"#,
+            r#"{"r":[{"reply":{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}}]}"#,
         )
-        .unwrap()
-        .reply;
+        .unwrap();
+        assert_eq!(scripted.r.len(), 1);
+        assert!(scripted.r[0].ev.is_empty());
+        let admin = scripted.r.remove(0).reply;
         let pairs = vec![
             ("ver".into(), "3".into()),
             ("l:default:oh".into(), "5".into()),

@@ -3,8 +3,9 @@
 //! A SKU's keys, and its partition's due index, event stream, reservation and
 //! idempotency records, all carry the partition's hash tag `{p<N>}`, so each
 //! script touches one cluster slot. Scripts receive these names through
-//! `KEYS`; they never build one. The `*_keys` functions return each script's
-//! whole key set, in the order its header documents.
+//! `KEYS`; they never build one. `Core::partition_call` lays out the leading
+//! keys every SKU script takes (see lua/prelude.lua); each typed call adds
+//! its own.
 
 use crate::inventory::{AccountId, IdempotencyKey, Partition, ReservationId, Sku};
 
@@ -44,6 +45,12 @@ impl Keys {
         self.tagged(p, format_args!("sku:{sku}"))
     }
 
+    /// A SKU's keys in the order of the partition convention: hash, holds,
+    /// accounts.
+    pub fn sku_keys(&self, p: Partition, sku: &Sku) -> [String; 3] {
+        [self.sku(p, sku), self.holds(p, sku), self.accounts(p, sku)]
+    }
+
     fn holds(&self, p: Partition, sku: &Sku) -> String {
         self.tagged(p, format_args!("holds:{sku}"))
     }
@@ -56,7 +63,7 @@ impl Keys {
         self.tagged(id.partition(), format_args!("res:{}", id.as_str()))
     }
 
-    fn idempotency(
+    pub fn idempotency(
         &self,
         p: Partition,
         sku: &Sku,
@@ -74,7 +81,13 @@ impl Keys {
         self.tagged(p, format_args!("idk:{account}:{}", key.as_str()))
     }
 
-    fn operation(&self, p: Partition, sku: &Sku, op_id: &str) -> String {
+    /// The idempotency key slot of a request that sent none: the script
+    /// never reads it, but it must be in the partition's slot.
+    pub fn no_idempotency(&self, p: Partition) -> String {
+        self.tagged(p, format_args!("idem:-"))
+    }
+
+    pub fn operation(&self, p: Partition, sku: &Sku, op_id: &str) -> String {
         self.tagged(p, format_args!("op:{sku}:{op_id}"))
     }
 
@@ -99,77 +112,6 @@ impl Keys {
     pub fn stock_channel(&self, p: Partition) -> String {
         self.tagged(p, format_args!("stock"))
     }
-
-    /// `reserve`: SKU hash, holds, accounts, reservation record, idempotency
-    /// record, due index, event stream.
-    pub fn reserve_keys(
-        &self,
-        id: &ReservationId,
-        idempotency: Option<(&AccountId, &IdempotencyKey)>,
-    ) -> Vec<String> {
-        let (p, sku) = (id.partition(), id.sku());
-        let idem = match idempotency {
-            Some((account, key)) => self.idempotency(p, sku, account, key),
-            // Unused by the script when no key was sent; still in the slot.
-            None => self.tagged(p, format_args!("idem:-")),
-        };
-        vec![
-            self.sku(p, sku),
-            self.holds(p, sku),
-            self.accounts(p, sku),
-            self.reservation(id),
-            idem,
-            self.due(p),
-            self.events(p),
-        ]
-    }
-
-    /// `confirm` and `release`: SKU hash, holds, accounts, reservation
-    /// record, due index, event stream.
-    pub fn settle_keys(&self, id: &ReservationId) -> Vec<String> {
-        let (p, sku) = (id.partition(), id.sku());
-        vec![
-            self.sku(p, sku),
-            self.holds(p, sku),
-            self.accounts(p, sku),
-            self.reservation(id),
-            self.due(p),
-            self.events(p),
-        ]
-    }
-
-    /// `expire`: SKU hash, holds, accounts, due index, event stream.
-    pub fn expire_keys(&self, sku: &Sku) -> Vec<String> {
-        let p = self.partition_of(sku);
-        vec![
-            self.sku(p, sku),
-            self.holds(p, sku),
-            self.accounts(p, sku),
-            self.due(p),
-            self.events(p),
-        ]
-    }
-
-    /// `set_stock` and `adjust`: the `expire` keys, then the operation record.
-    pub fn admin_keys(&self, sku: &Sku, op_id: &str) -> Vec<String> {
-        let mut keys = self.expire_keys(sku);
-        keys.push(self.operation(self.partition_of(sku), sku, op_id));
-        keys
-    }
-
-    /// `restore`: SKU hash, holds, accounts, due index, then one record per
-    /// reservation id, in the caller's order.
-    pub fn restore_keys(&self, sku: &Sku, ids: &[ReservationId]) -> Vec<String> {
-        let p = self.partition_of(sku);
-        let mut keys = vec![
-            self.sku(p, sku),
-            self.holds(p, sku),
-            self.accounts(p, sku),
-            self.due(p),
-        ];
-        keys.extend(ids.iter().map(|id| self.reservation(id)));
-        keys
-    }
 }
 
 #[cfg(test)]
@@ -192,16 +134,17 @@ mod tests {
             let sku = Sku::parse(name).unwrap();
             let id = ReservationId::generate(&sku, keys.partition_of(&sku));
             let p = keys.partition_of(&sku);
-            let sets = [
-                keys.reserve_keys(&id, Some((&account, &idem))),
-                keys.reserve_keys(&id, None),
-                keys.settle_keys(&id),
-                keys.expire_keys(&sku),
-                keys.admin_keys(&sku, "op-1"),
-                keys.restore_keys(&sku, std::slice::from_ref(&id)),
-                vec![keys.sku(p, &sku), keys.stock_channel(p)],
-                vec![keys.reservation(&id), keys.due(p)],
+            let mut every = vec![
+                keys.due(p),
+                keys.events(p),
+                keys.stock_channel(p),
+                keys.reservation(&id),
+                keys.idempotency(p, &sku, &account, &idem),
+                keys.no_idempotency(p),
+                keys.operation(p, &sku, "op-1"),
             ];
+            every.extend(keys.sku_keys(p, &sku));
+            let sets = [every];
             for set in &sets {
                 assert!(one_slot(set), "{set:?} spans slots");
             }

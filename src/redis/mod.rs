@@ -1,15 +1,18 @@
-//! Redis: client setup, key layout, script registry and typed script calls.
+//! Redis: client setup, key layout, script registry, the per-partition
+//! batcher and typed script calls.
 //!
 //! One `Redis` value is shared by every request. It owns a fred pool that
 //! reconnects forever; each command carries the configured timeout, so a
 //! request can always be answered (with 503 when Redis cannot decide).
+//! The layer returns replies and the events its scripts appended; it knows
+//! nothing of the journal that writes them (see `crate::service`).
 
+pub mod batch;
 pub mod calls;
 pub mod keys;
 pub mod scripts;
-pub mod sweeper;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use fred::{
@@ -22,15 +25,19 @@ use metrics::Histogram;
 
 use crate::{
     config::{RedisSettings, Settings},
-    journal::JournalQueue,
+    inventory::{Partition, Sku},
     metrics as names,
 };
 pub use keys::Keys;
 pub use scripts::{ScriptName, Scripts};
 
 /// Failures of the Redis layer, as the HTTP layer needs to tell them apart.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RedisError {
+    /// The partition's pending list is full (`redis.batch_pending_max`):
+    /// Redis is not keeping up, and the request is shed.
+    #[error("the batch pending list of {script} is full")]
+    Overloaded { script: &'static str },
     /// Redis could not answer in time (down, failing over, overloaded): the
     /// request may be retried.
     #[error("redis unavailable during {script}: {source}")]
@@ -65,6 +72,8 @@ pub struct CallLimits {
     pub stream_max_len: u64,
     pub busy_retries: u32,
     pub busy_retry_delay: Duration,
+    pub batch_size_max: usize,
+    pub batch_pending_max: usize,
 }
 
 impl CallLimits {
@@ -78,20 +87,28 @@ impl CallLimits {
             stream_max_len: s.redis.stream_max_len,
             busy_retries: s.redis.busy_retries,
             busy_retry_delay: Duration::from_millis(s.redis.busy_retry_delay_ms),
+            batch_size_max: s.redis.batch_size_max,
+            batch_pending_max: s.redis.batch_pending_max,
         }
     }
 }
 
-pub struct Redis {
+/// What every call needs: connections, scripts, key layout and limits.
+/// Shared by the `Redis` handle and the batch lanes' tasks.
+pub struct Core {
     pool: Pool,
     scripts: Scripts,
     keys: Keys,
     limits: CallLimits,
-    /// Where mutating calls offer their events; `None` in one-shot tools.
-    journal: Option<JournalQueue>,
     /// Each script's latency histogram, in `ScriptName::ALL` order, built
     /// once so a call does not look its labels up.
     latency: Vec<Histogram>,
+}
+
+pub struct Redis {
+    core: Arc<Core>,
+    reserves: batch::Lanes<calls::ReserveBatch>,
+    settles: batch::Lanes<calls::SettleBatch>,
 }
 
 /// Replies that only mean "not now": retried a few times, then 503.
@@ -121,7 +138,14 @@ pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> Redi
 }
 
 /// Every `kind` label of `flashgate_redis_errors_total`.
-const ERROR_KINDS: [&str; 5] = ["unavailable", "refused", "reply", "noscript", "busy"];
+const ERROR_KINDS: [&str; 6] = [
+    "unavailable",
+    "refused",
+    "reply",
+    "noscript",
+    "busy",
+    "overloaded",
+];
 
 fn count_error(script: &'static str, kind: &'static str) {
     metrics::counter!(names::REDIS_ERRORS_TOTAL, "script" => script, "kind" => kind).increment(1);
@@ -134,6 +158,7 @@ impl RedisError {
             Self::Unavailable { .. } => "unavailable",
             Self::Refused { .. } => "refused",
             Self::Reply { .. } => "reply",
+            Self::Overloaded { .. } => "overloaded",
         }
     }
 }
@@ -149,12 +174,11 @@ impl Redis {
             .await
             .with_context(|| format!("redis at {} did not answer in time", settings.redis.url))?
             .with_context(|| format!("connecting to redis at {}", settings.redis.url))?;
-        let redis = Self {
+        let core = Core {
             pool,
             scripts: Scripts::default(),
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
             limits: CallLimits::from_settings(settings),
-            journal: None,
             latency: ScriptName::ALL
                 .iter()
                 .map(|s| metrics::histogram!(names::REDIS_SCRIPT_DURATION_SECONDS, "script" => s.stem()))
@@ -168,17 +192,59 @@ impl Redis {
                     .increment(0);
             }
         }
-        redis.check_partitions().await?;
-        redis.load_scripts().await.context("loading lua scripts")?;
-        Ok(redis)
+        core.check_partitions().await?;
+        core.load_scripts().await.context("loading lua scripts")?;
+        let core = Arc::new(core);
+        Ok(Self {
+            reserves: batch::Lanes::new(core.clone()),
+            settles: batch::Lanes::new(core.clone()),
+            core,
+        })
     }
 
-    /// Makes every mutating call offer its events to this queue.
-    pub fn with_journal(mut self, queue: JournalQueue) -> Self {
-        self.journal = Some(queue);
-        self
+    pub fn core(&self) -> &Core {
+        &self.core
     }
 
+    pub fn keys(&self) -> &Keys {
+        &self.core.keys
+    }
+
+    pub fn limits(&self) -> &CallLimits {
+        &self.core.limits
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.core.pool
+    }
+
+    /// `EVALSHA` with NOSCRIPT reload and a bounded retry of busy replies.
+    pub async fn eval<R: FromValue>(
+        &self,
+        name: ScriptName,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, RedisError> {
+        self.core.eval(name, keys, args).await
+    }
+
+    /// Readiness of the connections: every client in the pool must answer,
+    /// since requests are spread over all of them.
+    pub async fn ping(&self) -> Result<(), fred::error::Error> {
+        for client in self.core.pool.clients() {
+            client.ping::<String>(None).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn quit(&self) {
+        if let Err(e) = self.core.pool.quit().await {
+            tracing::debug!(error = %e, "closing redis connections");
+        }
+    }
+}
+
+impl Core {
     async fn check_partitions(&self) -> anyhow::Result<()> {
         let wanted = self.keys.partitions().to_string();
         let previous: Option<String> = self
@@ -217,8 +283,23 @@ impl Redis {
         &self.limits
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The leading KEYS and ARGV of every script acting on SKUs of
+    /// partition `p` (the convention in lua/prelude.lua); the script's own
+    /// keys and arguments follow.
+    pub fn partition_call(&self, p: Partition, skus: &[&Sku]) -> (Vec<String>, Vec<String>) {
+        let mut keys = Vec::with_capacity(2 + 3 * skus.len());
+        keys.push(self.keys.due(p));
+        keys.push(self.keys.events(p));
+        let mut args = Vec::with_capacity(4 + skus.len());
+        args.push(self.limits.stream_max_len.to_string());
+        args.push(self.keys.stock_channel(p));
+        args.push(self.limits.expiry_batch.to_string());
+        args.push(skus.len().to_string());
+        for sku in skus {
+            keys.extend(self.keys.sku_keys(p, sku));
+            args.push(sku.as_str().to_owned());
+        }
+        (keys, args)
     }
 
     /// `EVALSHA` with NOSCRIPT reload and a bounded retry of busy replies.
@@ -262,21 +343,6 @@ impl Redis {
                 }
                 Err(e) => return Err(classify(name.stem(), e)),
             }
-        }
-    }
-
-    /// Readiness of the connections: every client in the pool must answer,
-    /// since requests are spread over all of them.
-    pub async fn ping(&self) -> Result<(), fred::error::Error> {
-        for client in self.pool.clients() {
-            client.ping::<String>(None).await?;
-        }
-        Ok(())
-    }
-
-    pub async fn quit(&self) {
-        if let Err(e) = self.pool.quit().await {
-            tracing::debug!(error = %e, "closing redis connections");
         }
     }
 }

@@ -14,8 +14,7 @@ const PRELUDE: &str = include_str!("../../lua/prelude.lua");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScriptName {
     Reserve,
-    Confirm,
-    Release,
+    Settle,
     Expire,
     Reservation,
     SetStock,
@@ -26,10 +25,9 @@ pub enum ScriptName {
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 10] = [
+    pub const ALL: [ScriptName; 9] = [
         Self::Reserve,
-        Self::Confirm,
-        Self::Release,
+        Self::Settle,
         Self::Expire,
         Self::Reservation,
         Self::SetStock,
@@ -42,8 +40,7 @@ impl ScriptName {
     pub fn stem(self) -> &'static str {
         match self {
             Self::Reserve => "reserve",
-            Self::Confirm => "confirm",
-            Self::Release => "release",
+            Self::Settle => "settle",
             Self::Expire => "expire",
             Self::Reservation => "reservation",
             Self::SetStock => "set_stock",
@@ -57,8 +54,7 @@ impl ScriptName {
     fn body(self) -> &'static str {
         match self {
             Self::Reserve => include_str!("../../lua/reserve.lua"),
-            Self::Confirm => include_str!("../../lua/confirm.lua"),
-            Self::Release => include_str!("../../lua/release.lua"),
+            Self::Settle => include_str!("../../lua/settle.lua"),
             Self::Expire => include_str!("../../lua/expire.lua"),
             Self::Reservation => include_str!("../../lua/reservation.lua"),
             Self::SetStock => include_str!("../../lua/set_stock.lua"),

@@ -101,15 +101,15 @@ async fn a_resent_reserve_command_holds_once(backend: Backend) {
     let id = ReservationId::generate(&sku, redis.keys().partition_of(&sku));
     let account = AccountId::parse("resender").unwrap();
     let request = || ReserveRequest {
-        id: &id,
-        account: &account,
+        id: id.clone(),
+        account: account.clone(),
         qty: Qty::parse(3, 10).unwrap(),
         location: None,
         idempotency_key: None,
     };
     let first = redis.reserve(request()).await.unwrap();
     let second = redis.reserve(request()).await.unwrap();
-    let (ReserveReply::Held(a), ReserveReply::Held(b)) = (first, second) else {
+    let (ReserveReply::Held(a), ReserveReply::Held(b)) = (first.reply, second.reply) else {
         panic!("both runs should answer with the hold");
     };
     assert_eq!(a, b);

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use flashgate::{
     config::Settings,
+    events::Event,
     inventory::Sku,
     journal::{
-        Event, Store,
+        Store,
         rebuild::{Outcome, Overwrite, rebuild_sku},
         reconciler::{self, DriftCheck, ReconcileLimits},
     },

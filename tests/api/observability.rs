@@ -163,10 +163,11 @@ async fn metrics_count_every_request_by_route_template_and_outcome(backend: Back
     assert!(m.contains(
         "flashgate_http_request_duration_seconds_bucket{route=\"/v1/reservations\",method=\"POST\",status=\"201\",le=\"0.15\"}"
     ));
-    // Each reservation ran the script once, unless it was answered locally.
+    // Each reservation went through the script once (in some batch),
+    // unless it was answered locally.
     let scripted = metric_value(
         &m,
-        "flashgate_redis_script_duration_seconds_count",
+        "flashgate_redis_batch_requests_sum",
         &[("script", "reserve")],
     );
     let local = metric_value(

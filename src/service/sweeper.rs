@@ -7,13 +7,13 @@
 //! `expiry.sweep_skus_max` per partition. Several instances may sweep at
 //! once: the script is atomic and finds nothing left to do.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use fred::{prelude::*, types::Limit};
 use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use super::Redis;
+use super::Inventory;
 use crate::{
     inventory::{Partition, Sku},
     metrics as names,
@@ -23,7 +23,7 @@ use crate::{
 const SWEEP_CONCURRENCY: usize = 8;
 
 pub async fn run(
-    redis: Arc<Redis>,
+    inventory: Inventory,
     interval: Duration,
     skus_max: u32,
     shutdown: CancellationToken,
@@ -36,9 +36,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let partitions = redis.keys().partitions();
+        let partitions = inventory.redis.keys().partitions();
         let expired: i64 = stream::iter(0..partitions)
-            .map(|p| sweep_partition(&redis, Partition(p), skus_max))
+            .map(|p| sweep_partition(&inventory, Partition(p), skus_max))
             .buffer_unordered(SWEEP_CONCURRENCY)
             .fold(0, |sum, n| async move { sum + n })
             .await;
@@ -48,7 +48,8 @@ pub async fn run(
     }
 }
 
-async fn sweep_partition(redis: &Redis, p: Partition, skus_max: u32) -> i64 {
+async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> i64 {
+    let redis = &inventory.redis;
     let now_ms = crate::clock::now_ms();
     let due: Result<Vec<(String, f64)>, _> = redis
         .pool()
@@ -73,7 +74,7 @@ async fn sweep_partition(redis: &Redis, p: Partition, skus_max: u32) -> i64 {
         // The score is the SKU's earliest hold deadline.
         lag.record((now_ms as f64 - deadline_ms).max(0.0) / 1000.0);
         let Ok(sku) = Sku::parse(&raw) else { continue };
-        match redis.expire(&sku).await {
+        match inventory.expire(&sku).await {
             Ok(n) => expired += n,
             Err(e) => tracing::warn!(partition = p.0, error = %e, "sweeper could not expire holds"),
         }

@@ -1,13 +1,21 @@
-//! One journal event: a partition stream entry, parsed.
+//! One inventory event: a partition stream entry, parsed. The type both the
+//! Redis layer (which returns the events its scripts appended) and the
+//! journal (which writes them to Postgres) speak; it depends on neither.
 //!
-//! Scripts append every change to their partition's stream and return the
-//! same entries in their reply, so the queue and the reconciler parse one
-//! shape: a stream id and flat field/value pairs (see `commit` in
-//! lua/prelude.lua for the fields).
+//! Scripts append every change to their partition's stream as one packed
+//! field `e` (see the event line in lua/prelude.lua) and return the same
+//! entries in their reply. Entries written by older gateways carry one
+//! stream field per value instead; they are still read.
 
-use serde::Deserialize;
+use std::collections::HashMap;
 
-use crate::{inventory::Partition, redis::calls::StreamEntry};
+use crate::inventory::Partition;
+
+/// A partition stream entry as XRANGE returns it: id and fields.
+pub type StreamEntry = (String, HashMap<String, String>);
+
+/// The stream field that holds a packed event.
+pub const PACKED_FIELD: &str = "e";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -90,7 +98,8 @@ pub struct Event {
     pub reference: Option<String>,
 }
 
-/// Every field a stream entry may carry (see `commit` in lua/prelude.lua).
+/// Every field an event carries, in the packed order (see the event line
+/// in lua/prelude.lua); `ref`, free text, comes last.
 const FIELDS: [&str; 19] = [
     "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
     "exp", "created", "delta", "reason", "ref",
@@ -190,11 +199,29 @@ impl Event {
         })
     }
 
-    /// Parses an entry as the Redis layer reads it from a stream.
+    /// Parses a packed event (`kind|sku|…|ref`); empty positions are absent.
+    pub fn from_packed(
+        partition: Partition,
+        stream_id: &str,
+        packed: &str,
+    ) -> Result<Self, EventParseError> {
+        let pairs = FIELDS
+            .iter()
+            .zip(packed.splitn(FIELDS.len(), '|'))
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (*k, v));
+        Self::from_entry(partition, stream_id, pairs)
+    }
+
+    /// Parses an entry as the Redis layer reads it from a stream: packed,
+    /// or one field per value (written by an older gateway).
     pub fn from_stream_entry(
         partition: Partition,
         (id, fields): &StreamEntry,
     ) -> Result<Self, EventParseError> {
+        if let Some(packed) = fields.get(PACKED_FIELD) {
+            return Self::from_packed(partition, id, packed);
+        }
         let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         Self::from_entry(partition, id, pairs)
     }
@@ -205,74 +232,21 @@ impl Event {
     }
 }
 
-/// Stream entries as a script's reply carries them: `[[id, [f, v, ...]], ...]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct RawEvents(pub Vec<(String, Vec<String>)>);
-
-impl RawEvents {
-    pub fn parse(&self, partition: Partition) -> Result<Vec<Event>, EventParseError> {
-        self.0
-            .iter()
-            .map(|(id, flat)| {
-                let pairs = flat
-                    .chunks_exact(2)
-                    .map(|kv| (kv[0].as_str(), kv[1].as_str()));
-                Event::from_entry(partition, id, pairs)
-            })
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+/// Parses the `[stream id, packed event]` pairs a script's reply carries.
+pub fn parse_packed(
+    partition: Partition,
+    raw: &[(String, String)],
+) -> Result<Vec<Event>, EventParseError> {
+    raw.iter()
+        .map(|(id, packed)| Event::from_packed(partition, id, packed))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_reserved_entry_parses_with_its_reservation() {
-        let flat = [
-            "kind",
-            "reserved",
-            "sku",
-            "S",
-            "loc",
-            "default",
-            "ver",
-            "7",
-            "oh",
-            "10",
-            "rs",
-            "3",
-            "ss",
-            "1",
-            "lt",
-            "2",
-            "bl",
-            "0",
-            "ts",
-            "1763712000000",
-            "rid",
-            "3.ab.S",
-            "acct",
-            "a",
-            "qty",
-            "2",
-            "bo",
-            "0",
-            "exp",
-            "1763712600000",
-            "created",
-            "1763712000000",
-        ];
-        let raw = RawEvents(vec![(
-            "1763712000000-0".into(),
-            flat.iter().map(|s| (*s).to_owned()).collect(),
-        )]);
-        let events = raw.parse(Partition(3)).unwrap();
-        let e = &events[0];
+    fn assert_reserved(e: &Event) {
         assert_eq!(
             (e.kind, e.version, e.on_hand, e.reserved),
             (EventKind::Reserved, 7, 10, 3)
@@ -283,6 +257,54 @@ mod tests {
             (r.id.as_str(), r.backorder, r.expires_at_ms),
             ("3.ab.S", false, Some(1763712600000))
         );
+        assert_eq!((e.delta, e.reason.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn a_packed_reserved_event_parses_with_its_reservation() {
+        let packed = "reserved|S|default|7|10|3|1|2|0|1763712000000|3.ab.S|a|2|0|\
+                      1763712600000|1763712000000|||";
+        let events =
+            parse_packed(Partition(3), &[("1763712000000-0".into(), packed.into())]).unwrap();
+        assert_reserved(&events[0]);
+    }
+
+    #[test]
+    fn an_entry_written_one_field_per_value_still_parses() {
+        let flat = [
+            ("kind", "reserved"),
+            ("sku", "S"),
+            ("loc", "default"),
+            ("ver", "7"),
+            ("oh", "10"),
+            ("rs", "3"),
+            ("ss", "1"),
+            ("lt", "2"),
+            ("bl", "0"),
+            ("ts", "1763712000000"),
+            ("rid", "3.ab.S"),
+            ("acct", "a"),
+            ("qty", "2"),
+            ("bo", "0"),
+            ("exp", "1763712600000"),
+            ("created", "1763712000000"),
+        ];
+        let fields = flat
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let entry: StreamEntry = ("1763712000000-0".into(), fields);
+        assert_reserved(&Event::from_stream_entry(Partition(3), &entry).unwrap());
+    }
+
+    #[test]
+    fn a_packed_reference_keeps_its_bars() {
+        let packed = "adjusted|S|default|8|12|0|0|0|0|1763712000000|||||||2|receipt|po|77|x";
+        let e = Event::from_packed(Partition(0), "1-0", packed).unwrap();
+        assert_eq!(e.kind, EventKind::Adjusted);
+        assert_eq!((e.delta, e.reason.as_deref()), (Some(2), Some("receipt")));
+        assert_eq!(e.reference.as_deref(), Some("po|77|x"));
+        assert!(e.reservation.is_none());
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! Use cases: what the HTTP handlers (and the background sweeper) call.
+//!
+//! Every mutation goes through here: the Redis layer applies it and returns
+//! its reply with the events its script appended; this layer offers those
+//! events to the journal (or, for a `sync` confirmation, waits for their
+//! Postgres commit) and keeps this instance's sold-out answers in step, so
+//! no handler can forget either. Dependencies point down: http → service →
+//! {redis, journal, limits} → {events, inventory}.
+
+pub mod sweeper;
+
+use std::sync::Arc;
+
+use crate::{
+    config::ConfirmDurability,
+    inventory::{Location, Sku},
+    journal::{JournalAccess, JournalError},
+    limits::sold_out::SoldOut,
+    redis::{
+        Redis, RedisError,
+        batch::Applied,
+        calls::{
+            AdminReply, ReservationReply, ReserveReply, ReserveRequest, SettleRequest, Settlement,
+            StockCounts,
+        },
+    },
+};
+
+/// Why a use case could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// Redis applied the change, but the journal could not take it in time
+    /// (a `sync` confirmation, a policy); the client's retry answers the same.
+    #[error("journaling the change: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// The inventory use cases, shared by every handler.
+#[derive(Clone)]
+pub struct Inventory {
+    pub redis: Arc<Redis>,
+    pub journal: JournalAccess,
+    pub sold_out: Arc<SoldOut>,
+}
+
+impl Inventory {
+    /// Hands events to the journal's queue (never waits; see
+    /// `JournalQueue::offer`).
+    fn journal(&self, events: Vec<crate::events::Event>) {
+        if !events.is_empty() {
+            self.journal.queue.offer(events);
+        }
+    }
+
+    /// Holds units. A refusal that says the whole SKU can hold nothing more
+    /// teaches this instance to answer "sold out" locally.
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
+        let sku = req.id.sku().clone();
+        let Applied { reply, events } = self.redis.reserve(req).await?;
+        self.journal(events);
+        if let ReserveReply::InsufficientStock {
+            holdable,
+            version,
+            next_expiry_ms,
+            ..
+        } = &reply
+            && *holdable <= 0
+        {
+            self.sold_out.remember(&sku, *version, *next_expiry_ms);
+        }
+        Ok(reply)
+    }
+
+    /// Confirms or releases. With `journal.confirm_durability = sync` a
+    /// confirmation is answered only once Postgres has it; a failure leaves
+    /// it in Redis, its stream and the queue, and the client's retry
+    /// answers the same confirmation and checks again.
+    pub async fn settle(&self, req: SettleRequest) -> Result<ReservationReply, ServiceError> {
+        let (p, sku, settlement) = (req.id.partition(), req.id.sku().clone(), req.settlement);
+        let Applied { reply, events } = self.redis.settle(req).await?;
+        let ReservationReply::Ok(reservation) = &reply else {
+            self.journal(events);
+            return Ok(reply);
+        };
+        match settlement {
+            Settlement::Release => {
+                // The units are back: this instance stops answering "sold
+                // out" before the client hears the release is done.
+                self.sold_out.forget(&sku);
+                self.journal(events);
+            }
+            Settlement::Confirm if self.journal.durability == ConfirmDurability::Sync => {
+                let committed = self
+                    .journal
+                    .ensure_committed(&self.redis, p, &reservation.stream_id, &events)
+                    .await;
+                if let Err(e) = committed {
+                    self.journal(events);
+                    return Err(e.into());
+                }
+            }
+            Settlement::Confirm => self.journal(events),
+        }
+        Ok(reply)
+    }
+
+    pub async fn set_stock(
+        &self,
+        sku: &Sku,
+        location: &Location,
+        counts: StockCounts,
+        if_match: Option<u64>,
+        op_id: &str,
+    ) -> Result<AdminReply, RedisError> {
+        let applied = self
+            .redis
+            .set_stock(sku, location, counts, if_match, op_id)
+            .await?;
+        Ok(self.admin_written(sku, applied))
+    }
+
+    pub async fn adjust(
+        &self,
+        sku: &Sku,
+        location: &Location,
+        delta: i64,
+        reason: &str,
+        reference: Option<&str>,
+        op_id: &str,
+    ) -> Result<AdminReply, RedisError> {
+        let applied = self
+            .redis
+            .adjust(sku, location, delta, reason, reference, op_id)
+            .await?;
+        Ok(self.admin_written(sku, applied))
+    }
+
+    /// After an admin write: journal it, and since units may have come
+    /// back, stop answering "sold out" before the admin hears of it.
+    fn admin_written(&self, sku: &Sku, applied: Applied<AdminReply>) -> AdminReply {
+        self.journal(applied.events);
+        self.sold_out.forget(sku);
+        applied.reply
+    }
+
+    /// Gives back up to one batch of the SKU's overdue holds.
+    pub async fn expire(&self, sku: &Sku) -> Result<i64, RedisError> {
+        let Applied { reply, events } = self.redis.expire(sku).await?;
+        self.journal(events);
+        Ok(reply)
+    }
+}
+
+impl Inventory {
+    /// Reads a reservation; `owner` limits it to one account (None: admin).
+    pub async fn reservation(
+        &self,
+        id: &crate::inventory::ReservationId,
+        owner: Option<&crate::inventory::AccountId>,
+    ) -> Result<ReservationReply, RedisError> {
+        self.redis.reservation(id, owner).await
+    }
+
+    /// The SKU's inventory view, `None` when it does not exist.
+    pub async fn view(
+        &self,
+        sku: &Sku,
+    ) -> Result<Option<crate::inventory::view::InventoryView>, RedisError> {
+        self.redis.inventory(sku).await
+    }
+
+    /// Sets or clears the SKU's sale policy. Policy is configuration, not
+    /// an event: it is acknowledged only once the journal has it, so
+    /// `flashgate rebuild` can restore caps and windows.
+    pub async fn set_policy(
+        &self,
+        sku: &Sku,
+        update: &crate::redis::calls::PolicyUpdate,
+    ) -> Result<crate::redis::calls::Policy, ServiceError> {
+        let policy = self.redis.set_policy(sku, update).await?;
+        let row = crate::journal::store::PolicyRow {
+            max_per_account: policy.max,
+            opens_at_ms: policy.open,
+            closes_at_ms: policy.close,
+            hold_ttl_seconds: policy.ttl,
+        };
+        self.journal
+            .store
+            .save_policy(sku.as_str(), &row)
+            .await
+            .map_err(JournalError::from)?;
+        Ok(policy)
+    }
+}
