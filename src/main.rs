@@ -11,6 +11,11 @@ use flashgate::{
     telemetry, tools,
 };
 
+/// mimalloc rather than glibc's malloc: under load a fifth of the gateway's
+/// samples were in malloc/free (see BENCHMARKS.md, "Batching").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits' EX_CONFIG-adjacent "usage/config" code for a bad configuration.
 const EXIT_BAD_CONFIG: u8 = 64;
 

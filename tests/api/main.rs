@@ -8,6 +8,7 @@ mod harness;
 
 mod access;
 mod admission;
+mod batching;
 mod contention;
 mod demo;
 mod idempotency;
