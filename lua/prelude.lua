@@ -41,6 +41,9 @@
 --
 -- Invariant kept by every script, per location: rs <= oh - ss + bo.
 
+-- Numbers become text through printf("%.14g"), which costs more than most
+-- commands: values that came in as text stay text (`now_s`, a location's
+-- `str`), and numbers are formatted once per change (`text`).
 local function open_partition()
   local t = redis.call('TIME')
   local n = tonumber(ARGV[4])
@@ -48,6 +51,7 @@ local function open_partition()
     expiry_batch = tonumber(ARGV[3]),
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
     skus = {}, key = 3 * n + 3, arg = 5 + n}
+  ctx.now_s = tostring(ctx.now)
   for i = 1, n do
     ctx.skus[i] = {name = ARGV[4 + i], key = KEYS[3 * i], holds = KEYS[3 * i + 1],
       accounts = KEYS[3 * i + 2]}
@@ -55,9 +59,21 @@ local function open_partition()
   return ctx
 end
 
+-- A location count as text, formatted only when it changed since last time.
+local function text(l, attr)
+  local v = l[attr]
+  if l.num[attr] ~= v then
+    l.num[attr] = v
+    l.str[attr] = tostring(v)
+  end
+  return l.str[attr]
+end
+
 -- Registers a location with zero counts; the caller sorts `names`.
 local function new_loc(s, loc)
-  local l = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0}
+  local l = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0,
+    num = {oh = 0, rs = 0, ss = 0, lt = 0, bo = 0},
+    str = {oh = '0', rs = '0', ss = '0', lt = '0', bo = '0'}}
   s.locs[loc] = l
   s.names[#s.names + 1] = loc
   return l
@@ -112,8 +128,10 @@ local function commit(ctx, s, kind, loc, r)
   s.ver = s.ver + 1
   s.dirty[loc] = true
   s.changed = true
+  s.ver_s = tostring(s.ver)
   local l = s.locs[loc]
-  local e = table.concat({kind, s.name, loc, s.ver, l.oh, l.rs, l.ss, l.lt, l.bo, ctx.now,
+  local e = table.concat({kind, s.name, loc, s.ver_s, text(l, 'oh'), text(l, 'rs'),
+    text(l, 'ss'), text(l, 'lt'), text(l, 'bo'), ctx.now_s,
     r.rid or '', r.acct or '', r.qty or '', r.bo or '', r.exp or '', r.created or '',
     r.delta or '', r.reason or '', r.ref or ''}, '|')
   local id = redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*', 'e', e)
@@ -160,11 +178,13 @@ local function sku_state(ctx, i)
   local flat = redis.call('HGETALL', s.key)
   s.exists = #flat > 0
   for j = 1, #flat, 2 do
-    local field, value = flat[j], tonumber(flat[j + 1])
+    local field, raw = flat[j], flat[j + 1]
+    local value = tonumber(raw)
     local loc, attr = string.match(field, '^l:(.+):(%l%l)$')
     if loc then
       local l = s.locs[loc] or new_loc(s, loc)
       l[attr] = value
+      l.num[attr], l.str[attr] = value, raw
     elseif field == 'ver' then
       s.ver = value
     else
@@ -205,12 +225,12 @@ local function flush_sku(ctx, s)
     end
   end
   if next(s.dirty) then
-    local fields = {'ver', s.ver}
+    local fields = {'ver', s.ver_s}
     for loc in pairs(s.dirty) do
       local l, p = s.locs[loc], 'l:' .. loc .. ':'
       for _, attr in ipairs({'oh', 'rs', 'ss', 'lt', 'bo'}) do
         fields[#fields + 1] = p .. attr
-        fields[#fields + 1] = l[attr]
+        fields[#fields + 1] = text(l, attr)
       end
     end
     redis.call('HSET', s.key, unpack(fields))
@@ -230,7 +250,7 @@ local function flush_sku(ctx, s)
   end
   if s.changed then
     local avail, holdable = totals(s)
-    redis.call('SPUBLISH', ctx.channel, s.name .. '|' .. s.ver .. '|' .. avail .. '|' .. holdable)
+    redis.call('SPUBLISH', ctx.channel, s.name .. '|' .. s.ver_s .. '|' .. avail .. '|' .. holdable)
   end
 end
 

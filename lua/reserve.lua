@@ -79,29 +79,41 @@ local function decide(s, req)
   return {outcome = 'insufficient_stock', available = avail}
 end
 
+-- Every hold of one SKU in one call has the same deadline: it is worked out,
+-- and formatted, once.
+local function deadline(s)
+  if not s.exp then
+    local ttl_ms = s.policy.ttl and s.policy.ttl * 1000 or default_ttl
+    s.exp = ctx.now + ttl_ms
+    s.exp_s = tostring(s.exp)
+    s.record_ttl_s = tostring(ttl_ms + retention)
+  end
+  return s.exp, s.exp_s
+end
+
 local function hold(s, req, loc, backorder, record_key)
-  local bo = tostring(backorder)
+  local bo = backorder == 1 and '1' or '0'
   local l = s.locs[loc]
   l.rs = l.rs + req.qty
-  local ttl_ms = s.policy.ttl and s.policy.ttl * 1000 or default_ttl
-  local exp = ctx.now + ttl_ms
+  local exp, exp_s = deadline(s)
   local n = #s.new_holds
-  s.new_holds[n + 1] = exp
-  s.new_holds[n + 2] = hold_member(req.rid, loc, req.qty, bo, req.account)
-  if not s.first_new then s.first_new = exp end
+  s.new_holds[n + 1] = exp_s
+  s.new_holds[n + 2] = hold_member(req.rid, loc, req.qty_s, bo, req.account)
+  s.first_new = exp
   account_add(s, req.account, req.qty)
-  local sid = commit(ctx, s, 'reserved', loc, {rid = req.rid, acct = req.account, qty = req.qty,
-    bo = bo, exp = exp, created = ctx.now})
-  local rec = {rid = req.rid, sku = s.name, loc = loc, acct = req.account, qty = req.qty,
-    state = 'held', exp = exp, bo = bo, created = ctx.now, sid = sid}
-  save_record(record_key, rec, ttl_ms + retention)
-  return held_reply(rec, false)
+  local sid = commit(ctx, s, 'reserved', loc, {rid = req.rid, acct = req.account,
+    qty = req.qty_s, bo = bo, exp = exp_s, created = ctx.now_s})
+  local rec = {rid = req.rid, sku = s.name, loc = loc, acct = req.account, qty = req.qty_s,
+    state = 'held', exp = exp_s, bo = bo, created = ctx.now_s, sid = sid}
+  redis.call('SET', record_key, encode_record(rec), 'PX', s.record_ttl_s)
+  return {outcome = 'held', reservation_id = req.rid, sku = s.name, location = loc,
+    qty = req.qty, expires_at_ms = exp, backorder = bo == '1', stream_id = sid, replayed = false}
 end
 
 local function reserve(_, i)
   local base = first_arg + 7 * (i - 1)
   local req = {rid = ARGV[base], sku = tonumber(ARGV[base + 1]), account = ARGV[base + 2],
-    qty = tonumber(ARGV[base + 3]), loc = ARGV[base + 4], keyed = ARGV[base + 5] == '1',
+    qty = tonumber(ARGV[base + 3]), qty_s = ARGV[base + 3], loc = ARGV[base + 4], keyed = ARGV[base + 5] == '1',
     fp = ARGV[base + 6]}
   local record_key, idem_key = KEYS[k + 2 * (i - 1)], KEYS[k + 2 * (i - 1) + 1]
   if req.keyed then

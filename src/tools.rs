@@ -38,7 +38,8 @@ async fn connect(settings: &Settings) -> anyhow::Result<(Arc<Redis>, Store)> {
 pub async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
     let (redis, store) = connect(settings).await?;
     let limits = Journal::reconcile_limits(&settings.journal);
-    let report = reconciler::pass(&redis, &store, &limits, DriftCheck::Run).await;
+    let seen = reconciler::Checkpoints::default();
+    let report = reconciler::pass(&redis, &store, &limits, DriftCheck::Run, &seen).await;
     println!("partitions          {}", report.partitions);
     println!("  skipped (locked)  {}", report.skipped);
     println!("  failed            {}", report.failed);

@@ -239,7 +239,8 @@ async fn a_queue_of_one_drops_events_and_the_reconciler_brings_them(backend: Bac
     );
 
     let (redis, store) = backends(&app.settings).await;
-    let report = reconciler::pass(&redis, &store, &eager_limits(), DriftCheck::Run).await;
+    let seen = reconciler::Checkpoints::default();
+    let report = reconciler::pass(&redis, &store, &eager_limits(), DriftCheck::Run, &seen).await;
     assert_eq!(report.failed, 0);
     assert_eq!(report.missing as i64, 151 - written, "{report:?}");
     assert!(report.drift.is_empty(), "{:?}", report.drift);
@@ -249,7 +250,7 @@ async fn a_queue_of_one_drops_events_and_the_reconciler_brings_them(backend: Bac
     let p = redis.keys().partition_of(&Sku::parse(sku).unwrap());
     let left: u64 = redis.pool().xlen(redis.keys().events(p)).await.unwrap();
     assert!(left <= 101, "the stream kept {left} journaled entries");
-    let again = reconciler::pass(&redis, &store, &eager_limits(), DriftCheck::Skip).await;
+    let again = reconciler::pass(&redis, &store, &eager_limits(), DriftCheck::Skip, &seen).await;
     assert_eq!((again.missing, again.read), (0, 0), "{again:?}");
 }
 
