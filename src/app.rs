@@ -25,7 +25,7 @@ use crate::{
     http::{
         self, AppState,
         serve::{ListenerLimits, serve},
-        state::{Lifecycle, RequestLimits},
+        state::{Lifecycle, RequestLimits, Shared},
     },
     journal::{Journal, JournalAccess, JournalQueue, JournalStatus, Store},
     limits::{Admission, sold_out},
@@ -110,7 +110,7 @@ impl App {
             journal: journal.clone(),
             sold_out: admission.sold_out.clone(),
         };
-        let state = AppState {
+        let state = AppState::new(Shared {
             inventory,
             auth: Arc::new(Auth::new(settings.auth.secret_or_development())),
             limits: Arc::new(RequestLimits {
@@ -119,7 +119,7 @@ impl App {
             lifecycle: Arc::new(Lifecycle::default()),
             journal,
             admission,
-        };
+        });
         Ok(Self {
             listener,
             metrics_listener,

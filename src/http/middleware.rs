@@ -6,7 +6,12 @@
 //! response and put in every problem body; handlers and the problem renderer
 //! read it from a task-local, so no signature has to carry it.
 
-use std::{panic::AssertUnwindSafe, time::Duration};
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{OnceLock, RwLock},
+    time::Duration,
+};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -15,6 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::FutureExt;
+use metrics::{Counter, Histogram};
 
 use super::problem::ApiError;
 use crate::metrics as names;
@@ -42,10 +48,7 @@ fn valid_request_id(value: &HeaderValue) -> Option<String> {
 /// and records it under its route template.
 pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     let started = tokio::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_owned(), |p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = method_label(request.method());
     let id = request
         .headers()
@@ -66,16 +69,47 @@ pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next)
     if let Some(header) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, header);
     }
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("route", route),
-        ("method", method.to_owned()),
-        ("status", status),
-    ];
-    metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels).increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, &labels)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let (count, latency) = http_metrics(route, method, response.status().as_u16());
+    count.increment(1);
+    latency.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// One label set's handles of the HTTP metrics.
+type HttpHandles = (Counter, Histogram);
+/// Route template -> (method, status) -> handles.
+type HandleMap = HashMap<String, HashMap<(&'static str, u16), HttpHandles>>;
+
+/// The HTTP metrics' handles by route template, method and status, built on
+/// first use so that a request does not build and hash its labels. The key
+/// set is closed (route templates and `unmatched`, the methods of
+/// `method_label`, status codes), so the map is bounded.
+fn http_metrics(route: &str, method: &'static str, status: u16) -> HttpHandles {
+    static HANDLES: OnceLock<RwLock<HandleMap>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    let found = handles
+        .read()
+        .ok()
+        .and_then(|map| map.get(route)?.get(&(method, status)).cloned());
+    if let Some(found) = found {
+        return found;
+    }
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let made = (
+        metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels),
+        metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, &labels),
+    );
+    if let Ok(mut map) = handles.write() {
+        map.entry(route.to_owned())
+            .or_default()
+            .insert((method, status), made.clone());
+    }
+    made
 }
 
 /// The route label of requests no route matched, so that probing clients

@@ -9,8 +9,26 @@ use std::sync::{
 
 use crate::{auth::Auth, journal::JournalAccess, limits::Admission, service::Inventory};
 
+/// Cloned by every extractor of every request: one reference count, not
+/// one per shared part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub inventory: Inventory,
     pub auth: Arc<Auth>,
     pub limits: Arc<RequestLimits>,
