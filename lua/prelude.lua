@@ -216,6 +216,17 @@ local function first_deadline(s)
   return first
 end
 
+-- Sets the SKU's entry in the partition's due index to its earliest hold
+-- deadline, or removes it when it holds nothing, so the sweeper finds it.
+local function refresh_due(ctx, s)
+  local first = redis.call('ZRANGE', s.holds, 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZADD', ctx.due, first[2], s.name)
+  else
+    redis.call('ZREM', ctx.due, s.name)
+  end
+end
+
 -- Writes what the call changed of one SKU: counts and version, account
 -- units, new holds, its entry in the due index, and one stock announcement.
 local function flush_sku(ctx, s)
@@ -237,12 +248,7 @@ local function flush_sku(ctx, s)
   end
   if #s.new_holds > 0 then redis.call('ZADD', s.holds, unpack(s.new_holds)) end
   if s.holds_changed then
-    local first = redis.call('ZRANGE', s.holds, 0, 0, 'WITHSCORES')
-    if first[1] then
-      redis.call('ZADD', ctx.due, first[2], s.name)
-    else
-      redis.call('ZREM', ctx.due, s.name)
-    end
+    refresh_due(ctx, s)
   elseif s.first_new then
     -- Nothing left the holds set: the SKU's earliest deadline is the older
     -- one or the earliest new hold's, which ZADD LT keeps without a read.

@@ -49,10 +49,5 @@ for i, r in ipairs(doc.records) do
     redis.call('HINCRBY', sku.accounts, r.acct, r.qty)
   end
 end
-local first = redis.call('ZRANGE', sku.holds, 0, 0, 'WITHSCORES')
-if first[1] then
-  redis.call('ZADD', ctx.due, first[2], sku.name)
-else
-  redis.call('ZREM', ctx.due, sku.name)
-end
+refresh_due(ctx, sku)
 return cjson.encode({outcome = 'ok', holds = holds})
