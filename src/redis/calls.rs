@@ -503,7 +503,7 @@ impl Redis {
         op_id: &str,
     ) -> Result<Applied<AdminReply>, RedisError> {
         let p = self.keys().partition_of(sku);
-        let (mut keys, mut args) = self.core().partition_call(p, &[sku]);
+        let (mut keys, mut args) = self.partition_call(p, &[sku]);
         keys.push(self.keys().operation(p, sku, op_id));
         args.extend([
             location.as_str().to_owned(),
@@ -514,9 +514,7 @@ impl Redis {
             if_match.map_or(String::new(), |v| v.to_string()),
             self.limits().operation_ttl_ms.to_string(),
         ]);
-        self.core()
-            .eval_one(ScriptName::SetStock, p, keys, args)
-            .await
+        self.eval_one(ScriptName::SetStock, p, keys, args).await
     }
 
     pub async fn adjust(
@@ -529,7 +527,7 @@ impl Redis {
         op_id: &str,
     ) -> Result<Applied<AdminReply>, RedisError> {
         let p = self.keys().partition_of(sku);
-        let (mut keys, mut args) = self.core().partition_call(p, &[sku]);
+        let (mut keys, mut args) = self.partition_call(p, &[sku]);
         keys.push(self.keys().operation(p, sku, op_id));
         args.extend([
             location.as_str().to_owned(),
@@ -538,14 +536,12 @@ impl Redis {
             reference.unwrap_or_default().to_owned(),
             self.limits().operation_ttl_ms.to_string(),
         ]);
-        self.core()
-            .eval_one(ScriptName::Adjust, p, keys, args)
-            .await
+        self.eval_one(ScriptName::Adjust, p, keys, args).await
     }
 
     pub async fn set_policy(&self, sku: &Sku, update: &PolicyUpdate) -> Result<Policy, RedisError> {
         let p = self.keys().partition_of(sku);
-        let (keys, mut args) = self.core().partition_call(p, &[sku]);
+        let (keys, mut args) = self.partition_call(p, &[sku]);
         let arg = |f: Option<PolicyField>| f.unwrap_or(PolicyField::Keep).arg();
         args.extend([
             arg(update.max_per_account),
@@ -566,7 +562,7 @@ impl Redis {
         doc: &serde_json::Value,
     ) -> Result<RestoreReply, RedisError> {
         let p = self.keys().partition_of(sku);
-        let (mut keys, mut args) = self.core().partition_call(p, &[sku]);
+        let (mut keys, mut args) = self.partition_call(p, &[sku]);
         keys.extend(ids.iter().map(|id| self.keys().reservation(id)));
         args.push(doc.to_string());
         let json: String = self.eval(ScriptName::Restore, keys, args).await?;
@@ -577,7 +573,7 @@ impl Redis {
     /// with their events.
     pub async fn expire(&self, sku: &Sku) -> Result<Applied<i64>, RedisError> {
         let p = self.keys().partition_of(sku);
-        let (keys, args) = self.core().partition_call(p, &[sku]);
+        let (keys, args) = self.partition_call(p, &[sku]);
         let applied = self
             .core()
             .eval_one::<Expired>(ScriptName::Expire, p, keys, args)

@@ -206,28 +206,6 @@ impl Redis {
         &self.core
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.core.keys
-    }
-
-    pub fn limits(&self) -> &CallLimits {
-        &self.core.limits
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.core.pool
-    }
-
-    /// `EVALSHA` with NOSCRIPT reload and a bounded retry of busy replies.
-    pub async fn eval<R: FromValue>(
-        &self,
-        name: ScriptName,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<R, RedisError> {
-        self.core.eval(name, keys, args).await
-    }
-
     /// Readiness of the connections: every client in the pool must answer,
     /// since requests are spread over all of them.
     pub async fn ping(&self) -> Result<(), fred::error::Error> {
@@ -241,6 +219,16 @@ impl Redis {
         if let Err(e) = self.core.pool.quit().await {
             tracing::debug!(error = %e, "closing redis connections");
         }
+    }
+}
+
+/// The handle is the core plus the batch lanes: keys, limits, the pool and
+/// single script calls are the core's.
+impl std::ops::Deref for Redis {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
@@ -281,6 +269,10 @@ impl Core {
 
     pub fn limits(&self) -> &CallLimits {
         &self.limits
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// The leading KEYS and ARGV of every script acting on SKUs of

@@ -48,7 +48,7 @@ pub struct Inventory {
 impl Inventory {
     /// Hands events to the journal's queue (never waits; see
     /// `JournalQueue::offer`).
-    fn journal(&self, events: Vec<crate::events::Event>) {
+    fn offer(&self, events: Vec<crate::events::Event>) {
         if !events.is_empty() {
             self.journal.queue.offer(events);
         }
@@ -59,7 +59,7 @@ impl Inventory {
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
         let sku = req.id.sku().clone();
         let Applied { reply, events } = self.redis.reserve(req).await?;
-        self.journal(events);
+        self.offer(events);
         if let ReserveReply::InsufficientStock {
             holdable,
             version,
@@ -81,7 +81,7 @@ impl Inventory {
         let (p, sku, settlement) = (req.id.partition(), req.id.sku().clone(), req.settlement);
         let Applied { reply, events } = self.redis.settle(req).await?;
         let ReservationReply::Ok(reservation) = &reply else {
-            self.journal(events);
+            self.offer(events);
             return Ok(reply);
         };
         match settlement {
@@ -89,7 +89,7 @@ impl Inventory {
                 // The units are back: this instance stops answering "sold
                 // out" before the client hears the release is done.
                 self.sold_out.forget(&sku);
-                self.journal(events);
+                self.offer(events);
             }
             Settlement::Confirm if self.journal.durability == ConfirmDurability::Sync => {
                 let committed = self
@@ -97,11 +97,11 @@ impl Inventory {
                     .ensure_committed(&self.redis, p, &reservation.stream_id, &events)
                     .await;
                 if let Err(e) = committed {
-                    self.journal(events);
+                    self.offer(events);
                     return Err(e.into());
                 }
             }
-            Settlement::Confirm => self.journal(events),
+            Settlement::Confirm => self.offer(events),
         }
         Ok(reply)
     }
@@ -140,7 +140,7 @@ impl Inventory {
     /// After an admin write: journal it, and since units may have come
     /// back, stop answering "sold out" before the admin hears of it.
     fn admin_written(&self, sku: &Sku, applied: Applied<AdminReply>) -> AdminReply {
-        self.journal(applied.events);
+        self.offer(applied.events);
         self.sold_out.forget(sku);
         applied.reply
     }
@@ -148,7 +148,7 @@ impl Inventory {
     /// Gives back up to one batch of the SKU's overdue holds.
     pub async fn expire(&self, sku: &Sku) -> Result<i64, RedisError> {
         let Applied { reply, events } = self.redis.expire(sku).await?;
-        self.journal(events);
+        self.offer(events);
         Ok(reply)
     }
 }
