@@ -6,7 +6,7 @@
 --   operation record
 -- ARGV: the partition convention, then 6 location, 7 delta (non-zero
 --   integer), 8 reason, 9 reference ('' = none), 10 operation record TTL (ms)
--- Returns the partition convention's {r = [{reply, ev}]}, where reply is
+-- Returns the partition convention's array with one item, whose reply is JSON:
 --   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | unknown_sku | unknown_location | insufficient_stock {available, reserved}
 -- Error replies: none on valid input.
@@ -25,5 +25,5 @@ if l.oh + delta - l.ss + l.bo < l.rs then
   return reply({outcome = 'insufficient_stock', available = available(l), reserved = l.rs})
 end
 l.oh = l.oh + delta
-commit(ctx, s, 'adjusted', loc, {delta = delta, reason = ARGV[8], ref = ARGV[9]})
+commit(ctx, s, 'adjusted', loc, change_tail(ARGV[7], ARGV[8], ARGV[9]))
 return reply({outcome = 'ok', sku = flat_sku(s)})

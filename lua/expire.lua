@@ -2,7 +2,8 @@
 -- sweeper calls it for the SKUs the partition's due index names).
 --
 -- KEYS, ARGV: the partition convention (prelude) with one SKU; nothing more.
--- Returns the partition convention's {r = [{reply = {expired = <n>}, ev}]}.
+-- Returns the partition convention's array with one item, whose reply is the
+--   number of holds expired (as text).
 -- Error replies: none.
 
 local ctx = open_partition()
@@ -12,5 +13,5 @@ return run_requests(ctx, 1, function()
   -- Refresh the due index even when nothing was due: it may name a SKU
   -- whose holds all ended another way.
   s.holds_changed = true
-  return {expired = #(ctx.ev or {})}
+  return tostring((#ctx.ev - 1) / 2)
 end)

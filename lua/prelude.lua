@@ -12,11 +12,13 @@
 --   ARGV: 1 stream max length, 2 stock channel, 3 lazy expiry batch (>= 1),
 --         4 SKU count n (>= 1), 5..4+n the SKU names;
 --         the script's own arguments start at 5+n.
--- Such a script applies one or more requests in order and returns
---   cjson {r = [{reply = <outcome>, ev = [[stream id, packed event], ...]}, ...],
---          oversold = n}
--- (`ev` absent when a request appended nothing, `oversold` absent unless a
--- hold broke the invariant below).
+-- Such a script applies one or more requests in order and returns an array
+--   {oversold, item_1, ..., item_m}, item_j = {reply, stream id, packed event, ...}
+-- (oversold: how many holds broke the invariant below, always 0 unless a
+-- decision is wrong; then, per request, its reply as text and the
+-- `stream id, packed event` pairs of the entries it appended). A reply is
+-- packed text (`outcome|field|...`) for the hot scripts (reserve, settle)
+-- and JSON for the rest; each script's header gives its shape.
 --
 -- SKU hash fields:
 --   ver                       version, bumped by every stock mutation, never reused
@@ -33,6 +35,8 @@
 -- Event (the stream entry's one field `e`, and the reply's events):
 --   kind|sku|loc|ver|oh|rs|ss|lt|bl|ts|rid|acct|qty|bo|exp|created|delta|reason|ref
 --   (empty where a kind has no such value; `ref`, free text, comes last).
+--   The last nine fields are the event's tail, built by `hold_tail` or
+--   `change_tail`.
 --
 -- Within one call, the SKU hash, the accounts hash, the new holds, the due
 -- index and the stock announcement are written once per SKU, at `finish`;
@@ -50,7 +54,7 @@ local function open_partition()
   local ctx = {due = KEYS[1], events = KEYS[2], maxlen = ARGV[1], channel = ARGV[2],
     expiry_batch = tonumber(ARGV[3]),
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
-    skus = {}, key = 3 * n + 3, arg = 5 + n}
+    skus = {}, key = 3 * n + 3, arg = 5 + n, ev = {''}, oversold = 0}
   ctx.now_s = tostring(ctx.now)
   for i = 1, n do
     ctx.skus[i] = {name = ARGV[4 + i], key = KEYS[3 * i], holds = KEYS[3 * i + 1],
@@ -119,41 +123,51 @@ local function account_add(s, acct, delta)
   s.acct_delta[acct] = (s.acct_delta[acct] or 0) + delta
 end
 
+-- The tail of a reservation's event: rid|acct|qty|bo|exp|created|||
+local function hold_tail(rid, acct, qty, bo, exp, created)
+  return rid .. '|' .. acct .. '|' .. qty .. '|' .. bo .. '|' .. exp .. '|' .. created .. '|||'
+end
+
+-- The tail of a stock change's event: ||||||delta|reason|ref
+local function change_tail(delta, reason, ref)
+  return '||||||' .. delta .. '|' .. (reason or '') .. '|' .. (ref or '')
+end
+
 -- Bumps the version and appends one event to the partition stream (the
 -- journal's outbox); the location's counts after the change ride along, so
 -- any single event can set `stock_levels`. The event also goes into the
--- current request's `ctx.ev`, for the gateway's journal queue. Returns the
--- stream entry id. `r` holds the event's other fields (see the header).
-local function commit(ctx, s, kind, loc, r)
+-- current request's item (`ctx.ev`), for the gateway's journal queue.
+-- Returns the stream entry id. `tail` is the event's last nine fields.
+local function commit(ctx, s, kind, loc, tail)
   s.ver = s.ver + 1
   s.dirty[loc] = true
   s.changed = true
   s.ver_s = tostring(s.ver)
   local l = s.locs[loc]
-  local e = table.concat({kind, s.name, loc, s.ver_s, text(l, 'oh'), text(l, 'rs'),
-    text(l, 'ss'), text(l, 'lt'), text(l, 'bo'), ctx.now_s,
-    r.rid or '', r.acct or '', r.qty or '', r.bo or '', r.exp or '', r.created or '',
-    r.delta or '', r.reason or '', r.ref or ''}, '|')
+  local e = kind .. '|' .. s.name .. '|' .. loc .. '|' .. s.ver_s .. '|' .. text(l, 'oh') .. '|'
+    .. text(l, 'rs') .. '|' .. text(l, 'ss') .. '|' .. text(l, 'lt') .. '|' .. text(l, 'bo')
+    .. '|' .. ctx.now_s .. '|' .. tail
   local id = redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*', 'e', e)
-  ctx.ev = ctx.ev or {}
-  ctx.ev[#ctx.ev + 1] = {id, e}
+  local ev = ctx.ev
+  ev[#ev + 1] = id
+  ev[#ev + 1] = e
   -- The invariant every hold must keep. Checked after the change, so a flaw
   -- in a decision above is reported (the `oversold` metric) instead of
   -- passing silently.
-  if kind == 'reserved' and room(l) < 0 then ctx.oversold = (ctx.oversold or 0) + 1 end
+  if kind == 'reserved' and room(l) < 0 then ctx.oversold = ctx.oversold + 1 end
   return id
 end
 
 -- Gives back the units of one hold that is past its deadline `exp`. The
 -- caller has already removed the member from the holds set.
 local function expire_hold(ctx, s, member, exp)
-  local rid, loc, qty, bo, acct = string.match(member, '^([^|]+)|([^|]+)|(%d+)|([01])|(.+)$')
-  qty = tonumber(qty)
+  local rid, loc, qty_s, bo, acct = string.match(member, '^([^|]+)|([^|]+)|(%d+)|([01])|(.+)$')
+  local qty = tonumber(qty_s)
   local l = s.locs[loc] or add_loc(s, loc)
   l.rs = l.rs - qty
   account_add(s, acct, -qty)
   s.holds_changed = true
-  commit(ctx, s, 'expired', loc, {rid = rid, acct = acct, qty = qty, bo = bo, exp = exp})
+  commit(ctx, s, 'expired', loc, hold_tail(rid, acct, qty_s, bo, exp, ''))
 end
 
 -- Expires up to `limit` overdue holds of this SKU (all of them when limit < 0);
@@ -266,22 +280,24 @@ local function finish(ctx)
   end
 end
 
--- Runs `apply(ctx, i)` for each of `count` requests in order and encodes
--- the replies with the events each request appended.
+-- Runs `apply(ctx, i)` for each of `count` requests in order; each returns
+-- its reply as text, which heads the request's item.
 local function run_requests(ctx, count, apply)
-  local out = {}
+  local out = {0}
   for i = 1, count do
-    ctx.ev = nil
-    local reply = apply(ctx, i)
-    out[i] = {reply = reply, ev = ctx.ev}
+    ctx.ev = {''}
+    ctx.ev[1] = apply(ctx, i)
+    out[i + 1] = ctx.ev
   end
   finish(ctx)
-  return cjson.encode({r = out, oversold = ctx.oversold})
+  out[1] = ctx.oversold
+  return out
 end
 
 local function encode_record(rec)
-  return table.concat({rec.rid, rec.sku, rec.loc, rec.acct, rec.qty, rec.state, rec.exp,
-    rec.bo, rec.created, rec.sid}, '|')
+  return rec.rid .. '|' .. rec.sku .. '|' .. rec.loc .. '|' .. rec.acct .. '|' .. rec.qty .. '|'
+    .. rec.state .. '|' .. rec.exp .. '|' .. (rec.bo or '0') .. '|' .. (rec.created or '') .. '|'
+    .. (rec.sid or '')
 end
 
 local function decode_record(v)
@@ -315,10 +331,14 @@ local function record_status(rec, now)
   return rec.state
 end
 
-local function record_reply(rec, now, outcome)
-  return {outcome = outcome, reservation_id = rec.rid, sku = rec.sku, location = rec.loc,
-    qty = tonumber(rec.qty), status = record_status(rec, now), expires_at_ms = tonumber(rec.exp),
-    account_id = rec.acct, backorder = rec.bo == '1', stream_id = rec.sid}
+-- The packed reply `ok|<record>` of a reservation, its state read as its
+-- status at `now`.
+local function record_reply(rec, now)
+  local stored = rec.state
+  rec.state = record_status(rec, now)
+  local reply = 'ok|' .. encode_record(rec)
+  rec.state = stored
+  return reply
 end
 
 -- Admin mutations carry an operation id so that a command re-sent by the
@@ -326,15 +346,17 @@ end
 -- (and without events: the first run journaled them).
 local function replay_op(key)
   local done = redis.call('GET', key)
-  if done then return '{"r":[{"reply":' .. done .. '}]}' end
+  if done then return {0, {done}} end
   return nil
 end
 
--- Ends an admin mutation of one SKU: writes it, keeps its reply under the
--- operation id for a re-sent command, and encodes it.
+-- Ends an admin mutation of one SKU: writes it, keeps its JSON reply under
+-- the operation id for a re-sent command, and returns the partition
+-- convention's array.
 local function op_reply(ctx, key, ttl_ms, reply)
-  local ev = ctx.ev
+  local item = ctx.ev
+  item[1] = cjson.encode(reply)
   finish(ctx)
-  redis.call('SET', key, cjson.encode(reply), 'PX', ttl_ms)
-  return cjson.encode({r = {{reply = reply, ev = ev}}, oversold = ctx.oversold})
+  redis.call('SET', key, item[1], 'PX', ttl_ms)
+  return {ctx.oversold, item}
 end

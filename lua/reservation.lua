@@ -4,12 +4,13 @@
 --
 -- KEYS: 1 reservation record
 -- ARGV: 1 account id ('' = any: the caller is an admin)
--- Returns JSON: {outcome='ok', <reservation>} | {outcome='not_found'}.
+-- Returns packed text: ok|<reservation record, its state read as its status>
+--   | not_found.
 -- Error replies: none.
 
 local rec = load_record(KEYS[1])
 if not rec or (ARGV[1] ~= '' and rec.acct ~= ARGV[1]) then
-  return cjson.encode({outcome = 'not_found'})
+  return 'not_found'
 end
 local t = redis.call('TIME')
-return cjson.encode(record_reply(rec, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'ok'))
+return record_reply(rec, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))

@@ -19,15 +19,18 @@
 --   SKU index (1..n), account id, qty (integer >= 1), location ('' = choose),
 --   '1' when the client sent an Idempotency-Key (else '0'),
 --   request fingerprint (string)
--- Returns the partition convention's {r = [...]}, one reply per request:
---   held {reservation_id, sku, location, qty, expires_at_ms, backorder, stream_id, replayed}
---   insufficient_stock {available, holdable, version, next_expiry_ms}
+-- Returns the partition convention's array, one packed reply per request:
+--   held|<reservation record>       (a new hold, or this very request re-sent)
+--   replayed|<reservation record>   (the hold an earlier Idempotency-Key made)
+--   insufficient_stock|available|holdable|version|next_expiry_ms
 --     (holdable: units the whole SKU could still hold, backorders included;
---     next_expiry_ms: the earliest remaining hold deadline, absent when none)
---   purchase_limit {limit, already}
---   sale_not_open {opens_at_ms} | sale_closed | unknown_sku | unknown_location
+--     next_expiry_ms: the earliest remaining hold deadline, empty when none)
+--   purchase_limit|limit|already
+--   sale_not_open|opens_at_ms | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused
--- A request's `ev` lists the stream entries it appended (lazy expiries too).
+-- A request's item lists the stream entries it appended (lazy expiries too).
+-- Idempotency record: `<fingerprint>\n<reservation record>` (JSON
+-- `{fp, reply}` when written by an older gateway; still read).
 -- Error replies: none on valid input (the gateway validates ARGV first).
 
 local ctx = open_partition()
@@ -42,28 +45,34 @@ local record_keys = {}
 for j = 0, count - 1 do record_keys[j + 1] = KEYS[k + 2 * j] end
 local prior = redis.call('MGET', unpack(record_keys))
 
-local function held_reply(rec, replayed)
-  return {outcome = 'held', reservation_id = rec.rid, sku = rec.sku, location = rec.loc,
-    qty = tonumber(rec.qty), expires_at_ms = tonumber(rec.exp), backorder = rec.bo == '1',
-    stream_id = rec.sid, replayed = replayed}
+-- The reservation record an idempotency record answers with, and the
+-- fingerprint of the body that made it.
+local function idempotent_hold(stored, account)
+  local fp, record = string.match(stored, '^([^\n]*)\n(.*)$')
+  if fp then return fp, record end
+  local old = cjson.decode(stored)
+  local r = old.reply
+  return old.fp, encode_record({rid = r.reservation_id, sku = r.sku, loc = r.location,
+    acct = account, qty = tostring(r.qty), state = 'held', exp = tostring(r.expires_at_ms),
+    bo = r.backorder and '1' or '0', created = '', sid = r.stream_id})
 end
 
--- Returns a refusal, or nil and the chosen location and backorder flag.
+-- Returns a refusal (its packed fields, outcome first), or nil and the chosen location and backorder flag.
 local function decide(s, req)
   local p = s.policy
-  if p.open and ctx.now < p.open then return {outcome = 'sale_not_open', opens_at_ms = p.open} end
-  if p.close and ctx.now >= p.close then return {outcome = 'sale_closed'} end
+  if p.open and ctx.now < p.open then return {'sale_not_open', p.open} end
+  if p.close and ctx.now >= p.close then return {'sale_closed'} end
   if p.max then
     local already = account_units(s, req.account)
     if already + req.qty > p.max then
-      return {outcome = 'purchase_limit', limit = p.max, already = already}
+      return {'purchase_limit', p.max, already}
     end
   end
   if req.loc ~= '' then
     local l = s.locs[req.loc]
     if free(l) >= req.qty then return nil, req.loc, 0 end
     if room(l) >= req.qty then return nil, req.loc, 1 end
-    return {outcome = 'insufficient_stock', available = available(l)}
+    return {'insufficient_stock', available(l)}
   end
   local best, best_free, best_room, best_room_units = nil, -1, nil, -1
   for _, name in ipairs(s.names) do
@@ -76,7 +85,7 @@ local function decide(s, req)
   if best then return nil, best, 0 end
   if best_room then return nil, best_room, 1 end
   local avail = totals(s)
-  return {outcome = 'insufficient_stock', available = avail}
+  return {'insufficient_stock', avail}
 end
 
 -- Every hold of one SKU in one call has the same deadline: it is worked out,
@@ -91,6 +100,7 @@ local function deadline(s)
   return s.exp, s.exp_s
 end
 
+-- Holds the units and returns the new reservation record.
 local function hold(s, req, loc, backorder, record_key)
   local bo = backorder == 1 and '1' or '0'
   local l = s.locs[loc]
@@ -101,13 +111,12 @@ local function hold(s, req, loc, backorder, record_key)
   s.new_holds[n + 2] = hold_member(req.rid, loc, req.qty_s, bo, req.account)
   s.first_new = exp
   account_add(s, req.account, req.qty)
-  local sid = commit(ctx, s, 'reserved', loc, {rid = req.rid, acct = req.account,
-    qty = req.qty_s, bo = bo, exp = exp_s, created = ctx.now_s})
-  local rec = {rid = req.rid, sku = s.name, loc = loc, acct = req.account, qty = req.qty_s,
-    state = 'held', exp = exp_s, bo = bo, created = ctx.now_s, sid = sid}
-  redis.call('SET', record_key, encode_record(rec), 'PX', s.record_ttl_s)
-  return {outcome = 'held', reservation_id = req.rid, sku = s.name, location = loc,
-    qty = req.qty, expires_at_ms = exp, backorder = bo == '1', stream_id = sid, replayed = false}
+  local sid = commit(ctx, s, 'reserved', loc,
+    hold_tail(req.rid, req.account, req.qty_s, bo, exp_s, ctx.now_s))
+  local record = req.rid .. '|' .. s.name .. '|' .. loc .. '|' .. req.account .. '|' .. req.qty_s
+    .. '|held|' .. exp_s .. '|' .. bo .. '|' .. ctx.now_s .. '|' .. sid
+  redis.call('SET', record_key, record, 'PX', s.record_ttl_s)
+  return record
 end
 
 local function reserve(_, i)
@@ -119,16 +128,15 @@ local function reserve(_, i)
   if req.keyed then
     local stored = redis.call('GET', idem_key)
     if stored then
-      local rec = cjson.decode(stored)
-      if rec.fp ~= req.fp then return {outcome = 'idempotency_key_reused'} end
-      rec.reply.replayed = true
-      return rec.reply
+      local fp, record = idempotent_hold(stored, req.account)
+      if fp ~= req.fp then return 'idempotency_key_reused' end
+      return 'replayed|' .. record
     end
   end
-  if prior[i] then return held_reply(decode_record(prior[i]), false) end
+  if prior[i] then return 'held|' .. prior[i] end
   local s = sku_state(ctx, req.sku)
-  if not s.exists then return {outcome = 'unknown_sku'} end
-  if req.loc ~= '' and not s.locs[req.loc] then return {outcome = 'unknown_location'} end
+  if not s.exists then return 'unknown_sku' end
+  if req.loc ~= '' and not s.locs[req.loc] then return 'unknown_location' end
   local refusal, loc, bo = decide(s, req)
   if refusal and s.more_overdue then
     -- More overdue holds than one batch: they must not cause a refusal.
@@ -136,19 +144,18 @@ local function reserve(_, i)
     refusal, loc, bo = decide(s, req)
   end
   if refusal then
-    if refusal.outcome == 'insufficient_stock' then
+    if refusal[1] == 'insufficient_stock' then
       -- What a gateway needs to answer "sold out" locally, and for how long.
       local _, holdable = totals(s)
-      refusal.holdable, refusal.version = holdable, s.ver
-      refusal.next_expiry_ms = first_deadline(s)
+      refusal[3], refusal[4], refusal[5] = holdable, s.ver, first_deadline(s) or ''
     end
-    return refusal
+    return table.concat(refusal, '|')
   end
-  local reply = hold(s, req, loc, bo, record_key)
+  local record = hold(s, req, loc, bo, record_key)
   if req.keyed then
-    redis.call('SET', idem_key, cjson.encode({fp = req.fp, reply = reply}), 'PX', idem_ttl)
+    redis.call('SET', idem_key, req.fp .. '\n' .. record, 'PX', idem_ttl)
   end
-  return reply
+  return 'held|' .. record
 end
 
 return run_requests(ctx, count, reserve)

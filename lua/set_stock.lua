@@ -8,7 +8,7 @@
 -- ARGV: the partition convention, then 6 location, 7 on hand (integer >= 0),
 --   8 safety stock (>= 0), 9 low-stock threshold (>= 0), 10 backorder limit
 --   (>= 0), 11 expected version ('' = any), 12 operation record TTL (ms)
--- Returns the partition convention's {r = [{reply, ev}]}, where reply is
+-- Returns the partition convention's array with one item, whose reply is JSON:
 --   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | version_mismatch {version} | insufficient_stock {available, reserved}
 -- Error replies: none on valid input.
@@ -29,5 +29,5 @@ if oh - ss + bo < l.rs then
 end
 local delta = oh - l.oh
 l.oh, l.ss, l.lt, l.bo = oh, ss, lt, bo
-commit(ctx, s, 'stock_set', loc, {delta = delta})
+commit(ctx, s, 'stock_set', loc, change_tail(tostring(delta)))
 return reply({outcome = 'ok', sku = flat_sku(s)})

@@ -10,8 +10,8 @@
 -- ARGV: the partition convention, then from 5+n: record retention (ms),
 --   then 3 per request: SKU index (1..n), account id,
 --   target ('confirmed' or 'released')
--- Returns the partition convention's {r = [...]}, one reply per request:
---   {outcome='ok', <reservation>} | not_found |
+-- Returns the partition convention's array, one packed reply per request:
+--   ok|<reservation record, its state read as its status> | not_found |
 --   reservation_<status> (the status that forbids the transition).
 -- Error replies: none on valid input.
 
@@ -26,7 +26,7 @@ local function settle(_, i)
   local account, target = ARGV[base + 1], ARGV[base + 2]
   local key = KEYS[k + i - 1]
   local rec = load_record(key)
-  if not rec or rec.acct ~= account then return {outcome = 'not_found'} end
+  if not rec or rec.acct ~= account then return 'not_found' end
   local s = sku_state(ctx, tonumber(ARGV[base]))
   local member = hold_member(rec.rid, rec.loc, rec.qty, rec.bo, rec.acct)
   local status = record_status(rec, ctx.now)
@@ -44,14 +44,14 @@ local function settle(_, i)
     else
       account_add(s, rec.acct, -qty)
     end
-    rec.sid = commit(ctx, s, target, rec.loc, {rid = rec.rid, acct = rec.acct, qty = qty,
-      bo = rec.bo, exp = rec.exp, created = rec.created})
+    rec.sid = commit(ctx, s, target, rec.loc,
+      hold_tail(rec.rid, rec.acct, rec.qty, rec.bo or '0', rec.exp, rec.created or ''))
     rec.state = target
     status = target
     save_record(key, rec, retention)
   end
-  if status == target then return record_reply(rec, ctx.now, 'ok') end
-  return {outcome = 'reservation_' .. status}
+  if status == target then return record_reply(rec, ctx.now) end
+  return 'reservation_' .. status
 end
 
 return run_requests(ctx, count, settle)

@@ -22,17 +22,16 @@ use std::sync::{Arc, OnceLock};
 
 use fred::error::{Error as FredError, ErrorKind};
 use metrics::Histogram;
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Core, RedisError, ScriptName};
+use super::{Core, RedisError, ScriptName, reply::ScriptReply};
 use crate::{events::Event, inventory::Partition, metrics as names};
 
 /// One kind of batched call: its script, its request and reply types, and
 /// how a batch becomes KEYS and ARGV.
 pub trait BatchKind: Send + Sync + 'static {
     type Request: Send + Sync + 'static;
-    type Reply: DeserializeOwned + Send + 'static;
+    type Reply: ScriptReply;
     const SCRIPT: ScriptName;
 
     /// The KEYS and ARGV of one call applying `batch` in order.

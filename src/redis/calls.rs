@@ -1,5 +1,5 @@
 //! Typed calls: one function per script, turning domain values into `KEYS`
-//! and `ARGV` and the script's JSON reply into an enum. Mutating calls
+//! and `ARGV` and the script's reply into an enum (`reply` parses them). Mutating calls
 //! return the events their scripts appended, for the caller to journal.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use super::{
     Core, Redis, RedisError, ScriptName,
     batch::{Applied, BatchKind},
+    reply::{self, Envelope, ScriptReply},
 };
 use crate::{
     events::{Event, StreamEntry, parse_packed},
@@ -21,7 +22,7 @@ use crate::{
 };
 
 /// A reservation that holds units.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hold {
     pub reservation_id: String,
     pub sku: String,
@@ -31,12 +32,10 @@ pub struct Hold {
     pub backorder: bool,
     pub stream_id: String,
     /// True when this answers a repeated `Idempotency-Key`.
-    #[serde(default)]
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ReserveReply {
     Held(Hold),
     InsufficientStock {
@@ -48,7 +47,6 @@ pub enum ReserveReply {
         version: u64,
         /// The earliest remaining hold deadline (ms since the epoch): units
         /// may come back then.
-        #[serde(default)]
         next_expiry_ms: Option<i64>,
     },
     PurchaseLimit {
@@ -74,7 +72,7 @@ pub enum ReservationStatus {
 }
 
 /// A reservation as stored, with its status derived at Redis time.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub reservation_id: String,
     pub sku: String,
@@ -88,8 +86,7 @@ pub struct Reservation {
     pub stream_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ReservationReply {
     Ok(Reservation),
     NotFound,
@@ -319,44 +316,27 @@ fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, Redi
     })
 }
 
-/// A partition script's reply (the convention in lua/prelude.lua): one item
-/// per request, and how many locations it saw holding more than they may
-/// (always 0 unless an invariant broke).
-#[derive(Deserialize)]
-struct Scripted<T> {
-    r: Vec<Item<T>>,
-    #[serde(default)]
-    oversold: u64,
-}
-
-#[derive(Deserialize)]
-struct Item<T> {
-    reply: T,
-    /// `[stream id, packed event]` of each entry the request appended.
-    #[serde(default)]
-    ev: Vec<(String, String)>,
-}
-
-/// The expire script's outcome.
-#[derive(Deserialize)]
-struct Expired {
-    expired: i64,
-}
-
 impl Core {
     /// Runs a script of partition `p` that follows the partition convention
     /// and parses each request's reply and events. An event that does not
     /// parse is a bug between Lua and Rust: it is logged and left to the
     /// reconciler, and the outcome still counts (Redis has applied it).
-    pub async fn eval_partition<T: DeserializeOwned>(
+    pub async fn eval_partition<T: ScriptReply>(
         &self,
         script: ScriptName,
         p: Partition,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<Applied<T>>, RedisError> {
-        let json: String = self.eval(script, keys, args).await?;
-        let Scripted { r, oversold } = decode::<Scripted<T>>(script, &json)?;
+        let value: fred::types::Value = self.eval(script, keys, args).await?;
+        let Envelope { oversold, items } = Envelope::from_value(value).map_err(|detail| {
+            let error = RedisError::Reply {
+                script: script.stem(),
+                detail,
+            };
+            super::count_error(script.stem(), error.kind());
+            error
+        })?;
         if oversold > 0 {
             metrics::counter!(names::OVERSOLD_TOTAL).increment(oversold);
             tracing::error!(
@@ -366,16 +346,19 @@ impl Core {
                 "OVERSOLD: a location holds more units than it may after this call"
             );
         }
-        Ok(r.into_iter()
-            .map(|item| Applied {
-                reply: item.reply,
-                events: events_of(script, p, &item.ev),
+        items
+            .into_iter()
+            .map(|item| {
+                Ok(Applied {
+                    reply: reply::parse(script, &item.reply)?,
+                    events: events_of(script, p, &item.events),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// A one-request partition script (expire and the admin writes).
-    async fn eval_one<T: DeserializeOwned>(
+    async fn eval_one<T: ScriptReply>(
         &self,
         script: ScriptName,
         p: Partition,
@@ -478,8 +461,8 @@ impl Redis {
     ) -> Result<ReservationReply, RedisError> {
         let keys = vec![self.keys().reservation(id)];
         let args = vec![owner.map_or(String::new(), |a| a.as_str().to_owned())];
-        let json: String = self.eval(ScriptName::Reservation, keys, args).await?;
-        decode(ScriptName::Reservation, &json)
+        let text: String = self.eval(ScriptName::Reservation, keys, args).await?;
+        reply::parse(ScriptName::Reservation, &text)
     }
 
     /// The inventory view of a SKU, `None` when it does not exist.
@@ -574,14 +557,9 @@ impl Redis {
     pub async fn expire(&self, sku: &Sku) -> Result<Applied<i64>, RedisError> {
         let p = self.keys().partition_of(sku);
         let (keys, args) = self.partition_call(p, &[sku]);
-        let applied = self
-            .core()
-            .eval_one::<Expired>(ScriptName::Expire, p, keys, args)
-            .await?;
-        Ok(Applied {
-            reply: applied.reply.expired,
-            events: applied.events,
-        })
+        self.core()
+            .eval_one::<i64>(ScriptName::Expire, p, keys, args)
+            .await
     }
 }
 
@@ -590,35 +568,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_replies_decode_into_outcomes() {
-        let held: ReserveReply = decode(
-            ScriptName::Reserve,
-            r#"{"outcome":"held","reservation_id":"1.a.S","sku":"S","location":"default","qty":2,
-               "expires_at_ms":1763712000000,"backorder":false,"stream_id":"1-0","replayed":false}"#,
-        )
-        .unwrap();
-        assert!(matches!(held, ReserveReply::Held(h) if h.qty == 2));
-        let limit: ReserveReply = decode(
-            ScriptName::Reserve,
-            r#"{"outcome":"purchase_limit","limit":2,"already":2}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            limit,
-            ReserveReply::PurchaseLimit {
-                limit: 2,
-                already: 2
-            }
-        );
-        assert!(decode::<ReserveReply>(ScriptName::Reserve, r#"{"outcome":"what"}"#).is_err());
-        let mut scripted = decode::<Scripted<AdminReply>>(
+    fn admin_replies_decode_from_json() {
+        let admin: AdminReply = reply::parse(
             ScriptName::SetStock,
-            r#"{"r":[{"reply":{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}}]}"#,
+            r#"{"outcome":"ok","sku":["ver","3","l:default:oh","5"]}"#,
         )
         .unwrap();
-        assert_eq!(scripted.r.len(), 1);
-        assert!(scripted.r[0].ev.is_empty());
-        let admin = scripted.r.remove(0).reply;
         let pairs = vec![
             ("ver".into(), "3".into()),
             ("l:default:oh".into(), "5".into()),
@@ -629,5 +584,6 @@ mod tests {
                 sku: SkuHash(pairs)
             }
         );
+        assert!(reply::parse::<AdminReply>(ScriptName::SetStock, r#"{"outcome":"what"}"#).is_err());
     }
 }

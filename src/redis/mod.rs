@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod calls;
 pub mod keys;
+pub mod reply;
 pub mod scripts;
 
 use std::{sync::Arc, time::Duration};

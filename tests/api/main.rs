@@ -17,4 +17,5 @@ mod lifecycle;
 mod observability;
 mod resilience;
 mod stock;
+mod upgrade;
 mod validation;
