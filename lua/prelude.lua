@@ -47,7 +47,10 @@
 
 -- Numbers become text through printf("%.14g"), which costs more than most
 -- commands: values that came in as text stay text (`now_s`, a location's
--- `str`), and numbers are formatted once per change (`text`).
+-- `str`), and counts are formatted once per change (`text`), as integers
+-- (`int_text`: printf's integer path, not its floating-point one).
+local function int_text(n) return string.format('%d', n) end
+
 local function open_partition()
   local t = redis.call('TIME')
   local n = tonumber(ARGV[4])
@@ -68,7 +71,7 @@ local function text(l, attr)
   local v = l[attr]
   if l.num[attr] ~= v then
     l.num[attr] = v
-    l.str[attr] = tostring(v)
+    l.str[attr] = int_text(v)
   end
   return l.str[attr]
 end
@@ -142,7 +145,7 @@ local function commit(ctx, s, kind, loc, tail)
   s.ver = s.ver + 1
   s.dirty[loc] = true
   s.changed = true
-  s.ver_s = tostring(s.ver)
+  s.ver_s = int_text(s.ver)
   local l = s.locs[loc]
   local e = kind .. '|' .. s.name .. '|' .. loc .. '|' .. s.ver_s .. '|' .. text(l, 'oh') .. '|'
     .. text(l, 'rs') .. '|' .. text(l, 'ss') .. '|' .. text(l, 'lt') .. '|' .. text(l, 'bo')
