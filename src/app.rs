@@ -27,7 +27,10 @@ use crate::{
         serve::{ListenerLimits, serve},
         state::{Lifecycle, RequestLimits, Shared},
     },
-    journal::{Journal, JournalAccess, JournalQueue, JournalStatus, Store},
+    journal::{
+        Journal, JournalAccess, JournalQueue, JournalStatus, Store,
+        commits::{GroupCommit, GroupLimits},
+    },
     limits::{Admission, sold_out},
     redis::Redis,
     service::{self, sweeper},
@@ -83,8 +86,17 @@ impl App {
             }
             Err(e) => return Err(e.context("migrating the journal")),
         };
+        let commits = GroupCommit::start(
+            store.clone(),
+            GroupLimits {
+                pending_max: settings.journal.confirm_pending_max,
+                group_max: settings.journal.confirm_group_max,
+                in_flight_max: settings.journal.confirm_groups_in_flight,
+            },
+        );
         let journal = JournalAccess {
             store,
+            commits,
             status: Arc::new(JournalStatus::default()),
             durability: settings.journal.confirm_durability,
             queue: journal_queue.clone(),

@@ -201,6 +201,13 @@ pub struct JournalSettings {
     pub drift_check_every_passes: u32,
     /// `sync` (a confirm waits for its Postgres commit) or `async`.
     pub confirm_durability: ConfirmDurability,
+    /// `sync` confirmations waiting to join a group commit; past it a
+    /// confirm is answered 503 at once (its event stays in the stream).
+    pub confirm_pending_max: usize,
+    /// Most `sync` confirmations committed in one Postgres transaction.
+    pub confirm_group_max: usize,
+    /// Group commits written at once (each holds one Postgres connection).
+    pub confirm_groups_in_flight: usize,
 }
 
 pub const DEFAULT_JOURNAL_QUEUE_CAPACITY: usize = 65_536;
@@ -213,6 +220,9 @@ pub const DEFAULT_RECONCILE_ENTRIES_MAX: u64 = 5_000;
 pub const DEFAULT_RECONCILE_SETTLE_MS: u64 = 500;
 pub const DEFAULT_DRIFT_ROWS_MAX: i64 = 10_000;
 pub const DEFAULT_DRIFT_CHECK_EVERY_PASSES: u32 = 10;
+pub const DEFAULT_CONFIRM_PENDING_MAX: usize = 8_192;
+pub const DEFAULT_CONFIRM_GROUP_MAX: usize = 512;
+pub const DEFAULT_CONFIRM_GROUPS_IN_FLIGHT: usize = 2;
 
 impl Default for JournalSettings {
     fn default() -> Self {
@@ -228,6 +238,9 @@ impl Default for JournalSettings {
             drift_rows_max: DEFAULT_DRIFT_ROWS_MAX,
             drift_check_every_passes: DEFAULT_DRIFT_CHECK_EVERY_PASSES,
             confirm_durability: ConfirmDurability::Sync,
+            confirm_pending_max: DEFAULT_CONFIRM_PENDING_MAX,
+            confirm_group_max: DEFAULT_CONFIRM_GROUP_MAX,
+            confirm_groups_in_flight: DEFAULT_CONFIRM_GROUPS_IN_FLIGHT,
         }
     }
 }
@@ -521,6 +534,15 @@ impl Settings {
             || self.reservation.operation_ttl_seconds == 0
         {
             bail!("reservation.idempotency_ttl_seconds and operation_ttl_seconds must be positive");
+        }
+        if self.journal.confirm_pending_max == 0
+            || self.journal.confirm_group_max == 0
+            || self.journal.confirm_groups_in_flight == 0
+        {
+            bail!(
+                "journal.confirm_pending_max, confirm_group_max and confirm_groups_in_flight \
+                 must be positive"
+            );
         }
         if self.expiry.sweep_interval_ms == 0
             || self.expiry.sweep_skus_max == 0

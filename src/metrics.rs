@@ -85,6 +85,8 @@ metric_table! {
     JOURNAL_QUEUE_DROPPED_TOTAL: Counter = "flashgate_journal_queue_dropped_total";
     /// Events per batch the writer committed.
     JOURNAL_BATCH_EVENTS: Histogram = "flashgate_journal_batch_events";
+    /// `sync` confirmations per group commit (one Postgres transaction).
+    JOURNAL_CONFIRM_GROUP_REQUESTS: Histogram = "flashgate_journal_confirm_group_requests";
     /// Time of one batch write to Postgres that committed.
     JOURNAL_WRITE_DURATION_SECONDS: Histogram = "flashgate_journal_write_duration_seconds";
     /// Batch writes Postgres refused or did not answer (each is retried).
@@ -161,6 +163,10 @@ fn builder() -> PrometheusBuilder {
         ),
         (
             Matcher::Full(REDIS_BATCH_REQUESTS.into()),
+            BATCH_BUCKETS_REQUESTS,
+        ),
+        (
+            Matcher::Full(JOURNAL_CONFIRM_GROUP_REQUESTS.into()),
             BATCH_BUCKETS_REQUESTS,
         ),
     ];

@@ -10,6 +10,7 @@
 //! `Journal::start` spawns the writer and the reconciler and returns the
 //! handle the gateway keeps; `Journal::stop` drains within the grace period.
 
+pub mod commits;
 pub mod queue;
 pub mod rebuild;
 pub mod reconciler;
@@ -51,6 +52,8 @@ pub enum JournalError {
     Redis(#[from] RedisError),
     #[error("{0}")]
     Event(#[from] crate::events::EventParseError),
+    #[error(transparent)]
+    Group(#[from] commits::GroupError),
 }
 
 /// What the writer and the reconciler last saw, for readiness and reports.
@@ -108,6 +111,8 @@ pub struct JournalAccess {
     pub store: Store,
     pub status: Arc<JournalStatus>,
     pub durability: ConfirmDurability,
+    /// Where `sync` confirmations wait for their shared commit.
+    pub commits: commits::GroupCommit,
     /// The queue's sending half, read for its metrics.
     pub queue: JournalQueue,
 }
@@ -122,8 +127,8 @@ impl JournalAccess {
     }
 
     /// Returns once the event at `stream_id` of partition `p` is committed in
-    /// Postgres: `events` are the ones the call just appended (written here
-    /// directly); a repeated call appended none, so the entry is looked up,
+    /// Postgres: `events` are the ones the call just appended (written by a
+    /// group commit, with the confirmations beside them); a repeated call appended none, so the entry is looked up,
     /// and fetched from the stream when Postgres lacks it.
     pub async fn ensure_committed(
         &self,
@@ -133,7 +138,7 @@ impl JournalAccess {
         events: &[Event],
     ) -> Result<(), JournalError> {
         if !events.is_empty() {
-            self.store.apply(events).await?;
+            self.commits.commit(events.to_vec()).await?;
             return Ok(());
         }
         let pi = store::pg_partition(p);

@@ -15,8 +15,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Backend, GatewayProcess, admin_token, free_port, metric_value, on_every_node, test_settings,
-    token, unique_prefix,
+    Backend, GatewayProcess, admin_token, free_port, journal_db, metric_value, on_every_node,
+    test_settings, token, unique_prefix,
 };
 use crate::on_both_topologies;
 
@@ -256,9 +256,55 @@ async fn a_hold_that_breaks_the_stock_invariant_is_counted_as_oversold(backend: 
     );
 }
 
+/// `sync` confirmations sent together are committed together: every one is
+/// in Postgres when it is answered, in fewer transactions than confirmations.
+async fn sync_confirmations_arriving_together_share_postgres_commits(backend: Backend) {
+    let o = Observed::start(backend, &[]).await;
+    let (sku, n) = ("OBS-CONFIRM", 60);
+    o.stock(sku, n as u64).await;
+    let holds = join_all((0..n).map(|i| {
+        let o = &o;
+        async move {
+            let (status, body) = o.reserve(&format!("confirmer-{i}"), sku).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["reservation_id"].as_str().unwrap().to_owned()
+        }
+    }))
+    .await;
+    let confirmed = join_all(holds.iter().enumerate().map(|(i, id)| {
+        let o = &o;
+        async move {
+            let path = format!("/v1/reservations/{id}/confirm");
+            o.shopper(&format!("confirmer-{i}"), &path).await
+        }
+    }))
+    .await;
+    assert!(
+        confirmed.iter().all(|s| *s == StatusCode::OK),
+        "{confirmed:?}"
+    );
+
+    let db = journal_db(&o.settings.postgres.url).await;
+    let in_postgres: i64 = db
+        .query_one(
+            "SELECT count(*) FROM reservations WHERE reservation_id = ANY($1) AND state = 'confirmed'",
+            &[&holds],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_postgres, n as i64, "every answered confirm is committed");
+    let m = o.metrics().await;
+    let grouped = metric_value(&m, "flashgate_journal_confirm_group_requests_sum", &[]);
+    let groups = metric_value(&m, "flashgate_journal_confirm_group_requests_count", &[]);
+    assert_eq!(grouped, n as f64, "each confirmation joined one group");
+    assert!(groups < n as f64, "{groups} commits for {n} confirmations");
+}
+
 on_both_topologies!(
     metrics_count_every_request_by_route_template_and_outcome,
     a_hold_that_breaks_the_stock_invariant_is_counted_as_oversold,
+    sync_confirmations_arriving_together_share_postgres_commits,
 );
 
 const PROMETHEUS_HINT: &str =
