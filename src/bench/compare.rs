@@ -38,6 +38,11 @@ use crate::{
 
 /// Clients redis-benchmark opens (as many as the gateway's crowd would).
 const REDIS_BENCH_CLIENTS: &str = "50";
+/// redis-benchmark's `-r`: `__rand_int__` becomes a random number below it.
+/// It must fit a C `int` (redis-benchmark parses it with `atoi`): past it,
+/// every "random" id is 0 and each call after the first is a re-send of one
+/// reservation, answered from its record without holding anything.
+const RANDOM_IDS: &str = "2000000000";
 /// Reservations pgbench's clients make concurrently.
 const PGBENCH_CLIENTS: &str = "32";
 
@@ -47,6 +52,10 @@ struct Comparison {
     scenario: &'static str,
     raw_script_per_s: f64,
     raw_script_pipelined_per_s: f64,
+    /// Units held per raw script call (1 when every call held, as the
+    /// gateway's reservations do; less would mean the ceiling measured a
+    /// refusal).
+    raw_script_holds_per_call: f64,
     hello_world_per_s: f64,
     postgres_hot_row_per_s: f64,
     postgres_hot_row_latency_ms: Latency,
@@ -55,6 +64,9 @@ struct Comparison {
     flashgate_hot_half_max_p99_ms: f64,
     flashgate_sold_out_max_per_s: f64,
     gateway_cpu_us_per_reservation: Option<f64>,
+    /// What Redis spent during the hot maximum and the hot half-maximum runs.
+    redis_at_hot_max: RedisUse,
+    redis_at_hot_half_max: RedisUse,
     /// Goal ≥ 0.5.
     hot_vs_pipelined_script: f64,
     /// Goal ≥ 20.
@@ -69,6 +81,62 @@ struct Comparison {
     overloaded_latency_ms: Option<Latency>,
 }
 
+/// redis-server's work over one run, from `INFO` before and after.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct RedisUse {
+    /// redis-server CPU time (user + system) per request sent.
+    cpu_us_per_reservation: f64,
+    /// Mean time of one EVALSHA (batch script call) inside Redis.
+    script_us_per_call: f64,
+    /// Requests sent per EVALSHA: the mean batch size.
+    mean_batch: f64,
+}
+
+/// The counters `RedisUse` is the difference of.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisCounters {
+    cpu_s: f64,
+    evalsha_calls: f64,
+    evalsha_us: f64,
+}
+
+impl RedisCounters {
+    fn read(port: u16) -> Self {
+        let info = devstack::redis_cli(port, &["INFO", "ALL"]);
+        let field = |line: &str, name: &str| {
+            line.split([':', ',']).find_map(|kv| {
+                kv.strip_prefix(name)?
+                    .strip_prefix('=')?
+                    .parse::<f64>()
+                    .ok()
+            })
+        };
+        let mut c = Self::default();
+        for line in info.lines() {
+            if let Some(v) = line
+                .strip_prefix("used_cpu_sys:")
+                .or(line.strip_prefix("used_cpu_user:"))
+            {
+                c.cpu_s += v.trim().parse::<f64>().unwrap_or(0.0);
+            }
+            if line.starts_with("cmdstat_evalsha:") {
+                c.evalsha_calls = field(line, "calls").unwrap_or(0.0);
+                c.evalsha_us = field(line, "usec").unwrap_or(0.0);
+            }
+        }
+        c
+    }
+
+    fn used_since(self, before: Self, requests: u64) -> RedisUse {
+        let calls = (self.evalsha_calls - before.evalsha_calls).max(1.0);
+        RedisUse {
+            cpu_us_per_reservation: (self.cpu_s - before.cpu_s) * 1e6 / requests.max(1) as f64,
+            script_us_per_call: (self.evalsha_us - before.evalsha_us) / calls,
+            mean_batch: requests as f64 / calls,
+        }
+    }
+}
+
 pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> {
     let duration = Duration::from_secs(options.duration_seconds);
     let flat_out = Plan {
@@ -76,10 +144,12 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         duration,
         connections: options.connections,
     };
-    let raw_script_per_s = redis_benchmark(target, 1).await?;
+    let (raw_script_per_s, holds_alone) = redis_benchmark(target, 1).await?;
     eprintln!("raw reserve script, one at a time     {raw_script_per_s:>9.0} /s");
-    let raw_script_pipelined_per_s = redis_benchmark(target, 16).await?;
+    let (raw_script_pipelined_per_s, holds_pipelined) = redis_benchmark(target, 16).await?;
     eprintln!("raw reserve script, pipelined by 16   {raw_script_pipelined_per_s:>9.0} /s");
+    let raw_script_holds_per_call = holds_alone.min(holds_pipelined);
+    eprintln!("raw reserve script, units held per call {raw_script_holds_per_call:>7.3}");
 
     let hello = hello_world(flat_out).await?;
     emit(&hello)?;
@@ -89,7 +159,9 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         postgres_hot_row_latency_ms.p99
     );
 
+    let before = RedisCounters::read(target.redis_port);
     let hot_max = target.measure(Scenario::Hot, flat_out).await?;
+    let redis_at_hot_max = RedisCounters::read(target.redis_port).used_since(before, hot_max.sent);
     emit(&hot_max)?;
     let sold_out_max = target.measure(Scenario::SoldOut, flat_out).await?;
     emit(&sold_out_max)?;
@@ -98,7 +170,10 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         duration,
         connections: options.connections,
     };
+    let before = RedisCounters::read(target.redis_port);
     let mut hot_half = target.measure(Scenario::Hot, half).await?;
+    let redis_at_hot_half_max =
+        RedisCounters::read(target.redis_port).used_since(before, hot_half.sent);
     hot_half.scenario = "hot-at-half-max".into();
     emit(&hot_half)?;
 
@@ -116,6 +191,7 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         scenario: "comparison",
         raw_script_per_s,
         raw_script_pipelined_per_s,
+        raw_script_holds_per_call,
         hello_world_per_s: hello.achieved_per_s,
         postgres_hot_row_per_s,
         postgres_hot_row_latency_ms,
@@ -124,6 +200,8 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         flashgate_hot_half_max_p99_ms: hot_half.latency_ms.p99,
         flashgate_sold_out_max_per_s: sold_out_max.achieved_per_s,
         gateway_cpu_us_per_reservation: hot_half.gateway_cpu_us_per_op,
+        redis_at_hot_max,
+        redis_at_hot_half_max,
         hot_vs_pipelined_script: hot_max.achieved_per_s / raw_script_pipelined_per_s,
         hot_vs_postgres_throughput: hot_max.achieved_per_s / postgres_hot_row_per_s,
         hot_p99_vs_postgres_p99: hot_max.latency_ms.p99 / postgres_hot_row_latency_ms.p99,
@@ -183,6 +261,16 @@ fn print_goals(c: &Comparison) {
             verdict(l.p99 < 1.0)
         );
     }
+    for (run, r) in [
+        ("hot max", c.redis_at_hot_max),
+        ("hot half max", c.redis_at_hot_half_max),
+    ] {
+        eprintln!(
+            "redis at {run:<13} {:>6.1} µs CPU per reservation, {:>7.1} µs per script call, \
+             mean batch {:.1}",
+            r.cpu_us_per_reservation, r.script_us_per_call, r.mean_batch
+        );
+    }
     if let Some(cpu) = c.gateway_cpu_us_per_reservation {
         eprintln!(
             "gateway CPU per reservation                       {cpu:>6.1} µs   ≤ 20 µs  {}",
@@ -194,7 +282,9 @@ fn print_goals(c: &Comparison) {
 /// The reserve script's throughput straight on Redis, with the arguments
 /// the gateway passes for a hot-SKU reservation; each call gets a new
 /// reservation id (redis-benchmark's `__rand_int__`), so each one holds.
-async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<f64> {
+/// Also returns the units held per call, read from the SKU's `reserved`
+/// count before and after, which says whether it really did.
+async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<(f64, f64)> {
     devstack::require("redis-benchmark", "redis-tools")?;
     let mut settings = Settings::default();
     settings.redis.url = format!("redis://127.0.0.1:{}", target.redis_port);
@@ -212,7 +302,14 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<f64> 
         idempotency_key: None,
     };
     let (keys, args) = redis.reserve_call(&request);
-    redis.quit().await;
+    let reserved = || async {
+        let view = redis
+            .inventory(&sku)
+            .await
+            .context("reading the hot SKU's reserved count")?;
+        anyhow::Ok(view.map_or(0, |v| v.reserved))
+    };
+    let reserved_before = reserved().await?;
     // The id's random part; every occurrence becomes a fresh random number.
     let unique = id
         .as_str()
@@ -233,7 +330,7 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<f64> 
             REDIS_BENCH_CLIENTS,
         ])
         .args(["-n", requests, "-P", &pipeline.to_string()])
-        .args(["-r", "1000000000000", "--csv", "EVALSHA", &sha])
+        .args(["-r", RANDOM_IDS, "--csv", "EVALSHA", &sha])
         .arg(keys.len().to_string())
         .args(
             keys.iter()
@@ -242,11 +339,15 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<f64> 
         )
         .output()
         .context("running redis-benchmark")?;
+    let held = (reserved().await? - reserved_before) as f64;
+    redis.quit().await;
     let csv = String::from_utf8_lossy(&out.stdout);
-    csv.lines()
+    let rate = csv
+        .lines()
         .filter_map(|line| line.split("\",\"").nth(1))
         .find_map(|rps| rps.trim_matches('"').parse::<f64>().ok())
-        .with_context(|| format!("no rate in redis-benchmark's output: {csv}"))
+        .with_context(|| format!("no rate in redis-benchmark's output: {csv}"))?;
+    Ok((rate, held / requests.parse::<f64>()?))
 }
 
 struct Hello;
