@@ -7,8 +7,9 @@
 //! collide): read the checkpoint, read the stream from it (only entries
 //! older than `journal.reconcile_settle_ms`, which the writer normally has
 //! already written), insert the ones `inventory_events` lacks, advance the
-//! checkpoint, commit; then trim the stream below the checkpoint, and only
-//! below it. The checkpoint entry itself is kept: when a pass cannot find it,
+//! checkpoint, commit (the stream is read in chunks, so a hot partition's
+//! pass never blocks Redis for long); then trim the stream below the
+//! checkpoint, and only below it. The checkpoint entry itself is kept: when a pass cannot find it,
 //! entries were lost before they were journaled (stream cap, Redis data loss)
 //! and the pass reports a gap instead of hiding it.
 //!
@@ -39,6 +40,11 @@ use crate::{
 
 /// Partitions reconciled at once (each holds one Postgres connection).
 const PARTITION_CONCURRENCY: usize = 4;
+/// Stream entries read per XRANGE within a pass. A hot partition's pass
+/// reads a second of its entries; in one reply that blocked Redis and the
+/// pooled connection the reservation batches share for milliseconds (the
+/// hot p99 at 5,000/s was 19 ms with it, 3.5 ms with the reconciler off).
+const RECONCILE_CHUNK_ENTRIES: u64 = 256;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileLimits {
@@ -192,43 +198,60 @@ pub async fn reconcile_partition(
     let checkpoint = store::checkpoint(&tx, pi).await?;
     let stream = redis.keys().events(p);
     let now = now_ms();
-    let start = checkpoint.clone().unwrap_or_else(|| "-".to_owned());
-    let mut entries = redis
-        .stream_entries(p, &start, &end, limits.entries_max + 1)
-        .await?;
-    if let Some(cp) = &checkpoint {
-        if entries.first().is_some_and(|(id, _)| id == cp) {
-            entries.remove(0);
-        } else if !entries.is_empty() {
-            pass.gap = true;
+    let mut from = checkpoint.clone().unwrap_or_else(|| "-".to_owned());
+    let mut last: Option<String> = None;
+    loop {
+        let first = last.is_none();
+        let want = (limits.entries_max - pass.read).min(RECONCILE_CHUNK_ENTRIES);
+        // The first read starts at the checkpoint entry itself: one more.
+        let extra = u64::from(first && checkpoint.is_some());
+        let mut chunk = redis.stream_entries(p, &from, &end, want + extra).await?;
+        if first {
+            if let Some(cp) = &checkpoint {
+                if chunk.first().is_some_and(|(id, _)| id == cp) {
+                    chunk.remove(0);
+                } else if !chunk.is_empty() {
+                    pass.gap = true;
+                }
+            }
+            chunk.truncate(want as usize);
+            if let Some((id, _)) = chunk.first() {
+                pass.checkpoint_lag_ms = now - Event::stream_ms(id).unwrap_or(now);
+            }
         }
+        let Some((id, _)) = chunk.last() else { break };
+        from = format!("({id}");
+        last = Some(id.clone());
+        pass.read += chunk.len() as u64;
+        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+        let missing: HashSet<String> = store::missing(&tx, pi, &ids).await?.into_iter().collect();
+        let mut events = Vec::with_capacity(missing.len());
+        for entry in chunk.iter().filter(|(id, _)| missing.contains(id)) {
+            events.push(Event::from_stream_entry(p, entry)?);
+        }
+        store::apply_in(&tx, &events).await?;
+        pass.missing += events.len() as u64;
+        let late = events.iter().map(|e| now - e.occurred_at_ms).max();
+        pass.missing_lag_ms = pass.missing_lag_ms.max(late.unwrap_or(0));
+        if (chunk.len() as u64) < want {
+            break;
+        }
+        if pass.read >= limits.entries_max {
+            // At the cap: more may be waiting (or the stream ended exactly here).
+            pass.more = true;
+            break;
+        }
+        // Redis, this connection and the runtime serve reservations between chunks.
+        tokio::task::yield_now().await;
     }
-    pass.more = entries.len() as u64 > limits.entries_max;
-    entries.truncate(limits.entries_max as usize);
-    pass.read = entries.len() as u64;
-    let Some((last, _)) = entries.last() else {
+    let Some(last) = last else {
         // No checkpoint yet: every entry is past "0-0", the least stream id.
         seen.set(p, checkpoint.unwrap_or_else(|| "0-0".to_owned()));
         return Ok(pass);
     };
-    let last = last.clone();
-    pass.checkpoint_lag_ms = now - Event::stream_ms(&entries[0].0).unwrap_or(now);
-    let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-    let missing: HashSet<String> = store::missing(&tx, pi, &ids).await?.into_iter().collect();
-    let mut events = Vec::with_capacity(missing.len());
-    for entry in entries.iter().filter(|(id, _)| missing.contains(id)) {
-        events.push(Event::from_stream_entry(p, entry)?);
-    }
-    store::apply_in(&tx, &events).await?;
     store::set_checkpoint(&tx, pi, &last).await?;
     tx.commit().await.map_err(StoreError::from)?;
     seen.set(p, last.clone());
-    pass.missing = events.len() as u64;
-    pass.missing_lag_ms = events
-        .iter()
-        .map(|e| now - e.occurred_at_ms)
-        .max()
-        .unwrap_or(0);
     // Everything up to the checkpoint is committed: trim what lies below it.
     let cap = (XCapKind::MinID, XCapTrim::AlmostExact, last);
     let trimmed: Result<i64, _> = redis.pool().xtrim(&stream, cap).await;

@@ -228,21 +228,37 @@ async fn a_queue_of_one_drops_events_and_the_reconciler_brings_them(backend: Bac
     let app = spawn_app_with(settings).await;
     let db = journal_db(&app.settings.postgres.url).await;
     let sku = "J-OVERFLOW";
-    app.stock(sku, 150).await;
-    let acked = crowd(&app, sku, 200, 50).await;
-    assert_eq!(acked.len(), 150);
+    // The in-process reconciler's one pass at start (over empty streams)
+    // must be over, so that the passes below find every dropped event.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // More events than one chunk of a pass reads, and than one capped pass.
+    app.stock(sku, 600).await;
+    let acked = crowd(&app, sku, 700, 50).await;
+    assert_eq!(acked.len(), 600);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let written = count(&db, "SELECT count(*) FROM inventory_events").await;
     assert!(
-        written < 151,
-        "a queue of one dropped events ({written} of 151 written)"
+        written < 601,
+        "a queue of one dropped events ({written} of 601 written)"
     );
 
     let (redis, store) = backends(&app.settings).await;
     let seen = reconciler::Checkpoints::default();
+    let capped = ReconcileLimits {
+        entries_max: 300,
+        ..eager_limits()
+    };
+    let first = reconciler::pass(&redis, &store, &capped, DriftCheck::Skip, &seen).await;
+    assert_eq!((first.failed, first.read), (0, 300), "{first:?}");
+    assert!(first.more, "a capped pass says more is waiting: {first:?}");
     let report = reconciler::pass(&redis, &store, &eager_limits(), DriftCheck::Run, &seen).await;
-    assert_eq!(report.failed, 0);
-    assert_eq!(report.missing as i64, 151 - written, "{report:?}");
+    assert_eq!((report.failed, report.more), (0, false), "{report:?}");
+    assert!(
+        first.missing + report.missing > 0,
+        "the passes brought what was dropped"
+    );
+    let journaled = count(&db, "SELECT count(*) FROM inventory_events").await;
+    assert_eq!(journaled, 601, "every event is journaled once");
     assert!(report.drift.is_empty(), "{:?}", report.drift);
     assert_eq!(disagreement(&app, &db, &[sku], &acked).await, None);
 
