@@ -515,6 +515,20 @@ pub fn flashgate(settings: &Settings, command: &str) -> Command {
         .env("FLASHGATE_POSTGRES__URL", &settings.postgres.url)
         .env("FLASHGATE_AUTH__SECRET", TEST_SECRET)
         .env("FLASHGATE_LOG__LEVEL", "warn");
+    // The settings' admission limits too (`test_settings` turns them off,
+    // since most tests fire many requests from one account and address).
+    let mode = |m| serde_json::to_value(m).expect("a limit mode serialises");
+    for (var, m) in [
+        ("FLASHGATE_LIMITS__IP__MODE", settings.limits.ip.mode),
+        (
+            "FLASHGATE_LIMITS__ACCOUNT__MODE",
+            settings.limits.account.mode,
+        ),
+    ] {
+        if let serde_json::Value::String(m) = mode(m) {
+            cmd.env(var, m);
+        }
+    }
     cmd
 }
 
