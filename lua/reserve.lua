@@ -9,16 +9,16 @@
 -- units that can serve the whole quantity; failing that, the one with the
 -- most backorder room).
 --
--- KEYS: the partition convention (prelude), then per request j (0-based):
---   3n+3+2j reservation record (the request's new id), 3n+4+2j idempotency
---   record (a placeholder in the slot when the request has no key)
+-- KEYS: the partition convention (prelude), then per request j (0-based,
+--   m requests): 3n+3+j its reservation record (the request's new id); then
+--   the idempotency record of each request that carries an
+--   Idempotency-Key, in request order
 -- ARGV: the partition convention, then from 5+n:
 --   default hold TTL (ms, >= 1000), idempotency record TTL (ms),
 --   record retention after the hold's deadline (ms),
---   then 7 per request: reservation id (string, carries the partition),
+--   then 6 per request: reservation id (string, carries the partition),
 --   SKU index (1..n), account id, qty (integer >= 1), location ('' = choose),
---   '1' when the client sent an Idempotency-Key (else '0'),
---   request fingerprint (string)
+--   request fingerprint when the client sent an Idempotency-Key ('' = none)
 -- Returns the partition convention's array, one packed reply per request:
 --   held|<reservation record>       (a new hold, or this very request re-sent)
 --   replayed|<reservation record>   (the hold an earlier Idempotency-Key made)
@@ -37,13 +37,13 @@ local ctx = open_partition()
 local a, k = ctx.arg, ctx.key
 local default_ttl, idem_ttl, retention = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
 local first_arg = a + 3
-local count = (#ARGV - first_arg + 1) / 7
+local count = (#ARGV - first_arg + 1) / 6
 
 -- Every request's reservation id is its own: an existing record means the
 -- client library re-sent this very command after a dropped connection.
-local record_keys = {}
-for j = 0, count - 1 do record_keys[j + 1] = KEYS[k + 2 * j] end
-local prior = redis.call('MGET', unpack(record_keys))
+local prior = redis.call('MGET', unpack(KEYS, k, k + count - 1))
+-- The next keyed request's idempotency record.
+local next_idem = k + count
 
 -- The reservation record an idempotency record answers with, and the
 -- fingerprint of the body that made it.
@@ -120,12 +120,15 @@ local function hold(s, req, loc, backorder, record_key)
 end
 
 local function reserve(_, i)
-  local base = first_arg + 7 * (i - 1)
+  local base = first_arg + 6 * (i - 1)
   local req = {rid = ARGV[base], sku = tonumber(ARGV[base + 1]), account = ARGV[base + 2],
-    qty = tonumber(ARGV[base + 3]), qty_s = ARGV[base + 3], loc = ARGV[base + 4], keyed = ARGV[base + 5] == '1',
-    fp = ARGV[base + 6]}
-  local record_key, idem_key = KEYS[k + 2 * (i - 1)], KEYS[k + 2 * (i - 1) + 1]
+    qty = tonumber(ARGV[base + 3]), qty_s = ARGV[base + 3], loc = ARGV[base + 4],
+    fp = ARGV[base + 5]}
+  req.keyed = req.fp ~= ''
+  local record_key, idem_key = KEYS[k + i - 1], nil
   if req.keyed then
+    idem_key = KEYS[next_idem]
+    next_idem = next_idem + 1
     local stored = redis.call('GET', idem_key)
     if stored then
       local fp, record = idempotent_hold(stored, req.account)

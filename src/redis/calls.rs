@@ -256,10 +256,6 @@ impl BatchKind for ReserveBatch {
         args.push(limits.record_retention_ms.to_string());
         for (req, index) in batch.iter().zip(indexes) {
             keys.push(core.keys().reservation(&req.id));
-            keys.push(match &req.idempotency_key {
-                Some(key) => core.keys().idempotency(p, req.id.sku(), &req.account, key),
-                None => core.keys().no_idempotency(p),
-            });
             args.push(req.id.as_str().to_owned());
             args.push(index.to_string());
             args.push(req.account.as_str().to_owned());
@@ -269,16 +265,16 @@ impl BatchKind for ReserveBatch {
                     .as_ref()
                     .map_or(String::new(), |l| l.as_str().to_owned()),
             );
-            args.push(
-                if req.idempotency_key.is_some() {
-                    "1"
-                } else {
-                    "0"
-                }
-                .to_owned(),
-            );
-            args.push(req.fingerprint());
+            args.push(match &req.idempotency_key {
+                Some(_) => req.fingerprint(),
+                None => String::new(),
+            });
         }
+        // The keyed requests' idempotency records, in request order.
+        keys.extend(batch.iter().filter_map(|req| {
+            let key = req.idempotency_key.as_ref()?;
+            Some(core.keys().idempotency(p, req.id.sku(), &req.account, key))
+        }));
         (keys, args)
     }
 }

@@ -81,12 +81,6 @@ impl Keys {
         self.tagged(p, format_args!("idk:{account}:{}", key.as_str()))
     }
 
-    /// The idempotency key slot of a request that sent none: the script
-    /// never reads it, but it must be in the partition's slot.
-    pub fn no_idempotency(&self, p: Partition) -> String {
-        self.tagged(p, format_args!("idem:-"))
-    }
-
     pub fn operation(&self, p: Partition, sku: &Sku, op_id: &str) -> String {
         self.tagged(p, format_args!("op:{sku}:{op_id}"))
     }
@@ -140,7 +134,6 @@ mod tests {
                 keys.stock_channel(p),
                 keys.reservation(&id),
                 keys.idempotency(p, &sku, &account, &idem),
-                keys.no_idempotency(p),
                 keys.operation(p, &sku, "op-1"),
             ];
             every.extend(keys.sku_keys(p, &sku));
