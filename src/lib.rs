@@ -11,7 +11,8 @@
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `events`: the inventory event both the Redis layer and the journal speak.
 //! - `service`: the use cases handlers call: Redis, then the journal and the sold-out cache.
-//! - `redis`: client, key layout, Lua script registry, per-partition batcher, typed calls.
+//! - `redis`: client, key layout, Lua script registry, per-partition batcher, typed calls
+//!   and the parsing of their replies.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
 //! - `loadgen`: the open-model HTTP load generator behind `demo` and `bench`.
 //! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
