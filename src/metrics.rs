@@ -12,7 +12,10 @@
 //! copied into the recorder when it is rendered, so the hot path pays for
 //! them once.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{OnceLock, RwLock},
+    time::Duration,
+};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +33,40 @@ pub struct Described {
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
+}
+
+/// A counter with one label whose values form a closed set, its handles
+/// resolved once per value instead of building and hashing the label on
+/// every increment; bounded by that set.
+pub struct LabelledCounter {
+    name: &'static str,
+    label: &'static str,
+    handles: RwLock<Vec<(&'static str, metrics::Counter)>>,
+}
+
+impl LabelledCounter {
+    pub const fn new(name: &'static str, label: &'static str) -> Self {
+        Self {
+            name,
+            label,
+            handles: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn increment(&self, value: &'static str, n: u64) {
+        let found = self.handles.read().ok().and_then(|handles| {
+            let (_, counter) = handles.iter().find(|(v, _)| *v == value)?;
+            Some(counter.clone())
+        });
+        let counter = found.unwrap_or_else(|| {
+            let made = metrics::counter!(self.name, self.label => value);
+            if let Ok(mut handles) = self.handles.write() {
+                handles.push((value, made.clone()));
+            }
+            made
+        });
+        counter.increment(n);
+    }
 }
 
 /// Declares each metric's constant and its entry in `ALL` from one line.

@@ -144,7 +144,9 @@ pub async fn create(
         Ok(_) => "held",
         Err(e) => e.code().0,
     };
-    metrics::counter!(names::RESERVATIONS_TOTAL, "outcome" => outcome).increment(1);
+    static RESERVATIONS: names::LabelledCounter =
+        names::LabelledCounter::new(names::RESERVATIONS_TOTAL, "outcome");
+    RESERVATIONS.increment(outcome, 1);
     let mut response = result.into_response();
     if let Some(report) = &report {
         insert_rate_headers(response.headers_mut(), report);
