@@ -128,8 +128,9 @@ impl JournalAccess {
 
     /// Returns once the event at `stream_id` of partition `p` is committed in
     /// Postgres: `events` are the ones the call just appended (written by a
-    /// group commit, with the confirmations beside them); a repeated call appended none, so the entry is looked up,
-    /// and fetched from the stream when Postgres lacks it.
+    /// group commit, with the confirmations beside them); a repeated call
+    /// appended none, so the entry is looked up, and fetched from the stream
+    /// when Postgres lacks it.
     pub async fn ensure_committed(
         &self,
         redis: &Redis,

@@ -302,14 +302,7 @@ impl BatchKind for SettleBatch {
 }
 
 fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, RedisError> {
-    serde_json::from_str(json).map_err(|e| {
-        let error = RedisError::Reply {
-            script: script.stem(),
-            detail: format!("{e}: {json}"),
-        };
-        super::count_error(script.stem(), error.kind());
-        error
-    })
+    serde_json::from_str(json).map_err(|e| reply::not_understood(script, format!("{e}: {json}")))
 }
 
 impl Core {
@@ -325,14 +318,8 @@ impl Core {
         args: Vec<String>,
     ) -> Result<Vec<Applied<T>>, RedisError> {
         let value: fred::types::Value = self.eval(script, keys, args).await?;
-        let Envelope { oversold, items } = Envelope::from_value(value).map_err(|detail| {
-            let error = RedisError::Reply {
-                script: script.stem(),
-                detail,
-            };
-            super::count_error(script.stem(), error.kind());
-            error
-        })?;
+        let Envelope { oversold, items } =
+            Envelope::from_value(value).map_err(|detail| reply::not_understood(script, detail))?;
         if oversold > 0 {
             metrics::counter!(names::OVERSOLD_TOTAL).increment(oversold);
             tracing::error!(

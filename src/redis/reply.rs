@@ -224,14 +224,17 @@ impl ScriptReply for AdminReply {
 
 /// Parses `text` as `script`'s reply, counting a failure as a reply error.
 pub fn parse<T: ScriptReply>(script: ScriptName, text: &str) -> Result<T, super::RedisError> {
-    T::parse(text).map_err(|detail| {
-        let error = super::RedisError::Reply {
-            script: script.stem(),
-            detail: format!("{detail}: {text}"),
-        };
-        super::count_error(script.stem(), error.kind());
-        error
-    })
+    T::parse(text).map_err(|detail| not_understood(script, format!("{detail}: {text}")))
+}
+
+/// A reply of `script` this gateway does not understand, counted once here.
+pub fn not_understood(script: ScriptName, detail: String) -> super::RedisError {
+    let error = super::RedisError::Reply {
+        script: script.stem(),
+        detail,
+    };
+    super::count_error(script.stem(), error.kind());
+    error
 }
 
 #[cfg(test)]
