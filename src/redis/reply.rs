@@ -110,21 +110,28 @@ struct Record<'a> {
 impl<'a> Record<'a> {
     fn parse(text: &'a str) -> Result<Self, String> {
         let mut f = Fields::new(text);
-        let record = Self {
-            rid: f.text("rid")?,
-            sku: f.text("sku")?,
-            loc: f.text("loc")?,
-            acct: f.text("acct")?,
-            qty: f.int("qty")?,
-            state: f.text("state")?,
-            exp: f.int("exp")?,
-            backorder: f.text("bo")? == "1",
-            sid: {
-                f.text("created")?;
-                f.text("sid")?
-            },
-        };
-        Ok(record)
+        let (rid, sku, loc, acct) = (
+            f.text("rid")?,
+            f.text("sku")?,
+            f.text("loc")?,
+            f.text("acct")?,
+        );
+        let (qty, state, exp) = (f.int("qty")?, f.text("state")?, f.int("exp")?);
+        let backorder = f.text("bo")? == "1";
+        // `created` is not part of any reply.
+        f.text("created")?;
+        let sid = f.text("sid")?;
+        Ok(Self {
+            rid,
+            sku,
+            loc,
+            acct,
+            qty,
+            state,
+            exp,
+            backorder,
+            sid,
+        })
     }
 
     fn hold(&self, replayed: bool) -> Hold {
