@@ -11,6 +11,7 @@
 //! handle the gateway keeps; `Journal::stop` drains within the grace period.
 
 pub mod commits;
+pub mod committed;
 pub mod queue;
 pub mod rebuild;
 pub mod reconciler;

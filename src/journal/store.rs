@@ -8,7 +8,7 @@
 //! is newer than the row's, so replaying any events in any order leaves the
 //! tables as the newest event says.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use deadpool_postgres::{
@@ -16,6 +16,7 @@ use deadpool_postgres::{
 };
 use tokio_postgres::NoTls;
 
+use super::committed::Committed;
 use crate::config::PostgresSettings;
 use crate::events::Event;
 use crate::inventory::Partition;
@@ -41,6 +42,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// What `apply` committed, for the reconciler (see `committed`).
+    committed: Arc<Committed>,
 }
 
 /// A SKU's sale policy as the journal keeps it; `None` where unset.
@@ -113,11 +116,19 @@ impl Store {
             })
             .build()
             .context("building the postgres pool")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            committed: Arc::default(),
+        })
     }
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The stream entries `apply` has committed that no pass has passed yet.
+    pub fn committed(&self) -> &Committed {
+        &self.committed
     }
 
     /// Runs pending migrations under an advisory lock, then records the
@@ -175,6 +186,7 @@ impl Store {
         let tx = client.transaction().await?;
         let inserted = apply_in(&tx, events).await?;
         tx.commit().await?;
+        self.committed.record(events);
         Ok(inserted)
     }
 

@@ -270,6 +270,49 @@ async fn a_queue_of_one_drops_events_and_the_reconciler_brings_them(backend: Bac
     assert_eq!((again.missing, again.read), (0, 0), "{again:?}");
 }
 
+async fn a_pass_looks_up_only_the_entries_its_own_store_did_not_commit(backend: Backend) {
+    let mut settings = settings_without_reconciler(backend);
+    settings.journal.queue_capacity = 1;
+    let app = spawn_app_with(settings).await;
+    let db = journal_db(&app.settings.postgres.url).await;
+    let sku = "J-RECORDED";
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    app.stock(sku, 200).await;
+    let acked = crowd(&app, sku, 200, 40).await;
+    assert_eq!(acked.len(), 200);
+
+    // This process commits every other entry itself, as its writer would.
+    let (redis, store) = backends(&app.settings).await;
+    let p = redis.keys().partition_of(&Sku::parse(sku).unwrap());
+    let entries = redis.stream_entries(p, "-", "+", 1_000).await.unwrap();
+    assert_eq!(entries.len(), 201, "one stock event and 200 holds");
+    let mine: Vec<Event> = entries
+        .iter()
+        .step_by(2)
+        .map(|entry| Event::from_stream_entry(p, entry).unwrap())
+        .collect();
+    store.apply(&mine).await.unwrap();
+    assert_eq!(store.committed().len(), mine.len());
+
+    let seen = reconciler::Checkpoints::default();
+    let report = reconciler::pass(&redis, &store, &eager_limits(), DriftCheck::Skip, &seen).await;
+    assert_eq!((report.failed, report.read), (0, 201), "{report:?}");
+    assert_eq!(report.recorded, mine.len() as u64, "{report:?}");
+    assert!(
+        report.missing > 0,
+        "the queue of one dropped events: {report:?}"
+    );
+    let journaled = count(&db, "SELECT count(*) FROM inventory_events").await;
+    assert_eq!(
+        journaled, 201,
+        "the entries nobody here committed were looked up and brought"
+    );
+    assert!(
+        store.committed().is_empty(),
+        "the checkpoint passed every recorded entry"
+    );
+}
+
 async fn replaying_the_same_events_twice_changes_nothing(backend: Backend) {
     let app = spawn_app_with(settings_without_reconciler(backend)).await;
     let db = journal_db(&app.settings.postgres.url).await;
@@ -580,6 +623,7 @@ on_both_topologies!(
     instances_starting_together_share_one_journal,
     steady_state_tables_agree_with_redis,
     a_queue_of_one_drops_events_and_the_reconciler_brings_them,
+    a_pass_looks_up_only_the_entries_its_own_store_did_not_commit,
     replaying_the_same_events_twice_changes_nothing,
     postgres_going_away_loses_nothing_acknowledged,
     a_gateway_killed_mid_load_loses_no_acknowledged_reservation,
