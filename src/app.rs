@@ -124,7 +124,10 @@ impl App {
         };
         let state = AppState::new(Shared {
             inventory,
-            auth: Arc::new(Auth::new(settings.auth.secret_or_development())),
+            auth: Arc::new(
+                Auth::new(settings.auth.secret_or_development())
+                    .with_max_lifetime(settings.auth.max_token_lifetime_seconds),
+            ),
             limits: Arc::new(RequestLimits {
                 max_qty_per_request: settings.reservation.max_qty_per_request,
             }),

@@ -2,7 +2,10 @@
 //! grant `inventory:admin`.
 //!
 //! Only HS256 is accepted: a token signed with another algorithm (`none`
-//! included) or another key is refused, as is one without `exp`.
+//! included) or another key is refused, as is one without `exp`, one whose
+//! `nbf` is still ahead, and one that lives longer than
+//! `auth.max_token_lifetime_seconds` (from its `iat`, or from now when it
+//! has none).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,13 +17,16 @@ use crate::inventory::AccountId;
 /// The scope that opens the admin endpoints.
 pub const ADMIN_SCOPE: &str = "inventory:admin";
 
-/// Clock skew tolerated on `exp` between the token issuer and the gateway.
-const EXP_LEEWAY_SECONDS: u64 = 5;
+/// Clock skew tolerated on `exp`, `nbf` and the lifetime between the token
+/// issuer and the gateway.
+const LEEWAY_SECONDS: u64 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
 }
@@ -50,18 +56,45 @@ pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Longest a token may live, in seconds; `None`: no limit.
+    max_lifetime_seconds: Option<u64>,
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Auth {
+    /// Tokens signed with `secret`, of any lifetime.
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = EXP_LEEWAY_SECONDS;
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            max_lifetime_seconds: None,
         }
+    }
+
+    /// Refuses tokens that live longer than `seconds` (0: no limit).
+    pub fn with_max_lifetime(mut self, seconds: u64) -> Self {
+        self.max_lifetime_seconds = (seconds > 0).then_some(seconds);
+        self
+    }
+
+    /// Whether a token that expires at `exp` (issued at `iat`, if it says)
+    /// lives longer than the limit.
+    fn lives_too_long(&self, exp: u64, iat: Option<u64>) -> bool {
+        let Some(max) = self.max_lifetime_seconds else {
+            return false;
+        };
+        let from = iat.unwrap_or_else(now_seconds);
+        exp.saturating_sub(from) > max + LEEWAY_SECONDS
     }
 
     /// Checks an `Authorization` header value.
@@ -72,6 +105,9 @@ impl Auth {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| AuthError::Invalid)?
             .claims;
+        if self.lives_too_long(claims.exp, claims.iat) {
+            return Err(AuthError::Invalid);
+        }
         let account = AccountId::parse(&claims.sub).map_err(|_| AuthError::Invalid)?;
         let admin = claims
             .scope
@@ -83,12 +119,11 @@ impl Auth {
 
     /// Signs a token for `account`, valid for `ttl_seconds`.
     pub fn issue(&self, account: &AccountId, role: Role, ttl_seconds: u64) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = now_seconds();
         let claims = Claims {
             sub: account.to_string(),
             exp: now + ttl_seconds,
+            iat: Some(now),
             scope: (role == Role::Admin).then(|| ADMIN_SCOPE.to_owned()),
         };
         // Encoding HS256 claims made of strings and integers cannot fail.
@@ -130,5 +165,41 @@ mod tests {
         );
         assert_eq!(other.verify(None), Err(AuthError::Missing));
         assert_eq!(other.verify(Some("Basic abc")), Err(AuthError::Missing));
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123");
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        )
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let auth = Auth::new("0123456789abcdef0123");
+        let now = now_seconds();
+        let early = signed(serde_json::json!({"sub": "a-1", "exp": now + 600, "nbf": now + 300}));
+        assert_eq!(auth.verify(Some(&early)), Err(AuthError::Invalid));
+        let ready = signed(serde_json::json!({"sub": "a-1", "exp": now + 600, "nbf": now - 1}));
+        assert!(auth.verify(Some(&ready)).is_ok());
+    }
+
+    #[test]
+    fn a_token_that_lives_too_long_is_refused() {
+        let auth = Auth::new("0123456789abcdef0123").with_max_lifetime(3600);
+        let now = now_seconds();
+        let year_3000 = signed(serde_json::json!({"sub": "a-1", "exp": 32_503_680_000_u64}));
+        assert_eq!(auth.verify(Some(&year_3000)), Err(AuthError::Invalid));
+        // Measured from `iat` when the token has one, from now when not.
+        let long = signed(serde_json::json!({"sub": "a-1", "exp": now + 600, "iat": now - 7200}));
+        assert_eq!(auth.verify(Some(&long)), Err(AuthError::Invalid));
+        let hour = signed(serde_json::json!({"sub": "a-1", "exp": now + 3600, "iat": now}));
+        assert!(auth.verify(Some(&hour)).is_ok());
+        let no_iat = signed(serde_json::json!({"sub": "a-1", "exp": now + 3000}));
+        assert!(auth.verify(Some(&no_iat)).is_ok());
+        // 0 means no limit.
+        let unlimited = Auth::new("0123456789abcdef0123").with_max_lifetime(0);
+        assert!(unlimited.verify(Some(&year_3000)).is_ok());
     }
 }

@@ -245,12 +245,24 @@ impl Default for JournalSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// HS256 secret for shopper and admin tokens. Unset: the development
     /// secret, announced with a warning at start.
     pub secret: Option<String>,
+    /// Longest lifetime a token may have (`exp` minus `iat`, or minus now
+    /// without `iat`); longer ones get 401. 0: no limit.
+    pub max_token_lifetime_seconds: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            max_token_lifetime_seconds: 86_400,
+        }
+    }
 }
 
 impl AuthSettings {

@@ -48,6 +48,13 @@ fn main() -> ExitCode {
                 eprintln!("flashgate: --account must be 1-64 characters of [A-Za-z0-9._:@-]");
                 return ExitCode::from(EXIT_BAD_CONFIG);
             };
+            let max = settings.auth.max_token_lifetime_seconds;
+            if max > 0 && ttl_seconds > max {
+                eprintln!(
+                    "flashgate: --ttl-seconds {ttl_seconds} is over auth.max_token_lifetime_seconds ({max}): the gateway would refuse the token"
+                );
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             let role = if admin { Role::Admin } else { Role::Shopper };
             let auth = Auth::new(settings.auth.secret_or_development());
             println!("{}", auth.issue(&account, role, ttl_seconds));

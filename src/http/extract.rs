@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 use super::{problem::ApiError, state::AppState};
 use crate::auth::{Caller, Role};
 
-/// A JSON body: 413 past the body limit, 400 when it is not JSON, 422 when it
-/// does not fit the expected shape (unknown fields included).
+/// A JSON object body: 413 past the body limit, 400 when it is not JSON, 422
+/// when it is JSON but not an object (serde would read a struct from an
+/// array) or does not fit the expected shape (unknown fields included).
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -25,16 +26,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::MalformedJson("the request body could not be read".into())
             }
         })?;
+        let starts_an_object = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'{');
+        if !starts_an_object {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    Ok(_) => ApiError::Validation("the body must be a JSON object".into()),
+                    Err(e) => malformed(&e),
+                },
+            );
+        }
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::Validation(e.to_string()),
-                Category::Syntax | Category::Eof | Category::Io => {
-                    ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
-                }
+                Category::Syntax | Category::Eof | Category::Io => malformed(&e),
             }
         })
     }
+}
+
+fn malformed(e: &serde_json::Error) -> ApiError {
+    ApiError::MalformedJson(format!("the body is not valid JSON: {e}"))
 }
 
 fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {

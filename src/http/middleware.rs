@@ -1,5 +1,6 @@
-//! The edge of every request: its id, its deadline, a net for panics, and
-//! its count and latency in the metrics.
+//! The edge of every request: its id, its deadline, a net for panics, the
+//! header limits, problem documents for every rejection, and its count and
+//! latency in the metrics.
 //!
 //! The request id is the client's `X-Request-Id` when it is 1-128 characters
 //! of `[A-Za-z0-9._:-]`, otherwise a fresh UUID. It is echoed on every
@@ -22,7 +23,7 @@ use axum::{
 use futures_util::FutureExt;
 use metrics::{Counter, Histogram};
 
-use super::problem::ApiError;
+use super::problem::{ApiError, ensure_problem};
 use crate::metrics as names;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -44,8 +45,34 @@ fn valid_request_id(value: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_owned())
 }
 
+/// Most header fields a request may carry; more: 431. The listener lets
+/// more through (`LISTENER_HEADERS_MAX`) so that this answer is a problem
+/// document rather than hyper's empty one.
+pub const HEADERS_MAX: usize = 100;
+/// Most bytes a request's header names and values may take; more: 431.
+pub const HEADER_BYTES_MAX: usize = 32 * 1024;
+/// What hyper itself accepts before answering 431 with an empty body.
+pub const LISTENER_HEADERS_MAX: usize = 4 * HEADERS_MAX;
+
+fn headers_too_large(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    if headers.len() > HEADERS_MAX {
+        return Some(format!(
+            "{} header fields; at most {HEADERS_MAX} are accepted",
+            headers.len()
+        ));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (bytes > HEADER_BYTES_MAX)
+        .then(|| format!("{bytes} bytes of header fields; at most {HEADER_BYTES_MAX} are accepted"))
+}
+
 /// Runs the rest of the stack with a request id, a deadline and a panic net,
-/// and records it under its route template.
+/// answers every rejection as a problem document, and records the request
+/// under its route template.
 pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     let started = tokio::time::Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
@@ -56,14 +83,20 @@ pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next)
         .and_then(valid_request_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let header = HeaderValue::from_str(&id).ok();
-    let run = AssertUnwindSafe(next.run(request)).catch_unwind();
+    let too_large = headers_too_large(&request);
     let mut response = REQUEST_ID
         .scope(id, async move {
-            match tokio::time::timeout(timeout, run).await {
+            if let Some(detail) = too_large {
+                let status = axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return ApiError::Rejected { status, detail }.into_response();
+            }
+            let run = AssertUnwindSafe(next.run(request)).catch_unwind();
+            let response = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(response)) => response,
                 Ok(Err(_)) => ApiError::Internal("handler panicked".into()).into_response(),
                 Err(_) => ApiError::Timeout.into_response(),
-            }
+            };
+            ensure_problem(response).await
         })
         .await;
     if let Some(header) = header {

@@ -105,6 +105,10 @@ pub enum ApiError {
     Timeout,
     #[error("internal error")]
     Internal(String),
+    /// A rejection made below the handlers (the router, an extractor, the
+    /// listener's limits), with the status it chose and its reason.
+    #[error("{detail}")]
+    Rejected { status: StatusCode, detail: String },
 }
 
 impl ApiError {
@@ -136,6 +140,7 @@ impl ApiError {
             Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
             Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+            Rejected { status, .. } => (rejection_code(*status), *status),
         }
     }
 
@@ -161,6 +166,63 @@ impl ApiError {
             _ => Map::new(),
         }
     }
+}
+
+/// The problem code of a status chosen below the handlers.
+fn rejection_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        404 => "not-found",
+        405 => "method-not-allowed",
+        408 => "request-timeout",
+        413 => "payload-too-large",
+        414 => "uri-too-long",
+        415 => "unsupported-media-type",
+        422 => "validation-failed",
+        431 => "header-fields-too-large",
+        500..=599 => "internal",
+        _ => "bad-request",
+    }
+}
+
+/// Whether a response already is a problem document.
+fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+}
+
+/// Longest reason kept from a rejection's plain-text body.
+const REJECTION_DETAIL_MAX_CHARS: usize = 512;
+
+/// Turns an error response that is not a problem document (axum's path and
+/// extractor rejections answer in plain text) into one with the same status
+/// and headers, its text as `detail` (never on a 5xx).
+pub async fn ensure_problem(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_problem(&response) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, REJECTION_DETAIL_MAX_CHARS * 4)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let detail = if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), error = %text, "the HTTP stack failed a request");
+        "internal error".to_owned()
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("rejected").to_owned()
+    } else {
+        text.chars().take(REJECTION_DETAIL_MAX_CHARS).collect()
+    };
+    let mut problem = ApiError::Rejected { status, detail }.into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &parts.headers {
+        problem.headers_mut().entry(name).or_insert(value.clone());
+    }
+    problem
 }
 
 impl From<RedisError> for ApiError {

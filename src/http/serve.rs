@@ -46,7 +46,8 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(super::middleware::LISTENER_HEADERS_MAX);
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {

@@ -38,6 +38,7 @@ use crate::{
     events::Event,
     inventory::{Partition, Sku, view::InventoryView},
     redis::Redis,
+    telemetry::outage::Outage,
 };
 
 /// Partitions reconciled at once (each holds one Postgres connection).
@@ -143,6 +144,10 @@ pub struct Report {
     pub more: bool,
     pub skus_checked: u64,
     pub drift: Vec<Drift>,
+    /// Failed drift checks.
+    pub drift_failed: u32,
+    /// One of the pass's errors, for the log line of an outage.
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -378,7 +383,8 @@ pub async fn pass(
             }
             Err(e) => {
                 report.failed += 1;
-                tracing::warn!(partition = p.0, error = %e, "reconcile pass failed");
+                tracing::debug!(partition = p.0, error = %e, "reconcile pass failed");
+                report.error.get_or_insert_with(|| e.to_string());
             }
         }
         match drift {
@@ -386,7 +392,11 @@ pub async fn pass(
                 report.skus_checked += checked;
                 report.drift.extend(found);
             }
-            Some(Err(e)) => tracing::warn!(partition = p.0, error = %e, "drift check failed"),
+            Some(Err(e)) => {
+                report.drift_failed += 1;
+                tracing::debug!(partition = p.0, error = %e, "drift check failed");
+                report.error.get_or_insert_with(|| e.to_string());
+            }
             None => {}
         }
     }
@@ -409,6 +419,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut passes: u32 = 0;
     let seen = Checkpoints::default();
+    let mut outage = Outage::new("journal reconciler");
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -425,6 +436,12 @@ pub async fn run(
             r = pass(&redis, &store, &limits, drift, &seen) => r,
         };
         status.record_pass(&report, drift);
+        let error = report.error.as_ref().map(|e| e as &dyn std::fmt::Display);
+        outage.round(
+            u64::from(report.failed + report.drift_failed),
+            u64::from(redis.keys().partitions()),
+            error,
+        );
         for d in &report.drift {
             tracing::warn!(sku = %d.sku, reason = d.reason.as_str(),
                 redis_version = ?d.redis_version, postgres_version = d.postgres_version,

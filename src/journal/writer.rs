@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{JournalStatus, queue::QueueStats, store::Store};
 use crate::events::Event;
 use crate::metrics as names;
+use crate::telemetry::outage::Outage;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterLimits {
@@ -40,6 +41,7 @@ pub struct Writer {
 impl Writer {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut pending = Vec::with_capacity(self.limits.batch_size_max);
+        let mut outage = Outage::new("journal writer");
         loop {
             let first = tokio::select! {
                 biased;
@@ -49,12 +51,15 @@ impl Writer {
             let Some(first) = first else { break };
             pending.push(first);
             self.gather(&mut pending).await;
-            if !self.write_until_done(&pending, &stop, None).await {
+            if !self
+                .write_until_done(&pending, &stop, None, &mut outage)
+                .await
+            {
                 break;
             }
             pending.clear();
         }
-        self.drain(pending).await;
+        self.drain(pending, &mut outage).await;
     }
 
     /// Adds waiting events to the batch, lingering for late ones.
@@ -81,12 +86,12 @@ impl Writer {
         batch: &[Event],
         stop: &CancellationToken,
         deadline: Option<Instant>,
+        outage: &mut Outage,
     ) -> bool {
         let oldest = batch.iter().map(|e| e.occurred_at_ms).min().unwrap_or(0);
         self.status
             .pending_since_ms
             .store(oldest, Ordering::Relaxed);
-        let mut failures = 0u64;
         loop {
             let started = Instant::now();
             match self.store.apply(batch).await {
@@ -96,6 +101,7 @@ impl Writer {
                     metrics::histogram!(names::JOURNAL_BATCH_EVENTS).record(batch.len() as f64);
                     self.status.pending_since_ms.store(0, Ordering::Relaxed);
                     self.status.postgres_ok.store(true, Ordering::Relaxed);
+                    outage.round(0, 1, None);
                     self.stats
                         .popped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -104,11 +110,9 @@ impl Writer {
                 Err(e) => {
                     metrics::counter!(names::JOURNAL_WRITE_ERRORS_TOTAL).increment(1);
                     self.status.postgres_ok.store(false, Ordering::Relaxed);
-                    if failures.is_multiple_of(20) {
-                        tracing::warn!(error = %e, events = batch.len(), failures,
-                            "journal write failed; retrying (the reconciler covers dropped events)");
-                    }
-                    failures += 1;
+                    tracing::debug!(error = %e, events = batch.len(),
+                        "journal write failed; retrying (the reconciler covers dropped events)");
+                    outage.round(1, 1, Some(&e));
                 }
             }
             let pause = tokio::time::sleep(self.limits.retry_backoff);
@@ -127,7 +131,7 @@ impl Writer {
     }
 
     /// Closes the queue and writes what it holds, within the grace period.
-    async fn drain(mut self, mut batch: Vec<Event>) {
+    async fn drain(mut self, mut batch: Vec<Event>, outage: &mut Outage) {
         self.rx.close();
         let deadline = Instant::now() + self.limits.drain_grace;
         let never = CancellationToken::new();
@@ -142,7 +146,10 @@ impl Writer {
                 tracing::info!("journal queue drained");
                 return;
             }
-            if !self.write_until_done(&batch, &never, Some(deadline)).await {
+            if !self
+                .write_until_done(&batch, &never, Some(deadline), outage)
+                .await
+            {
                 let mut left = batch.len();
                 while self.rx.try_recv().is_ok() {
                     left += 1;

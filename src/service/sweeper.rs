@@ -17,6 +17,7 @@ use super::Inventory;
 use crate::{
     inventory::{Partition, Sku},
     metrics as names,
+    telemetry::outage::Outage,
 };
 
 /// Partitions swept concurrently.
@@ -31,24 +32,52 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metrics::counter!(names::EXPIRY_SWEPT_HOLDS_TOTAL).increment(0);
+    let mut outage = Outage::new("expiry sweeper");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let partitions = inventory.redis.keys().partitions();
-        let expired: i64 = stream::iter(0..partitions)
+        let swept = stream::iter(0..partitions)
             .map(|p| sweep_partition(&inventory, Partition(p), skus_max))
             .buffer_unordered(SWEEP_CONCURRENCY)
-            .fold(0, |sum, n| async move { sum + n })
+            .fold(Swept::default(), |mut sum, one| async move {
+                sum.expired += one.expired;
+                sum.attempted += one.attempted;
+                sum.failed += one.failed;
+                if sum.error.is_none() {
+                    sum.error = one.error;
+                }
+                sum
+            })
             .await;
-        if expired > 0 {
-            tracing::debug!(expired, "sweeper expired holds");
+        if swept.expired > 0 {
+            tracing::debug!(expired = swept.expired, "sweeper expired holds");
         }
+        let error = swept.error.as_ref().map(|e| e as &dyn std::fmt::Display);
+        outage.round(swept.failed, swept.attempted, error);
     }
 }
 
-async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> i64 {
+/// What a pass, or one partition of it, did.
+#[derive(Debug, Default)]
+struct Swept {
+    expired: i64,
+    /// Redis calls made, and how many failed (one of their errors kept).
+    attempted: u64,
+    failed: u64,
+    error: Option<String>,
+}
+
+impl Swept {
+    fn failure(&mut self, e: impl std::fmt::Display) {
+        self.failed += 1;
+        self.error.get_or_insert_with(|| e.to_string());
+    }
+}
+
+async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> Swept {
     let redis = &inventory.redis;
     let now_ms = crate::clock::now_ms();
     let due: Result<Vec<(String, f64)>, _> = redis
@@ -61,24 +90,32 @@ async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> 
             Some(Limit::from((0, i64::from(skus_max)))),
         )
         .await;
+    let mut swept = Swept {
+        attempted: 1,
+        ..Swept::default()
+    };
     let skus = match due {
         Ok(skus) => skus,
         Err(e) => {
-            tracing::warn!(partition = p.0, error = %e, "sweeper could not read the due index");
-            return 0;
+            tracing::debug!(partition = p.0, error = %e, "sweeper could not read the due index");
+            swept.failure(e);
+            return swept;
         }
     };
-    let mut expired = 0;
     let lag = metrics::histogram!(names::EXPIRY_LAG_SECONDS);
     for (raw, deadline_ms) in skus {
         // The score is the SKU's earliest hold deadline.
         lag.record((now_ms as f64 - deadline_ms).max(0.0) / 1000.0);
         let Ok(sku) = Sku::parse(&raw) else { continue };
+        swept.attempted += 1;
         match inventory.expire(&sku).await {
-            Ok(n) => expired += n,
-            Err(e) => tracing::warn!(partition = p.0, error = %e, "sweeper could not expire holds"),
+            Ok(n) => swept.expired += n,
+            Err(e) => {
+                tracing::debug!(partition = p.0, error = %e, "sweeper could not expire holds");
+                swept.failure(e);
+            }
         }
     }
-    metrics::counter!(names::EXPIRY_SWEPT_HOLDS_TOTAL).increment(expired.max(0) as u64);
-    expired
+    metrics::counter!(names::EXPIRY_SWEPT_HOLDS_TOTAL).increment(swept.expired.max(0) as u64);
+    swept
 }

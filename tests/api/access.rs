@@ -100,8 +100,26 @@ async fn missing_expired_foreign_or_unsigned_tokens_get_401(backend: Backend) {
         TEST_SECRET,
         json!({ "sub": "a{b}", "exp": now() + 600 }),
     );
+    let not_yet = signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({ "sub": "a", "exp": now() + 600, "nbf": now() + 300 }),
+    );
+    let year_3000 = signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({ "sub": "a", "exp": 32_503_680_000_u64 }),
+    );
+    let two_days = signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({ "sub": "a", "exp": now() + 600, "iat": now() - 2 * 86_400 }),
+    );
     let body = json!({ "sku": "ACCESS-3", "qty": 1 });
     for (what, t) in [
+        ("nbf ahead", Some(not_yet)),
+        ("lives until 3000", Some(year_3000)),
+        ("lives two days", Some(two_days)),
         ("missing", None),
         ("expired", Some(expired)),
         ("foreign key", Some(foreign)),
@@ -125,6 +143,14 @@ async fn missing_expired_foreign_or_unsigned_tokens_get_401(backend: Backend) {
         assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
     }
     assert_eq!(app.view("ACCESS-3").await.body["reserved"], 0);
+    // Within the default lifetime (a day), with nbf passed: accepted.
+    let fine = signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({ "sub": "a", "exp": now() + 3600, "iat": now(), "nbf": now() - 1 }),
+    );
+    let r = app.reserve(&fine, body, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
 on_both_topologies!(

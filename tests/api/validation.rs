@@ -41,6 +41,14 @@ async fn invalid_requests_get_4xx_problems_and_leave_redis_untouched(backend: Ba
         ("unknown field", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(r#"{"sku":"A","qty":1,"price":0}"#.into()), 422),
         ("malformed json", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(r#"{"sku":"A","#.into()), 400),
         ("not an object", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some("[1,2]".into()), 422),
+        ("array that fits the body", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(r#"["A",1]"#.into()), 422),
+        ("bare number body", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some("7".into()), 422),
+        ("admin stock as an array", Method::PUT, "/v1/admin/inventory/A/locations/default".into(), Some(&admin), vec![], Some("[1]".into()), 422),
+        ("admin policy as an array", Method::PUT, "/v1/admin/inventory/A".into(), Some(&admin), vec![], Some("[null]".into()), 422),
+        ("admin adjustment as an array", Method::POST, "/v1/admin/inventory/A/locations/default/adjustments".into(), Some(&admin), vec![], Some(r#"[1,"receipt"]"#.into()), 422),
+        ("invalid utf-8 in path", Method::GET, "/v1/inventory/%ff".into(), None, vec![], None, 400),
+        ("invalid utf-8 in reservation path", Method::GET, "/v1/reservations/%c3%28".into(), Some(&t), vec![], None, 400),
+        ("admin invalid utf-8 in location", Method::PUT, "/v1/admin/inventory/A/locations/%ff".into(), Some(&admin), vec![], Some(json!({"on_hand":1}).to_string()), 400),
         ("empty body", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(String::new()), 400),
         ("oversized body", Method::POST, "/v1/reservations".into(), Some(&t), vec![], Some(huge), 413),
         ("long idempotency key", Method::POST, "/v1/reservations".into(), Some(&t), vec![("idempotency-key", &long_key)], Some(json!({"sku":"A","qty":1}).to_string()), 422),
@@ -67,6 +75,11 @@ async fn invalid_requests_get_4xx_problems_and_leave_redis_untouched(backend: Ba
         );
         assert_eq!(r.body["status"], status, "{what}");
         assert!(r.header("x-request-id").is_some(), "{what}");
+        assert_eq!(
+            r.body["request_id"].as_str(),
+            r.header("x-request-id"),
+            "{what}"
+        );
     }
     assert_eq!(
         keys_under(backend, &app.prefix),
@@ -114,7 +127,34 @@ async fn problems_carry_the_request_id_the_client_sent(backend: Backend) {
     );
 }
 
+async fn oversized_request_heads_get_a_431_problem(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let names: Vec<String> = (0..150).map(|i| format!("x-extra-{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let big = "b".repeat(40 * 1024);
+    for (what, headers) in [
+        ("150 fields", many),
+        ("40 KiB", vec![("x-big", big.as_str())]),
+    ] {
+        let r = app
+            .send(Method::GET, "/v1/inventory/A", None, &headers, None)
+            .await;
+        assert_eq!(r.status.as_u16(), 431, "{what}: {:?}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(r.code(), "header-fields-too-large", "{what}");
+        assert_eq!(r.body["request_id"].as_str(), r.header("x-request-id"));
+    }
+    // Just under the limits: an ordinary answer.
+    let fine: Vec<(&str, &str)> = names[..90].iter().map(|n| (n.as_str(), "1")).collect();
+    let r = app
+        .send(Method::GET, "/v1/inventory/A", None, &fine, None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.code(), "unknown-sku");
+}
+
 on_both_topologies!(
     invalid_requests_get_4xx_problems_and_leave_redis_untouched,
     problems_carry_the_request_id_the_client_sent,
+    oversized_request_heads_get_a_431_problem,
 );

@@ -15,3 +15,5 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+pub mod outage;
