@@ -38,6 +38,13 @@ pub enum Durability {
     Durable,
 }
 
+/// One node of a cluster the stack started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub port: u16,
+    pub pid: u32,
+}
+
 /// What the stack's processes are started as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisMode {
@@ -166,17 +173,46 @@ impl DevStack {
     /// A Redis Cluster of `masters` masters (no replicas), every slot
     /// covered; returns the masters' ports.
     pub fn redis_cluster(&mut self, masters: usize) -> anyhow::Result<Vec<u16>> {
-        let mut ports = Vec::with_capacity(masters);
-        for _ in 0..masters {
+        let nodes = self.redis_cluster_with_replicas(masters, 0)?;
+        Ok(nodes.into_iter().map(|n| n.port).collect())
+    }
+
+    /// A Redis Cluster of `masters` masters with `replicas` replicas each
+    /// (`cluster-node-timeout` 2000 ms), every slot covered and every
+    /// replica in sync; returns every node, masters first.
+    pub fn redis_cluster_with_replicas(
+        &mut self,
+        masters: usize,
+        replicas: usize,
+    ) -> anyhow::Result<Vec<ClusterNode>> {
+        let count = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
             let port = self.free_port();
-            self.redis_on(port, RedisMode::ClusterNode)?;
-            ports.push(port);
+            let pid = self.redis_on(port, RedisMode::ClusterNode)?;
+            nodes.push(ClusterNode { port, pid });
         }
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        self.create_cluster(&ports, replicas)?;
+        if replicas > 0 {
+            for node in &nodes {
+                wait_until("the replicas", || {
+                    let info = redis_cli(node.port, &["info", "replication"]);
+                    info.contains("role:master")
+                        && info.contains(&format!("connected_slaves:{replicas}"))
+                        || info.contains("master_link_status:up")
+                })?;
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn create_cluster(&mut self, ports: &[u16], replicas: usize) -> anyhow::Result<()> {
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .context("running redis-cli --cluster create")?;
         if !out.status.success() {
@@ -185,12 +221,12 @@ impl DevStack {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        for port in &ports {
+        for port in ports {
             wait_until("the cluster", || {
                 redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok")
             })?;
         }
-        Ok(ports)
+        Ok(())
     }
 
     /// A PostgreSQL cluster (trust auth) on a free port, with a database

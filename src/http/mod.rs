@@ -50,8 +50,13 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit_bytes))
-        // A span per request (debug level: silent unless asked for).
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A span per request (debug level: silent unless asked for); a
+        // failed request is logged once, by the problem renderer.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .layer(axum::middleware::from_fn_with_state(
             request_timeout,
             middleware::edge,

@@ -168,6 +168,37 @@ impl ApiError {
     }
 }
 
+/// Shortest time between two log lines about requests answered 503
+/// `unavailable`: while a dependency is down every request would log one.
+const UNAVAILABLE_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// Logs a request answered 503 `unavailable`: at most one WARN per
+/// `UNAVAILABLE_LOG_INTERVAL_MS`, counting the ones left out since.
+fn log_unavailable(request_id: &str, error: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SKIPPED: AtomicU64 = AtomicU64::new(0);
+    let now = u64::try_from(crate::clock::now_ms()).unwrap_or_default();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    let due = now.saturating_sub(last) >= UNAVAILABLE_LOG_INTERVAL_MS;
+    if due
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let also = SKIPPED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            request_id,
+            error,
+            also_unavailable_since_last_line = also,
+            "request answered 503 unavailable"
+        );
+    } else {
+        SKIPPED.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(request_id, error, "request answered 503 unavailable");
+    }
+}
+
 /// The problem code of a status chosen below the handlers.
 fn rejection_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -184,23 +215,25 @@ fn rejection_code(status: StatusCode) -> &'static str {
     }
 }
 
-/// Whether a response already is a problem document.
-fn is_problem(response: &Response) -> bool {
+/// Whether an error response is plain text or empty (what axum's
+/// rejections and hyper's fallbacks produce), not a document a handler
+/// chose to send (a problem, or `/readyz`'s 503 readiness report).
+fn is_plain(response: &Response) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/"))
 }
 
 /// Longest reason kept from a rejection's plain-text body.
 const REJECTION_DETAIL_MAX_CHARS: usize = 512;
 
-/// Turns an error response that is not a problem document (axum's path and
-/// extractor rejections answer in plain text) into one with the same status
-/// and headers, its text as `detail` (never on a 5xx).
+/// Turns a plain-text or empty error response (axum's path and extractor
+/// rejections) into a problem document with the same status and headers,
+/// its text as `detail` (never on a 5xx).
 pub async fn ensure_problem(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_problem(&response) {
+    if !(status.is_client_error() || status.is_server_error()) || !is_plain(&response) {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -274,8 +307,12 @@ impl IntoResponse for ApiError {
         let (code, status) = self.code();
         let request_id = current_request_id();
         let detail = match &self {
-            Self::Unavailable(internal) | Self::Internal(internal) => {
+            Self::Internal(internal) => {
                 tracing::error!(request_id, code, error = %internal, "request failed");
+                self.to_string()
+            }
+            Self::Unavailable(internal) => {
+                log_unavailable(&request_id, internal);
                 self.to_string()
             }
             other => other.to_string(),

@@ -408,9 +408,9 @@ impl Redis {
             let claim_key = self.keys().idempotency_claim(&req.account, key);
             let ttl = Expiration::PX(self.limits().idempotency_ttl_ms as i64);
             let previous: Option<String> = self
-                .pool()
+                .routed(&claim_key, "idempotency_claim")?
                 .set(
-                    claim_key,
+                    &claim_key,
                     fingerprint.as_str(),
                     Some(ttl),
                     Some(SetOptions::NX),
@@ -453,8 +453,8 @@ impl Redis {
     pub async fn inventory(&self, sku: &Sku) -> Result<Option<InventoryView>, RedisError> {
         let key = self.keys().sku(self.keys().partition_of(sku), sku);
         let fields: HashMap<String, String> = self
-            .pool()
-            .hgetall(key)
+            .routed(&key, "inventory")?
+            .hgetall(&key)
             .await
             .map_err(|e| super::classify("inventory", e))?;
         let fields: Vec<(String, String)> = fields.into_iter().collect();

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod calls;
 pub mod keys;
 pub mod reply;
+pub mod route;
 pub mod scripts;
 
 use std::{sync::Arc, time::Duration};
@@ -97,7 +98,11 @@ impl CallLimits {
 /// What every call needs: connections, scripts, key layout and limits.
 /// Shared by the `Redis` handle and the batch lanes' tasks.
 pub struct Core {
+    /// fred's own client of the whole deployment: background commands
+    /// (sweeper, reconciler, rebuild) and, on a standalone Redis, scripts.
     pool: Pool,
+    /// On a cluster, scripts go to the master of their slot (see `route`).
+    slots: Option<Arc<route::Slots>>,
     scripts: Scripts,
     keys: Keys,
     limits: CallLimits,
@@ -139,13 +144,15 @@ pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> Redi
 }
 
 /// Every `kind` label of `flashgate_redis_errors_total`.
-const ERROR_KINDS: [&str; 6] = [
+const ERROR_KINDS: [&str; 8] = [
     "unavailable",
     "refused",
     "reply",
     "noscript",
     "busy",
     "overloaded",
+    "moved",
+    "unrouted",
 ];
 
 fn count_error(script: &'static str, kind: &'static str) {
@@ -175,8 +182,21 @@ impl Redis {
             .await
             .with_context(|| format!("redis at {} did not answer in time", settings.redis.url))?
             .with_context(|| format!("connecting to redis at {}", settings.redis.url))?;
+        let base = config(&settings.redis)?;
+        let slots = match base.server {
+            ServerConfig::Clustered { .. } => Some(
+                tokio::time::timeout(
+                    connect_timeout,
+                    route::Slots::connect(&settings.redis, base),
+                )
+                .await
+                .context("the cluster's slots could not be read in time")??,
+            ),
+            _ => None,
+        };
         let core = Core {
             pool,
+            slots,
             scripts: Scripts::default(),
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
             limits: CallLimits::from_settings(settings),
@@ -213,12 +233,20 @@ impl Redis {
         for client in self.core.pool.clients() {
             client.ping::<String>(None).await?;
         }
+        if let Some(slots) = &self.core.slots {
+            for client in slots.all_clients() {
+                client.ping::<String>(None).await?;
+            }
+        }
         Ok(())
     }
 
     pub async fn quit(&self) {
         if let Err(e) = self.core.pool.quit().await {
             tracing::debug!(error = %e, "closing redis connections");
+        }
+        if let Some(slots) = &self.core.slots {
+            slots.quit().await;
         }
     }
 }
@@ -259,9 +287,38 @@ impl Core {
     /// Loads every script on every primary.
     pub async fn load_scripts(&self) -> Result<(), fred::error::Error> {
         for (_, script) in self.scripts.iter() {
-            script.load(self.pool.next()).await?;
+            match &self.slots {
+                Some(slots) => {
+                    for client in slots.masters() {
+                        script.load(&client).await?;
+                    }
+                }
+                None => script.load(self.pool.next()).await?,
+            }
         }
         Ok(())
+    }
+
+    /// The client for a request-path command on `key` (see `script_client`);
+    /// unavailable while no known master serves its slot.
+    pub fn routed(&self, key: &str, what: &'static str) -> Result<Client, RedisError> {
+        self.script_client(key).ok_or_else(|| unrouted(what))
+    }
+
+    /// The client a script whose first key is `key` runs on: the master of
+    /// its slot on a cluster. `None` while no known master serves the slot
+    /// (a refresh of the slot table is then under way).
+    fn script_client(&self, key: &str) -> Option<Client> {
+        match &self.slots {
+            Some(slots) => {
+                let client = slots.client_for(key);
+                if client.is_none() {
+                    slots.refresh_soon();
+                }
+                client
+            }
+            None => Some(self.pool.next().clone()),
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -303,14 +360,19 @@ impl Core {
         args: Vec<String>,
     ) -> Result<R, RedisError> {
         let script = self.scripts.get(name);
+        let first_key = keys.first().cloned().unwrap_or_default();
         let keys: MultipleKeys = keys.into();
         let args: MultipleValues = args.try_into().map_err(|e| classify(name.stem(), e))?;
         let mut busy_left = self.limits.busy_retries;
+        let mut redirects_left = REDIRECTS_MAX;
         let mut reloaded = false;
         let started = tokio::time::Instant::now();
         loop {
-            let result = self
-                .pool
+            let Some(client) = self.script_client(&first_key) else {
+                count_error(name.stem(), "unrouted");
+                return Err(unrouted(name.stem()));
+            };
+            let result = client
                 .evalsha::<R, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
                 .await;
             match result {
@@ -329,12 +391,36 @@ impl Core {
                         .await
                         .map_err(|e| classify(name.stem(), e))?;
                 }
+                Err(e) if (e.is_moved() || e.is_ask()) && redirects_left > 0 => {
+                    // Not run: the slot moved (a failover, a resharding).
+                    redirects_left -= 1;
+                    count_error(name.stem(), "moved");
+                    if let Some(slots) = &self.slots {
+                        slots
+                            .refresh()
+                            .await
+                            .map_err(|err| RedisError::Unavailable {
+                                script: name.stem(),
+                                source: fred::error::Error::new(
+                                    fred::error::ErrorKind::Cluster,
+                                    format!("{e}; refreshing the slot table: {err:#}"),
+                                ),
+                            })?;
+                    }
+                }
                 Err(e) if is_busy(&e) && busy_left > 0 => {
                     busy_left -= 1;
                     count_error(name.stem(), "busy");
                     tokio::time::sleep(self.limits.busy_retry_delay).await;
                 }
-                Err(e) => return Err(classify(name.stem(), e)),
+                Err(e) => {
+                    if let Some(slots) = &self.slots
+                        && unreachable(&e)
+                    {
+                        slots.refresh_soon();
+                    }
+                    return Err(classify(name.stem(), e));
+                }
             }
         }
     }
@@ -357,8 +443,13 @@ pub fn build_subscriber(settings: &RedisSettings) -> anyhow::Result<SubscriberCl
 }
 
 fn build_pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
+    pool_from(settings, config(settings)?)
+}
+
+/// A pool of `redis.pool_size` clients of `config` with the command timeout.
+fn pool_from(settings: &RedisSettings, config: Config) -> anyhow::Result<Pool> {
     let command_timeout = Duration::from_millis(settings.command_timeout_ms);
-    builder(settings)?
+    builder_from(settings, config)
         .with_performance_config(|perf| {
             perf.default_command_timeout = command_timeout;
         })
@@ -366,10 +457,37 @@ fn build_pool(settings: &RedisSettings) -> anyhow::Result<Pool> {
         .context("building the redis client pool")
 }
 
+fn unrouted(what: &'static str) -> RedisError {
+    RedisError::Unavailable {
+        script: what,
+        source: fred::error::Error::new(
+            fred::error::ErrorKind::Cluster,
+            "no known master serves this slot",
+        ),
+    }
+}
+
+/// Redirections a script call follows (each after a slot table refresh).
+const REDIRECTS_MAX: u32 = 2;
+
+/// Whether an error says the node could not be reached (not that it
+/// refused the command).
+fn unreachable(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind::*;
+    matches!(e.kind(), IO | Timeout | Canceled | Cluster)
+}
+
+fn config(settings: &RedisSettings) -> anyhow::Result<Config> {
+    Config::from_url(&settings.url)
+        .with_context(|| format!("redis.url {:?} is not a redis URL", settings.url))
+}
+
 /// What every client shares: the URL, timeouts and reconnection policy.
 fn builder(settings: &RedisSettings) -> anyhow::Result<Builder> {
-    let config = Config::from_url(&settings.url)
-        .with_context(|| format!("redis.url {:?} is not a redis URL", settings.url))?;
+    Ok(builder_from(settings, config(settings)?))
+}
+
+fn builder_from(settings: &RedisSettings, config: Config) -> Builder {
     let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
     let mut builder = Builder::from_config(config);
     builder
@@ -382,5 +500,5 @@ fn builder(settings: &RedisSettings) -> anyhow::Result<Builder> {
         })
         // Reconnect forever (0 attempts = no limit), 50 ms to 2 s apart.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-    Ok(builder)
+    builder
 }

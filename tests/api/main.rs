@@ -11,6 +11,7 @@ mod admission;
 mod batching;
 mod contention;
 mod demo;
+mod failover;
 mod idempotency;
 mod journal;
 mod lifecycle;
