@@ -121,6 +121,7 @@ impl App {
             redis: Arc::new(redis),
             journal: journal.clone(),
             sold_out: admission.sold_out.clone(),
+            orphans: Arc::default(),
         };
         let state = AppState::new(Shared {
             inventory,
@@ -197,6 +198,10 @@ impl App {
             settings.expiry.sweep_skus_max,
             background.clone(),
         ));
+        let orphans = tokio::spawn(service::orphans::run(
+            state.inventory.clone(),
+            background.clone(),
+        ));
         let follower = tokio::spawn(sold_out::follow(
             state.admission.sold_out.clone(),
             subscriber,
@@ -238,6 +243,9 @@ impl App {
         }
         if let Err(e) = sweeper.await {
             tracing::warn!(error = %e, "expiry sweeper ended abnormally");
+        }
+        if let Err(e) = orphans.await {
+            tracing::warn!(error = %e, "orphan hold releaser ended abnormally");
         }
         if let Err(e) = follower.await {
             tracing::warn!(error = %e, "stock announcement follower ended abnormally");

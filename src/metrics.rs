@@ -147,6 +147,9 @@ metric_table! {
     EXPIRY_LAG_SECONDS: Histogram = "flashgate_expiry_lag_seconds";
     /// Holds the expiry sweeper gave back.
     EXPIRY_SWEPT_HOLDS_TOTAL: Counter = "flashgate_expiry_swept_holds_total";
+    /// Reservations answered 503 that may have been applied, by what became
+    /// of them (`released`, `never_held`, `not_held`, `not_remembered`).
+    ORPHAN_HOLDS_TOTAL: Counter = "flashgate_orphan_holds_total";
     /// Requests a limit refused (`mode="enforce"`) or would have refused
     /// (`mode="shadow"`); `limit` is `account`, `ip`, `shared` or `in_flight`.
     ADMISSION_REFUSED_TOTAL: Counter = "flashgate_admission_refused_total";

@@ -7,6 +7,7 @@
 //! no handler can forget either. Dependencies point down: http → service →
 //! {redis, journal, limits} → {events, inventory}.
 
+pub mod orphans;
 pub mod sweeper;
 
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct Inventory {
     pub redis: Arc<Redis>,
     pub journal: JournalAccess,
     pub sold_out: Arc<SoldOut>,
+    /// Reservations answered 503 that may hold units nobody knows of.
+    pub orphans: Arc<orphans::Orphans>,
 }
 
 impl Inventory {
@@ -58,7 +61,20 @@ impl Inventory {
     /// teaches this instance to answer "sold out" locally.
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
         let sku = req.id.sku().clone();
-        let Applied { reply, events } = self.redis.reserve(req).await?;
+        let orphan = req
+            .idempotency_key
+            .is_none()
+            .then(|| (req.id.clone(), req.account.clone()));
+        let Applied { reply, events } = match self.redis.reserve(req).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // Maybe applied after all: released once Redis answers.
+                if let (RedisError::Unavailable { .. }, Some((id, account))) = (&e, orphan) {
+                    self.orphans.remember(id, account);
+                }
+                return Err(e);
+            }
+        };
         self.offer(events);
         if let ReserveReply::InsufficientStock {
             holdable,

@@ -118,6 +118,78 @@ async fn redis_going_away_gives_503_then_service_resumes() {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
+/// Redis stalls past the command timeout while a reservation waits: the
+/// client hears 503, and the hold the script made late does not stay.
+/// With an Idempotency-Key the hold stays for the client's retry, which is
+/// answered from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_made_after_its_503_is_released_unless_the_client_can_retry_for_it() {
+    let redis = PrivateRedis::start();
+    let mut settings = test_settings(Backend::Standalone, &unique_prefix());
+    settings.redis.url = redis.url();
+    settings.redis.command_timeout_ms = 300;
+    let app = spawn_app_with(settings).await;
+    app.stock("LATE", 5).await;
+    // Write commands wait (then run) while clients are paused.
+    let stall = |port: u16| {
+        let paused = flashgate::devstack::redis_cli(port, &["client", "pause", "1000", "write"]);
+        assert_eq!(paused.trim(), "OK");
+    };
+
+    stall(redis.port);
+    let r = app
+        .reserve(&token("late-1"), json!({ "sku": "LATE", "qty": 2 }), None)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    // The script runs once the pause ends; then the hold is given back.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut reserved = -1;
+    for _ in 0..50 {
+        reserved = app.view("LATE").await.body["reserved"]
+            .as_i64()
+            .unwrap_or(-1);
+        if reserved == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reserved, 0, "a hold answered 503 stayed held");
+    // It was held, and its release is journaled like a shopper's own.
+    let db = crate::harness::journal_db(&app.settings.postgres.url).await;
+    let mut kinds = Vec::new();
+    for _ in 0..50 {
+        kinds = db
+            .query(
+                "SELECT kind FROM inventory_events WHERE sku = 'LATE' AND account_id = 'late-1' \
+                 ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>();
+        if kinds.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(kinds, ["reserved", "released"]);
+
+    // With a key: the hold waits for the retry, which gets it.
+    let t = token("late-2");
+    stall(redis.port);
+    let body = json!({ "sku": "LATE", "qty": 1 });
+    let r = app.reserve(&t, body.clone(), Some("retry-me")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let retry = app.reserve(&t, body, Some("retry-me")).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
+    // Nothing releases a keyed hold behind the client's back.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(app.view("LATE").await.body["reserved"], 1);
+}
+
 on_both_topologies!(
     the_gateway_survives_script_flush_on_every_node,
     a_gateway_with_another_partition_count_refuses_to_start,
