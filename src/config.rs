@@ -103,6 +103,14 @@ pub struct RedisSettings {
     /// Requests a partition's pending list holds while its batch is in
     /// flight; past it, new requests get 503 `overloaded`.
     pub batch_pending_max: usize,
+    /// Replicas that must have a confirmation (`WAIT` on the node that ran
+    /// it) before it is acknowledged; fewer within `wait_timeout_ms`: 503,
+    /// and the retry answers the same. 0: no wait.
+    pub confirm_wait_replicas: u32,
+    /// The same for new holds (0: no wait).
+    pub hold_wait_replicas: u32,
+    /// Longest `WAIT` for replicas.
+    pub wait_timeout_ms: u64,
 }
 
 pub const DEFAULT_REDIS_PARTITIONS: u32 = 256;
@@ -129,6 +137,9 @@ impl Default for RedisSettings {
             stream_max_len: DEFAULT_REDIS_STREAM_MAX_LEN,
             batch_size_max: DEFAULT_REDIS_BATCH_SIZE_MAX,
             batch_pending_max: DEFAULT_REDIS_BATCH_PENDING_MAX,
+            confirm_wait_replicas: 0,
+            hold_wait_replicas: 0,
+            wait_timeout_ms: 100,
         }
     }
 }

@@ -150,6 +150,9 @@ metric_table! {
     /// Reservations answered 503 that may have been applied, by what became
     /// of them (`released`, `never_held`, `not_held`, `not_remembered`).
     ORPHAN_HOLDS_TOTAL: Counter = "flashgate_orphan_holds_total";
+    /// How long `WAIT` for replicas took after a batch (confirmations, or
+    /// holds, with `redis.*_wait_replicas` set).
+    REDIS_WAIT_DURATION_SECONDS: Histogram = "flashgate_redis_wait_duration_seconds";
     /// Requests a limit refused (`mode="enforce"`) or would have refused
     /// (`mode="shadow"`); `limit` is `account`, `ip`, `shared` or `in_flight`.
     ADMISSION_REFUSED_TOTAL: Counter = "flashgate_admission_refused_total";

@@ -36,6 +36,17 @@ pub trait BatchKind: Send + Sync + 'static {
 
     /// The KEYS and ARGV of one call applying `batch` in order.
     fn call(core: &Core, p: Partition, batch: &[&Self::Request]) -> (Vec<String>, Vec<String>);
+
+    /// Replicas that must have `request`'s writes before it is answered
+    /// (`WAIT` after the batch); 0: none.
+    fn replicas(_core: &Core, _request: &Self::Request) -> u32 {
+        0
+    }
+
+    /// Whether `reply` says the request wrote something a replica must have.
+    fn wrote(_reply: &Self::Reply) -> bool {
+        true
+    }
 }
 
 /// One request's reply and the events its script run appended for it.
@@ -141,19 +152,43 @@ impl<K: BatchKind> Lane<K> {
         self.sizes.record(batch.len() as f64);
         let requests: Vec<&K::Request> = batch.iter().map(|pending| &pending.request).collect();
         let (keys, args) = K::call(&self.core, self.p, &requests);
+        let replicas = requests
+            .iter()
+            .map(|r| K::replicas(&self.core, r))
+            .max()
+            .unwrap_or(0);
         let result = self
             .core
-            .eval_partition::<K::Reply>(K::SCRIPT, self.p, keys, args)
+            .eval_partition_replicated::<K::Reply>(K::SCRIPT, self.p, keys, args, replicas)
             .await;
         match result {
-            Ok(replies) if replies.len() == batch.len() => {
+            Ok((replies, acked)) if replies.len() == batch.len() => {
                 for (pending, applied) in batch.drain(..).zip(replies) {
+                    let wanted = K::replicas(&self.core, &pending.request);
+                    if wanted > 0 && acked.unwrap_or(0) < wanted && K::wrote(&applied.reply) {
+                        // Applied on the master, not yet on enough replicas:
+                        // a failover now could lose it. The retry answers the
+                        // same; its events are in the stream for the
+                        // reconciler.
+                        super::count_error(K::SCRIPT.stem(), "unreplicated");
+                        let _ = pending.reply.send(Err(RedisError::Unavailable {
+                            script: K::SCRIPT.stem(),
+                            source: fred::error::Error::new(
+                                fred::error::ErrorKind::Timeout,
+                                format!(
+                                    "{} of {wanted} replicas acknowledged in time",
+                                    acked.unwrap_or(0)
+                                ),
+                            ),
+                        }));
+                        continue;
+                    }
                     // A caller that stopped waiting meanwhile loses nothing:
                     // its events are in the stream for the reconciler.
                     let _ = pending.reply.send(Ok(applied));
                 }
             }
-            Ok(replies) => {
+            Ok((replies, _)) => {
                 let error = RedisError::Reply {
                     script: K::SCRIPT.stem(),
                     detail: format!("{} replies for {} requests", replies.len(), batch.len()),

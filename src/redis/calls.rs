@@ -247,6 +247,14 @@ impl BatchKind for ReserveBatch {
     type Reply = ReserveReply;
     const SCRIPT: ScriptName = ScriptName::Reserve;
 
+    fn replicas(core: &Core, _: &ReserveRequest) -> u32 {
+        core.limits().hold_wait_replicas
+    }
+
+    fn wrote(reply: &ReserveReply) -> bool {
+        matches!(reply, ReserveReply::Held(_))
+    }
+
     fn call(core: &Core, p: Partition, batch: &[&ReserveRequest]) -> (Vec<String>, Vec<String>) {
         let (skus, indexes) = sku_table(batch.iter().map(|r| r.id.sku()));
         let (mut keys, mut args) = core.partition_call(p, &skus);
@@ -287,6 +295,17 @@ impl BatchKind for SettleBatch {
     type Reply = ReservationReply;
     const SCRIPT: ScriptName = ScriptName::Settle;
 
+    fn replicas(core: &Core, req: &SettleRequest) -> u32 {
+        match req.settlement {
+            Settlement::Confirm => core.limits().confirm_wait_replicas,
+            Settlement::Release => 0,
+        }
+    }
+
+    fn wrote(reply: &ReservationReply) -> bool {
+        matches!(reply, ReservationReply::Ok(_))
+    }
+
     fn call(core: &Core, p: Partition, batch: &[&SettleRequest]) -> (Vec<String>, Vec<String>) {
         let (skus, indexes) = sku_table(batch.iter().map(|r| r.id.sku()));
         let (mut keys, mut args) = core.partition_call(p, &skus);
@@ -317,7 +336,23 @@ impl Core {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<Applied<T>>, RedisError> {
-        let value: fred::types::Value = self.eval(script, keys, args).await?;
+        self.eval_partition_replicated(script, p, keys, args, 0)
+            .await
+            .map(|(applied, _)| applied)
+    }
+
+    /// `eval_partition`, then `WAIT replicas` (see `Core::eval_replicated`):
+    /// also how many replicas have the call's writes.
+    pub async fn eval_partition_replicated<T: ScriptReply>(
+        &self,
+        script: ScriptName,
+        p: Partition,
+        keys: Vec<String>,
+        args: Vec<String>,
+        replicas: u32,
+    ) -> Result<(Vec<Applied<T>>, Option<u32>), RedisError> {
+        let (value, acked): (fred::types::Value, _) =
+            self.eval_replicated(script, keys, args, replicas).await?;
         let Envelope { oversold, items } =
             Envelope::from_value(value).map_err(|detail| reply::not_understood(script, detail))?;
         if oversold > 0 {
@@ -329,7 +364,7 @@ impl Core {
                 "OVERSOLD: a location holds more units than it may after this call"
             );
         }
-        items
+        let applied: Result<Vec<Applied<T>>, RedisError> = items
             .into_iter()
             .map(|item| {
                 Ok(Applied {
@@ -337,7 +372,8 @@ impl Core {
                     events: events_of(script, p, &item.events),
                 })
             })
-            .collect()
+            .collect();
+        applied.map(|applied| (applied, acked))
     }
 
     /// A one-request partition script (expire and the admin writes).

@@ -76,6 +76,9 @@ pub struct CallLimits {
     pub busy_retry_delay: Duration,
     pub batch_size_max: usize,
     pub batch_pending_max: usize,
+    pub confirm_wait_replicas: u32,
+    pub hold_wait_replicas: u32,
+    pub wait_timeout_ms: u64,
 }
 
 impl CallLimits {
@@ -91,6 +94,9 @@ impl CallLimits {
             busy_retry_delay: Duration::from_millis(s.redis.busy_retry_delay_ms),
             batch_size_max: s.redis.batch_size_max,
             batch_pending_max: s.redis.batch_pending_max,
+            confirm_wait_replicas: s.redis.confirm_wait_replicas,
+            hold_wait_replicas: s.redis.hold_wait_replicas,
+            wait_timeout_ms: s.redis.wait_timeout_ms,
         }
     }
 }
@@ -144,7 +150,7 @@ pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> Redi
 }
 
 /// Every `kind` label of `flashgate_redis_errors_total`.
-const ERROR_KINDS: [&str; 8] = [
+const ERROR_KINDS: [&str; 9] = [
     "unavailable",
     "refused",
     "reply",
@@ -153,6 +159,7 @@ const ERROR_KINDS: [&str; 8] = [
     "overloaded",
     "moved",
     "unrouted",
+    "unreplicated",
 ];
 
 fn count_error(script: &'static str, kind: &'static str) {
@@ -359,6 +366,41 @@ impl Core {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, RedisError> {
+        self.eval_on(name, keys, args).await.map(|(value, _)| value)
+    }
+
+    /// `eval`, then `WAIT replicas` on the connection that ran it: the reply
+    /// and how many replicas have its writes (`None` when `replicas` is 0).
+    pub async fn eval_replicated<R: FromValue>(
+        &self,
+        name: ScriptName,
+        keys: Vec<String>,
+        args: Vec<String>,
+        replicas: u32,
+    ) -> Result<(R, Option<u32>), RedisError> {
+        let (value, client) = self.eval_on(name, keys, args).await?;
+        if replicas == 0 {
+            return Ok((value, None));
+        }
+        let timeout = i64::try_from(self.limits.wait_timeout_ms).unwrap_or(i64::MAX);
+        let started = tokio::time::Instant::now();
+        // A WAIT that fails says nothing was acknowledged.
+        let acked: i64 = client
+            .wait(i64::from(replicas), timeout)
+            .await
+            .unwrap_or_default();
+        metrics::histogram!(names::REDIS_WAIT_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Ok((value, Some(u32::try_from(acked.max(0)).unwrap_or(u32::MAX))))
+    }
+
+    /// `eval`, with the client that ran the script.
+    async fn eval_on<R: FromValue>(
+        &self,
+        name: ScriptName,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(R, Client), RedisError> {
         let script = self.scripts.get(name);
         let first_key = keys.first().cloned().unwrap_or_default();
         let keys: MultipleKeys = keys.into();
@@ -381,7 +423,7 @@ impl Core {
                     if let Some(latency) = self.latency.get(name as usize) {
                         latency.record(started.elapsed().as_secs_f64());
                     }
-                    return Ok(value);
+                    return Ok((value, client));
                 }
                 Err(e) if is_noscript(&e) && !reloaded => {
                     reloaded = true;

@@ -178,3 +178,78 @@ async fn a_dead_master_only_stops_its_own_slots_until_its_replica_takes_over() {
         after_kill.len()
     );
 }
+
+/// With `redis.confirm_wait_replicas = 1` a confirmation is acknowledged
+/// only once a replica has it: every acknowledged one survives its master's
+/// death, and with no replica left a confirmation answers 503 (it is
+/// applied on the master; the retry answers the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_acknowledged_confirmations_survive_their_master() {
+    let mut stack = DevStack::create("failover-wait").unwrap();
+    let nodes: Vec<ClusterNode> = stack.redis_cluster_with_replicas(3, 1).unwrap();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
+    settings.redis.url = devstack::cluster_url(&ports[..3]);
+    settings.redis.confirm_wait_replicas = 1;
+    settings.redis.wait_timeout_ms = 200;
+    let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let (sku, _, master) = two_skus_on_two_masters(ports[0], &keys);
+    let app = spawn_app_with(settings.clone()).await;
+    app.stock(&sku, 100).await;
+
+    let mut confirmed = Vec::new();
+    for i in 0..20 {
+        let t = token(&format!("waiter-{i}"));
+        let held = app.reserve(&t, json!({ "sku": sku, "qty": 1 }), None).await;
+        assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
+        let id = held.body["reservation_id"].as_str().unwrap().to_owned();
+        let r = app.reservation(&t, &id, Some("confirm")).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        confirmed.push((t, id));
+    }
+    // One more hold, to confirm once no replica is left.
+    let last_token = token("waiter-last");
+    let last = app
+        .reserve(&last_token, json!({ "sku": sku, "qty": 1 }), None)
+        .await;
+    assert_eq!(last.status, StatusCode::CREATED);
+    let last_id = last.body["reservation_id"].as_str().unwrap().to_owned();
+
+    let pid = nodes.iter().find(|n| n.port == master).unwrap().pid;
+    stack.kill(pid);
+    // Every acknowledged confirmation is on the promoted replica.
+    let deadline = Instant::now() + NODE_TIMEOUT + Duration::from_secs(8);
+    for (t, id) in &confirmed {
+        let status = loop {
+            let r = app.reservation(t, id, None).await;
+            if r.status == StatusCode::OK || Instant::now() > deadline {
+                break r.body["status"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status, "confirmed", "{id} after the failover");
+    }
+    let db = crate::harness::journal_db(&settings.postgres.url).await;
+    let rows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM reservations WHERE sku = $1 AND state = 'confirmed'",
+            &[&sku],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 20, "every acknowledged confirmation is in Postgres");
+    // The promoted replica has no replica of its own: nothing can
+    // acknowledge a confirmation, which answers 503 (applied on the master).
+    let r = app
+        .reservation(&last_token, &last_id, Some("confirm"))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+    let read = app.reservation(&last_token, &last_id, None).await;
+    assert_eq!(read.body["status"], "confirmed");
+    let again = app
+        .reservation(&last_token, &last_id, Some("confirm"))
+        .await;
+    assert_eq!(again.status, StatusCode::SERVICE_UNAVAILABLE);
+}
