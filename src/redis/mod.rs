@@ -385,10 +385,13 @@ impl Core {
         let timeout = i64::try_from(self.limits.wait_timeout_ms).unwrap_or(i64::MAX);
         let started = tokio::time::Instant::now();
         // A WAIT that fails says nothing was acknowledged.
-        let acked: i64 = client
-            .wait(i64::from(replicas), timeout)
-            .await
-            .unwrap_or_default();
+        let acked: i64 = match client.wait(i64::from(replicas), timeout).await {
+            Ok(acked) => acked,
+            Err(e) => {
+                tracing::debug!(error = %e, script = name.stem(), "WAIT for replicas failed");
+                0
+            }
+        };
         metrics::histogram!(names::REDIS_WAIT_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         Ok((value, Some(u32::try_from(acked.max(0)).unwrap_or(u32::MAX))))
