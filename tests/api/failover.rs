@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use flashgate::{
+    config::Settings,
     devstack::{self, ClusterNode, DevStack, redis_cli},
     inventory::Sku,
     redis::keys::Keys,
@@ -107,16 +108,44 @@ fn two_skus_on_two_masters(any_node: u16, keys: &Keys) -> (String, String, u16) 
     (victim, control, victim_master)
 }
 
+/// A cluster of three masters with a replica each, of the test's own, and
+/// gateway settings for it.
+struct Cluster {
+    stack: DevStack,
+    nodes: Vec<ClusterNode>,
+    settings: Settings,
+    keys: Keys,
+}
+
+impl Cluster {
+    fn start(label: &str) -> Self {
+        let mut stack = DevStack::create(label).unwrap();
+        let nodes = stack.redis_cluster_with_replicas(3, 1).unwrap();
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let mut settings = test_settings(Backend::Cluster, &unique_prefix());
+        settings.redis.url = devstack::cluster_url(&ports[..3]);
+        let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+        Self {
+            stack,
+            nodes,
+            settings,
+            keys,
+        }
+    }
+
+    /// Kills the node on `port` as a crash would.
+    fn kill(&mut self, port: u16) {
+        let pid = self.nodes.iter().find(|n| n.port == port).unwrap().pid;
+        self.stack.kill(pid);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_master_only_stops_its_own_slots_until_its_replica_takes_over() {
-    let mut stack = DevStack::create("failover").unwrap();
-    let nodes: Vec<ClusterNode> = stack.redis_cluster_with_replicas(3, 1).unwrap();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
-    settings.redis.url = devstack::cluster_url(&ports[..3]);
-    let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
-    let (victim, control, victim_master) = two_skus_on_two_masters(ports[0], &keys);
-    let app = spawn_app_with(settings).await;
+    let mut cluster = Cluster::start("failover");
+    let (victim, control, victim_master) =
+        two_skus_on_two_masters(cluster.nodes[0].port, &cluster.keys);
+    let app = spawn_app_with(cluster.settings.clone()).await;
     app.stock(&victim, 1_000_000).await;
     app.stock(&control, 1_000_000).await;
 
@@ -125,9 +154,8 @@ async fn a_dead_master_only_stops_its_own_slots_until_its_replica_takes_over() {
     let control_load = load(&app, &control, 100, length);
     let kill = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let pid = nodes.iter().find(|n| n.port == victim_master).unwrap().pid;
         let killed_at = Instant::now();
-        stack.kill(pid);
+        cluster.kill(victim_master);
         killed_at
     };
     let (victim_sent, control_sent, killed_at) = tokio::join!(victim_load, control_load, kill);
@@ -185,15 +213,11 @@ async fn a_dead_master_only_stops_its_own_slots_until_its_replica_takes_over() {
 /// applied on the master; the retry answers the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_acknowledged_confirmations_survive_their_master() {
-    let mut stack = DevStack::create("failover-wait").unwrap();
-    let nodes: Vec<ClusterNode> = stack.redis_cluster_with_replicas(3, 1).unwrap();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
-    settings.redis.url = devstack::cluster_url(&ports[..3]);
-    settings.redis.confirm_wait_replicas = 1;
-    settings.redis.wait_timeout_ms = 200;
-    let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
-    let (sku, _, master) = two_skus_on_two_masters(ports[0], &keys);
+    let mut cluster = Cluster::start("failover-wait");
+    cluster.settings.redis.confirm_wait_replicas = 1;
+    cluster.settings.redis.wait_timeout_ms = 200;
+    let settings = cluster.settings.clone();
+    let (sku, _, master) = two_skus_on_two_masters(cluster.nodes[0].port, &cluster.keys);
     let app = spawn_app_with(settings.clone()).await;
     app.stock(&sku, 100).await;
 
@@ -215,8 +239,7 @@ async fn replica_acknowledged_confirmations_survive_their_master() {
     assert_eq!(last.status, StatusCode::CREATED);
     let last_id = last.body["reservation_id"].as_str().unwrap().to_owned();
 
-    let pid = nodes.iter().find(|n| n.port == master).unwrap().pid;
-    stack.kill(pid);
+    cluster.kill(master);
     // Every acknowledged confirmation is on the promoted replica.
     let deadline = Instant::now() + NODE_TIMEOUT + Duration::from_secs(8);
     for (t, id) in &confirmed {
