@@ -56,9 +56,10 @@ pub async fn rebuild_sku(
         return Ok(Outcome::Unknown);
     };
     let p = redis.keys().partition_of(sku);
+    let key = redis.keys().sku(p, sku);
     let current: Option<i64> = redis
-        .pool()
-        .hget(redis.keys().sku(p, sku), "ver")
+        .routed(&key, "rebuild")?
+        .hget(&key, "ver")
         .await
         .map_err(|e| crate::redis::classify("rebuild", e))?;
     if let Some(redis_version) = current

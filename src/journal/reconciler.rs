@@ -278,9 +278,16 @@ pub async fn reconcile_partition(
     seen.set(p, last.clone());
     // Everything up to the checkpoint is committed: trim what lies below it.
     let cap = (XCapKind::MinID, XCapTrim::AlmostExact, last);
-    let trimmed: Result<i64, _> = redis.pool().xtrim(&stream, cap).await;
-    if let Err(e) = trimmed {
-        tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream");
+    match redis.routed(&stream, "trim") {
+        Ok(client) => {
+            let trimmed: Result<i64, _> = client.xtrim(&stream, cap).await;
+            if let Err(e) = trimmed {
+                tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream")
+        }
     }
     Ok(pass)
 }

@@ -421,8 +421,9 @@ impl Redis {
         end: &str,
         count: u64,
     ) -> Result<Vec<StreamEntry>, RedisError> {
-        self.pool()
-            .xrange(self.keys().events(p), start, end, Some(count))
+        let key = self.keys().events(p);
+        self.routed(&key, "stream_entries")?
+            .xrange(&key, start, end, Some(count))
             .await
             .map_err(|e| super::classify("stream_entries", e))
     }

@@ -80,20 +80,27 @@ impl Swept {
 async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> Swept {
     let redis = &inventory.redis;
     let now_ms = crate::clock::now_ms();
-    let due: Result<Vec<(String, f64)>, _> = redis
-        .pool()
+    let key = redis.keys().due(p);
+    let mut swept = Swept {
+        attempted: 1,
+        ..Swept::default()
+    };
+    let client = match redis.routed(&key, "sweeper") {
+        Ok(client) => client,
+        Err(e) => {
+            swept.failure(e);
+            return swept;
+        }
+    };
+    let due: Result<Vec<(String, f64)>, _> = client
         .zrangebyscore(
-            redis.keys().due(p),
+            &key,
             "-inf",
             now_ms,
             true,
             Some(Limit::from((0, i64::from(skus_max)))),
         )
         .await;
-    let mut swept = Swept {
-        attempted: 1,
-        ..Swept::default()
-    };
     let skus = match due {
         Ok(skus) => skus,
         Err(e) => {
