@@ -7,8 +7,6 @@
 //! `auth.max_token_lifetime_seconds` (from its `iat`, or from now when it
 //! has none).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -61,9 +59,7 @@ pub struct Auth {
 }
 
 fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    u64::try_from(crate::clock::now_ms() / 1000).unwrap_or_default()
 }
 
 impl Auth {

@@ -21,6 +21,7 @@ use fred::{
     clients::SubscriberClient,
     prelude::*,
     types::{FromValue, MultipleKeys, MultipleValues},
+    util::redis_keyslot,
 };
 
 use metrics::Histogram;
@@ -306,26 +307,22 @@ impl Core {
         Ok(())
     }
 
-    /// The client for a request-path command on `key` (see `script_client`);
-    /// unavailable while no known master serves its slot.
+    /// The client for a command on `key`: on a cluster, one of the master
+    /// serving its slot (see `route`); unavailable while no known master
+    /// serves it (a refresh of the slot table is then under way).
     pub fn routed(&self, key: &str, what: &'static str) -> Result<Client, RedisError> {
-        self.script_client(key).ok_or_else(|| unrouted(what))
+        self.routed_slot(redis_keyslot(key.as_bytes()), what)
     }
 
-    /// The client a script whose first key is `key` runs on: the master of
-    /// its slot on a cluster. `None` while no known master serves the slot
-    /// (a refresh of the slot table is then under way).
-    fn script_client(&self, key: &str) -> Option<Client> {
-        match &self.slots {
-            Some(slots) => {
-                let client = slots.client_for(key);
-                if client.is_none() {
-                    slots.refresh_soon();
-                }
-                client
-            }
-            None => Some(self.pool.next().clone()),
-        }
+    fn routed_slot(&self, slot: u16, what: &'static str) -> Result<Client, RedisError> {
+        let Some(slots) = &self.slots else {
+            return Ok(self.pool.next().clone());
+        };
+        slots.client_for(slot).ok_or_else(|| {
+            slots.refresh_soon();
+            count_error(what, "unrouted");
+            unrouted(what)
+        })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -405,7 +402,7 @@ impl Core {
         args: Vec<String>,
     ) -> Result<(R, Client), RedisError> {
         let script = self.scripts.get(name);
-        let first_key = keys.first().cloned().unwrap_or_default();
+        let slot = keys.first().map_or(0, |k| redis_keyslot(k.as_bytes()));
         let keys: MultipleKeys = keys.into();
         let args: MultipleValues = args.try_into().map_err(|e| classify(name.stem(), e))?;
         let mut busy_left = self.limits.busy_retries;
@@ -413,10 +410,7 @@ impl Core {
         let mut reloaded = false;
         let started = tokio::time::Instant::now();
         loop {
-            let Some(client) = self.script_client(&first_key) else {
-                count_error(name.stem(), "unrouted");
-                return Err(unrouted(name.stem()));
-            };
+            let client = self.routed_slot(slot, name.stem())?;
             let result = client
                 .evalsha::<R, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
                 .await;

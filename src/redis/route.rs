@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::Context;
-use fred::{prelude::*, types::config::Server, util::redis_keyslot};
+use fred::{prelude::*, types::config::Server};
 use tokio::time::Instant;
 
 use crate::config::RedisSettings;
@@ -93,8 +93,9 @@ impl Slots {
             table: RwLock::new(Arc::new(Table::empty())),
             last_refresh: tokio::sync::Mutex::new(None),
         });
+        // Never refreshed yet: this reads the table.
         slots
-            .refresh_now()
+            .refresh()
             .await
             .context("reading the cluster's slots")?;
         let watched = Arc::downgrade(&slots);
@@ -115,14 +116,13 @@ impl Slots {
         Ok(slots)
     }
 
-    /// A client of the master serving `key`'s slot, or `None` while no
-    /// known master serves it.
-    pub fn client_for(&self, key: &str) -> Option<Client> {
-        let slot = usize::from(redis_keyslot(key.as_bytes()));
-        let table = self.table.read().ok()?.clone();
+    /// A client of the master serving `slot`, or `None` while no known
+    /// master serves it.
+    pub fn client_for(&self, slot: u16) -> Option<Client> {
+        let table = self.table.read().ok()?;
         let node = table
             .nodes
-            .get(usize::from(table.slots.get(slot).copied()??))?;
+            .get(usize::from(table.slots.get(usize::from(slot)).copied()??))?;
         Some(node.pool.next().clone())
     }
 
@@ -165,13 +165,6 @@ impl Slots {
         if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL_MIN) {
             return Ok(());
         }
-        let result = self.rebuild().await;
-        *last = Some(Instant::now());
-        result
-    }
-
-    async fn refresh_now(&self) -> anyhow::Result<()> {
-        let mut last = self.last_refresh.lock().await;
         let result = self.rebuild().await;
         *last = Some(Instant::now());
         result
