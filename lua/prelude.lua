@@ -28,6 +28,10 @@
 --   l:<loc>:rs                reserved (units held)
 --   l:<loc>:ss, l:<loc>:lt    safety stock, low-stock threshold
 --   l:<loc>:bo                backorder limit
+--   fence                     present while the SKU is fenced: Redis lost writes the
+--                             journal has (ms since the epoch when it was found); every
+--                             script but restore refuses to change the SKU, and restore,
+--                             rewriting the SKU from the journal, removes it
 -- Holds sorted set: member `<rid>|<loc>|<qty>|<backorder 0/1>|<account>`, score
 -- = deadline in ms. Accounts hash: account -> units held or confirmed.
 -- Reservation record: a string `rid|sku|loc|acct|qty|state|exp|bo|created|sid`
@@ -186,7 +190,9 @@ local function expire_overdue(ctx, s, limit)
 end
 
 -- The state of SKU i of this call, read once (HGETALL) and lazily expired
--- once; a SKU that does not exist reads as empty with `exists = false`.
+-- once; a SKU that does not exist reads as empty with `exists = false`, a
+-- fenced one (see `fence` above) with `fenced = true`, and its caller
+-- answers FENCED without changing it.
 local function sku_state(ctx, i)
   local s = ctx.skus[i]
   if s.ver then return s end
@@ -204,12 +210,15 @@ local function sku_state(ctx, i)
       l.num[attr], l.str[attr] = value, raw
     elseif field == 'ver' then
       s.ver = value
+    elseif field == 'fence' then
+      s.fenced = true
     else
       s.policy[field] = value
     end
   end
   table.sort(s.names)
-  if s.exists then expire_overdue(ctx, s, ctx.expiry_batch) end
+  -- A fenced SKU's state is stale: nothing is derived from it, not even expiry.
+  if s.exists and not s.fenced then expire_overdue(ctx, s, ctx.expiry_batch) end
   return s
 end
 
@@ -276,6 +285,9 @@ local function flush_sku(ctx, s)
     redis.call('SPUBLISH', ctx.channel, s.name .. '|' .. s.ver_s .. '|' .. avail .. '|' .. holdable)
   end
 end
+
+-- The reply of every script asked to change a fenced SKU.
+local FENCED = 'sku_recovering'
 
 local function finish(ctx)
   for _, s in ipairs(ctx.skus) do

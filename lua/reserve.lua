@@ -27,7 +27,7 @@
 --     next_expiry_ms: the earliest remaining hold deadline, empty when none)
 --   purchase_limit|limit|already
 --   sale_not_open|opens_at_ms | sale_closed | unknown_sku | unknown_location
---   idempotency_key_reused
+--   idempotency_key_reused | sku_recovering (the SKU is fenced, prelude)
 -- A request's item lists the stream entries it appended (lazy expiries too).
 -- Idempotency record: `<fingerprint>\n<reservation record>` (JSON
 -- `{fp, reply}` when written by an older gateway; still read).
@@ -138,6 +138,7 @@ local function reserve(_, i)
   end
   if prior[i] then return 'held|' .. prior[i] end
   local s = sku_state(ctx, req.sku)
+  if s.fenced then return FENCED end
   if not s.exists then return 'unknown_sku' end
   if req.loc ~= '' and not s.locs[req.loc] then return 'unknown_location' end
   local refusal, loc, bo = decide(s, req)

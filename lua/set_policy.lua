@@ -6,9 +6,11 @@
 --   at (ms), 9 hold TTL (seconds); each one of '' (leave as is), '-' (clear)
 --   or an integer
 -- Returns JSON: {outcome='ok', max, open, close, ttl} (cleared fields absent)
+--   or the text sku_recovering (the SKU is fenced, prelude)
 -- Error replies: none on valid input.
 
 local key = KEYS[3]
+if redis.call('HEXISTS', key, 'fence') == 1 then return FENCED end
 local fields = {'max', 'open', 'close', 'ttl'}
 for i, field in ipairs(fields) do
   local v = ARGV[5 + i]

@@ -11,12 +11,15 @@
 -- Returns the partition convention's array with one item, whose reply is JSON:
 --   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | version_mismatch {version} | insufficient_stock {available, reserved}
+--   or the text sku_recovering (the SKU is fenced, prelude)
 -- Error replies: none on valid input.
 
 local done = replay_op(KEYS[6])
 if done then return done end
 local ctx = open_partition()
 local s = sku_state(ctx, 1)
+-- Refused without keeping the operation: a retry after the rebuild applies it.
+if s.fenced then return {0, {FENCED}} end
 local function reply(r) return op_reply(ctx, KEYS[6], ARGV[12], r) end
 if ARGV[11] ~= '' and tonumber(ARGV[11]) ~= s.ver then
   return reply({outcome = 'version_mismatch', version = s.ver})

@@ -12,7 +12,8 @@
 --   target ('confirmed' or 'released')
 -- Returns the partition convention's array, one packed reply per request:
 --   ok|<reservation record, its state read as its status> | not_found |
---   reservation_<status> (the status that forbids the transition).
+--   reservation_<status> (the status that forbids the transition) |
+--   sku_recovering (the SKU is fenced, prelude).
 -- Error replies: none on valid input.
 
 local ctx = open_partition()
@@ -28,6 +29,7 @@ local function settle(_, i)
   local rec = load_record(key)
   if not rec or rec.acct ~= account then return 'not_found' end
   local s = sku_state(ctx, tonumber(ARGV[base]))
+  if s.fenced then return FENCED end
   local member = hold_member(rec.rid, rec.loc, rec.qty, rec.bo, rec.acct)
   local status = record_status(rec, ctx.now)
   if status == 'expired' and redis.call('ZREM', s.holds, member) == 1 then

@@ -202,6 +202,12 @@ impl App {
             state.inventory.clone(),
             background.clone(),
         ));
+        let recovery = tokio::spawn(service::recovery::run(
+            state.inventory.redis.clone(),
+            state.journal.clone(),
+            Journal::reconcile_limits(&settings.journal),
+            background.clone(),
+        ));
         let follower = tokio::spawn(sold_out::follow(
             state.admission.sold_out.clone(),
             subscriber,
@@ -246,6 +252,9 @@ impl App {
         }
         if let Err(e) = orphans.await {
             tracing::warn!(error = %e, "orphan hold releaser ended abnormally");
+        }
+        if let Err(e) = recovery.await {
+            tracing::warn!(error = %e, "failover check ended abnormally");
         }
         if let Err(e) = follower.await {
             tracing::warn!(error = %e, "stock announcement follower ended abnormally");

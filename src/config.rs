@@ -210,6 +210,12 @@ pub struct JournalSettings {
     pub drift_rows_max: i64,
     /// A drift check runs every this many reconcile passes.
     pub drift_check_every_passes: u32,
+    /// A SKU found to have lost writes in Redis (the journal holds a newer
+    /// version: a failover rolled back, Redis restarted without its last
+    /// writes) is fenced at once; with this on, it is also rebuilt from the
+    /// journal at once, which lifts the fence. Off: it stays fenced (503
+    /// `sku-recovering`) until `flashgate rebuild`.
+    pub auto_rebuild: bool,
     /// `sync` (a confirm waits for its Postgres commit) or `async`.
     pub confirm_durability: ConfirmDurability,
     /// `sync` confirmations waiting to join a group commit; past it a
@@ -248,6 +254,7 @@ impl Default for JournalSettings {
             reconcile_settle_ms: DEFAULT_RECONCILE_SETTLE_MS,
             drift_rows_max: DEFAULT_DRIFT_ROWS_MAX,
             drift_check_every_passes: DEFAULT_DRIFT_CHECK_EVERY_PASSES,
+            auto_rebuild: true,
             confirm_durability: ConfirmDurability::Sync,
             confirm_pending_max: DEFAULT_CONFIRM_PENDING_MAX,
             confirm_group_max: DEFAULT_CONFIRM_GROUP_MAX,

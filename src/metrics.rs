@@ -150,6 +150,21 @@ metric_table! {
     /// Reservations answered 503 that may have been applied, by what became
     /// of them (`released`, `never_held`, `not_held`, `not_remembered`).
     ORPHAN_HOLDS_TOTAL: Counter = "flashgate_orphan_holds_total";
+    /// SKUs found to have lost writes in Redis: the journal held a newer
+    /// version than Redis (a failover rolled back acknowledged writes, or
+    /// Redis restarted without them). Each is fenced, then rebuilt.
+    LOST_WRITE_SKUS_TOTAL: Counter = "flashgate_lost_write_skus_total";
+    /// What became of each SKU found to have lost writes, by outcome:
+    /// `rebuilt`, `fenced` (left for `flashgate rebuild`: auto_rebuild is
+    /// off), `changed` (retried), `current` (nothing was lost after all),
+    /// `failed` (Redis or Postgres did not answer; retried).
+    SKU_RECOVERIES_TOTAL: Counter = "flashgate_sku_recoveries_total";
+    /// Cluster slots this instance holds fenced after their master changed,
+    /// until its failover check has compared their SKUs with the journal.
+    FENCED_SLOTS: Gauge = "flashgate_fenced_slots";
+    /// Failover checks of slots whose master changed, by result (`clean`,
+    /// `lost_writes`, `failed`: retried).
+    FAILOVER_CHECKS_TOTAL: Counter = "flashgate_failover_checks_total";
     /// How long `WAIT` for replicas took after a batch (confirmations, or
     /// holds, with `redis.*_wait_replicas` set).
     REDIS_WAIT_DURATION_SECONDS: Histogram = "flashgate_redis_wait_duration_seconds";
@@ -252,6 +267,7 @@ fn describe() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Exported from the start, so dashboards and alerts read 0, not nothing.
     metrics::counter!(OVERSOLD_TOTAL).absolute(0);
+    metrics::counter!(LOST_WRITE_SKUS_TOTAL).absolute(0);
 }
 
 /// Installs the recorder; call before any metric is registered.

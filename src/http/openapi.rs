@@ -73,7 +73,7 @@ problem_responses! {
     ReservationNotFound: "No such reservation for this account (`reservation-not-found`)";
     ValidationFailed: "A field is out of range or unknown (`validation-failed`)";
     RateLimited: "`rate-limited`; retry after `Retry-After` (whole seconds)";
-    Unavailable: "`overloaded` or `unavailable`; retry after `Retry-After`";
+    Unavailable: "`overloaded`, `unavailable`, or `sku-recovering` (Redis lost writes of the SKU, which is being rebuilt from the journal); retry after `Retry-After`";
 }
 
 /// Adds the HS256 bearer token scheme the `security` entries name.

@@ -101,6 +101,8 @@ pub enum ApiError {
     Overloaded,
     #[error("a dependency is unavailable; retry shortly")]
     Unavailable(String),
+    #[error("this sku is being rebuilt from the journal after redis lost writes; retry shortly")]
+    SkuRecovering,
     #[error("the request took too long; retry shortly")]
     Timeout,
     #[error("internal error")]
@@ -138,6 +140,7 @@ impl ApiError {
             RateLimited(_) => ("rate-limited", StatusCode::TOO_MANY_REQUESTS),
             Overloaded => ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
             Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            SkuRecovering => ("sku-recovering", StatusCode::SERVICE_UNAVAILABLE),
             Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
             Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Rejected { status, .. } => (rejection_code(*status), *status),
@@ -263,6 +266,7 @@ impl From<RedisError> for ApiError {
         match e {
             RedisError::Unavailable { .. } => Self::Unavailable(e.to_string()),
             RedisError::Overloaded { .. } => Self::Overloaded,
+            RedisError::Fenced { .. } => Self::SkuRecovering,
             RedisError::Refused { .. } | RedisError::Reply { .. } => Self::Internal(e.to_string()),
         }
     }

@@ -182,6 +182,7 @@ impl Journal {
             entries_max: settings.reconcile_entries_max,
             settle: Duration::from_millis(settings.reconcile_settle_ms),
             drift_rows_max: settings.drift_rows_max,
+            on_lost_writes: rebuild::AutoRebuild::from_setting(settings.auto_rebuild),
         }
     }
 

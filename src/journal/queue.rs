@@ -55,6 +55,11 @@ impl JournalQueue {
         }
     }
 
+    /// Whether the writer has taken every event offered so far.
+    pub fn is_empty(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
     pub fn stats(&self) -> Arc<QueueStats> {
         self.stats.clone()
     }

@@ -6,18 +6,29 @@
 //! operator forces the rebuild; even then the restored version is the
 //! higher of the two, so no version is ever reused. The restore script
 //! refuses when the SKU changed after this tool read it.
+//!
+//! A running gateway does the same on its own (`recover_sku`) when its
+//! failover check or its reconciler finds a SKU whose journal version is
+//! newer than Redis's: the SKU is fenced in Redis first (every script
+//! refuses to change it, on every instance), then rebuilt, which lifts the
+//! fence.
 
 use fred::prelude::*;
 use serde_json::json;
 
 use super::{
     JournalError,
+    reconciler::Drift,
     store::{StockFilter, Store},
 };
 use crate::{
     clock::now_ms,
     inventory::{ReservationId, Sku},
-    redis::{Redis, calls::RestoreReply},
+    metrics as names,
+    redis::{
+        Redis,
+        calls::{FenceReply, RestoreReply},
+    },
 };
 
 /// Whether a SKU that Redis holds at the same or a newer version is rewritten.
@@ -118,4 +129,158 @@ pub async fn rebuild_sku(
         RestoreReply::Ok { holds } => Outcome::Restored { version, holds },
         RestoreReply::Changed { .. } => Outcome::Changed,
     })
+}
+
+/// Whether a SKU found to have lost writes is rebuilt at once
+/// (`journal.auto_rebuild`) or left fenced for `flashgate rebuild`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoRebuild {
+    On,
+    Off,
+}
+
+/// What `recover_lost` did, for the one log line of a check.
+#[derive(Debug, Default)]
+pub struct LostWrites {
+    /// SKUs the journal knows newer than Redis.
+    pub found: u64,
+    pub rebuilt: u64,
+    /// Left fenced: `journal.auto_rebuild` is off, or the rebuild is retried.
+    pub fenced: u64,
+    /// Could not be fenced or rebuilt now (Redis or Postgres did not answer).
+    pub failed: u64,
+    /// The first few SKUs found, for the log line.
+    pub skus: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// SKUs named in a log line about lost writes; the count says the rest.
+const LOST_SKUS_LOGGED_MAX: usize = 10;
+
+impl LostWrites {
+    pub fn add(&mut self, other: LostWrites) {
+        self.found += other.found;
+        self.rebuilt += other.rebuilt;
+        self.fenced += other.fenced;
+        self.failed += other.failed;
+        let room = LOST_SKUS_LOGGED_MAX.saturating_sub(self.skus.len());
+        self.skus.extend(other.skus.into_iter().take(room));
+        if self.error.is_none() {
+            self.error = other.error;
+        }
+    }
+
+    /// Logs what was found, once, at ERROR: an operator must hear of it.
+    pub fn log(&self, found_by: &'static str) {
+        if self.found == 0 {
+            return;
+        }
+        tracing::error!(
+            found_by,
+            skus = self.found,
+            rebuilt = self.rebuilt,
+            fenced = self.fenced,
+            failed = self.failed,
+            first_skus = ?self.skus,
+            error = self.error.as_deref().unwrap_or(""),
+            "redis lost writes the journal has: those skus are fenced (503 sku-recovering) until rebuilt from the journal"
+        );
+    }
+}
+
+/// Fences, and rebuilds when `mode` says so, every SKU of `drift` whose
+/// journal version is newer than Redis's (or that Redis lacks).
+pub async fn recover_lost(
+    redis: &Redis,
+    store: &Store,
+    drift: &[Drift],
+    mode: AutoRebuild,
+) -> LostWrites {
+    let mut lost = LostWrites::default();
+    static OUTCOMES: names::LabelledCounter =
+        names::LabelledCounter::new(names::SKU_RECOVERIES_TOTAL, "outcome");
+    for d in drift.iter().filter(|d| d.reason.is_lost_write()) {
+        let Ok(sku) = Sku::parse(&d.sku) else {
+            continue;
+        };
+        let result = recover_sku(redis, store, &sku, d.postgres_version, mode).await;
+        OUTCOMES.increment(result.as_ref().map_or("failed", Recovery::as_str), 1);
+        match result {
+            Ok(Recovery::Current) => continue,
+            Ok(Recovery::Rebuilt { .. }) => lost.rebuilt += 1,
+            Ok(Recovery::Fenced | Recovery::Changed) => lost.fenced += 1,
+            Err(e) => {
+                lost.failed += 1;
+                lost.error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        lost.found += 1;
+        if lost.skus.len() < LOST_SKUS_LOGGED_MAX {
+            lost.skus.push(d.sku.clone());
+        }
+    }
+    lost
+}
+
+impl AutoRebuild {
+    /// `journal.auto_rebuild`.
+    pub fn from_setting(on: bool) -> Self {
+        if on { Self::On } else { Self::Off }
+    }
+}
+
+/// What `recover_sku` did with a SKU the journal knows a newer version of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Fenced, then rebuilt from the journal (which lifted the fence).
+    Rebuilt { version: i64, holds: i64 },
+    /// Fenced and left so: `journal.auto_rebuild` is off.
+    Fenced,
+    /// Redis turned out as new as the journal: nothing was lost.
+    Current,
+    /// The SKU changed while it was rebuilt: it stays fenced, and the next
+    /// check tries again.
+    Changed,
+}
+
+impl Recovery {
+    /// The `outcome` label of `flashgate_sku_rebuilds_total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rebuilt { .. } => "rebuilt",
+            Self::Fenced => "fenced",
+            Self::Current => "current",
+            Self::Changed => "changed",
+        }
+    }
+}
+
+/// A SKU whose journal version is newer than Redis's (Redis lost writes,
+/// or lost the SKU): fenced in Redis first, so no instance sells from the
+/// stale state, then rebuilt from the journal when `mode` says so.
+pub async fn recover_sku(
+    redis: &Redis,
+    store: &Store,
+    sku: &Sku,
+    journal_version: i64,
+    mode: AutoRebuild,
+) -> Result<Recovery, JournalError> {
+    let fenced = redis.fence(sku, journal_version).await?;
+    match fenced {
+        FenceReply::Current { .. } => return Ok(Recovery::Current),
+        FenceReply::Fenced { .. } | FenceReply::Absent => {
+            metrics::counter!(names::LOST_WRITE_SKUS_TOTAL).increment(1);
+        }
+        FenceReply::AlreadyFenced { .. } => {}
+    }
+    if mode == AutoRebuild::Off {
+        return Ok(Recovery::Fenced);
+    }
+    Ok(
+        match rebuild_sku(redis, store, sku, Overwrite::OnlyOlder).await? {
+            Outcome::Restored { version, holds } => Recovery::Rebuilt { version, holds },
+            Outcome::Current { .. } | Outcome::Unknown => Recovery::Current,
+            Outcome::Changed => Recovery::Changed,
+        },
+    )
 }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     JournalError, JournalStatus,
+    rebuild::{AutoRebuild, recover_lost},
     store::{self, RECONCILE_LOCK, StockFilter, Store, StoreError},
 };
 use crate::{
@@ -57,6 +58,9 @@ pub struct ReconcileLimits {
     pub settle: Duration,
     /// `stock_levels` rows compared with Redis per partition per drift check.
     pub drift_rows_max: i64,
+    /// What a drift check does with a SKU that lost writes in Redis: fence
+    /// it always, rebuild it when on (`journal.auto_rebuild`).
+    pub on_lost_writes: AutoRebuild,
 }
 
 /// The checkpoint each partition had when this process last reconciled it;
@@ -118,6 +122,12 @@ pub enum DriftReason {
 }
 
 impl DriftReason {
+    /// Whether Redis lost writes the journal has (never lag: Redis is
+    /// always at least as new as Postgres unless it lost data).
+    pub fn is_lost_write(self) -> bool {
+        matches!(self, Self::MissingInRedis | Self::RedisBehind)
+    }
+
     pub const ALL: [DriftReason; 3] = [Self::MissingInRedis, Self::RedisBehind, Self::CountsDiffer];
 
     pub fn as_str(self) -> &'static str {
@@ -449,10 +459,15 @@ pub async fn run(
             u64::from(redis.keys().partitions()),
             error,
         );
-        for d in &report.drift {
+        for d in report.drift.iter().filter(|d| !d.reason.is_lost_write()) {
             tracing::warn!(sku = %d.sku, reason = d.reason.as_str(),
                 redis_version = ?d.redis_version, postgres_version = d.postgres_version,
                 "redis and postgres disagree");
         }
+        let lost = tokio::select! {
+            _ = stop.cancelled() => return,
+            lost = recover_lost(&redis, &store, &report.drift, limits.on_lost_writes) => lost,
+        };
+        lost.log("reconciler drift check");
     }
 }

@@ -132,6 +132,38 @@ pub enum AdminReply {
     UnknownLocation,
 }
 
+/// What lua/fence.lua found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceReply {
+    /// Redis holds an older version than the journal: the SKU is fenced now.
+    Fenced { redis_version: i64 },
+    /// The SKU was fenced before (by this or another instance).
+    AlreadyFenced { redis_version: i64 },
+    /// Redis is as new as the journal or newer: nothing was fenced.
+    Current { redis_version: i64 },
+    /// Redis does not know the SKU (nothing can be sold from it).
+    Absent,
+}
+
+impl FenceReply {
+    fn parse(text: &str) -> Option<Self> {
+        let version = |v: &str| v.parse().ok();
+        match text.split_once('|') {
+            Some(("fenced", v)) => Some(Self::Fenced {
+                redis_version: version(v)?,
+            }),
+            Some(("already", v)) => Some(Self::AlreadyFenced {
+                redis_version: version(v)?,
+            }),
+            Some(("current", v)) => Some(Self::Current {
+                redis_version: version(v)?,
+            }),
+            None if text == "absent" => Some(Self::Absent),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum RestoreReply {
@@ -321,6 +353,11 @@ impl BatchKind for SettleBatch {
 }
 
 fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, RedisError> {
+    if json == reply::FENCED {
+        return Err(RedisError::Fenced {
+            script: script.stem(),
+        });
+    }
     serde_json::from_str(json).map_err(|e| reply::not_understood(script, format!("{e}: {json}")))
 }
 
@@ -571,6 +608,20 @@ impl Redis {
         args.push(doc.to_string());
         let json: String = self.eval(ScriptName::Restore, keys, args).await?;
         decode(ScriptName::Restore, &json)
+    }
+
+    /// Fences the SKU when Redis holds an older version of it than
+    /// `journal_version` (see lua/fence.lua).
+    pub async fn fence(&self, sku: &Sku, journal_version: i64) -> Result<FenceReply, RedisError> {
+        let p = self.keys().partition_of(sku);
+        let (keys, mut args) = self.partition_call(p, &[sku]);
+        args.extend([
+            journal_version.to_string(),
+            crate::clock::now_ms().to_string(),
+        ]);
+        let text: String = self.eval(ScriptName::Fence, keys, args).await?;
+        FenceReply::parse(&text)
+            .ok_or_else(|| reply::not_understood(ScriptName::Fence, text.clone()))
     }
 
     /// Expires up to one batch of the SKU's overdue holds; returns how many,

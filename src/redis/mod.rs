@@ -56,6 +56,11 @@ pub enum RedisError {
         #[source]
         source: fred::error::Error,
     },
+    /// The SKU (or, while this gateway checks it after a failover, its
+    /// whole slot) is fenced: Redis may have lost writes the journal has,
+    /// and nothing is sold from that state until it is rebuilt. Nothing ran.
+    #[error("{script} refused: the sku is fenced until it is rebuilt from the journal")]
+    Fenced { script: &'static str },
     /// A script replied with something this gateway does not understand.
     #[error("unexpected reply from {script}: {detail}")]
     Reply {
@@ -151,7 +156,7 @@ pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> Redi
 }
 
 /// Every `kind` label of `flashgate_redis_errors_total`.
-const ERROR_KINDS: [&str; 9] = [
+const ERROR_KINDS: [&str; 10] = [
     "unavailable",
     "refused",
     "reply",
@@ -161,6 +166,7 @@ const ERROR_KINDS: [&str; 9] = [
     "moved",
     "unrouted",
     "unreplicated",
+    "fenced",
 ];
 
 fn count_error(script: &'static str, kind: &'static str) {
@@ -175,6 +181,7 @@ impl RedisError {
             Self::Refused { .. } => "refused",
             Self::Reply { .. } => "reply",
             Self::Overloaded { .. } => "overloaded",
+            Self::Fenced { .. } => "fenced",
         }
     }
 }
@@ -325,6 +332,40 @@ impl Core {
         })
     }
 
+    /// Whether scripts that change stock must refuse `slot` (see `route`).
+    fn fenced(&self, slot: u16) -> bool {
+        self.slots.as_ref().is_some_and(|s| s.fenced(slot))
+    }
+
+    /// The slots fenced after their master changed (none on a standalone
+    /// Redis, whose failures the reconciler's drift check finds).
+    pub fn fenced_slots(&self) -> route::FencedSlots {
+        self.slots
+            .as_ref()
+            .map(|s| s.fenced_slots())
+            .unwrap_or_default()
+    }
+
+    /// Lifts a slot's fence; see `route::Slots::unfence`.
+    pub fn unfence(&self, slot: u16, generation: u64) {
+        if let Some(slots) = &self.slots {
+            slots.unfence(slot, generation);
+        }
+    }
+
+    /// Returns when slots are fenced; never on a standalone Redis.
+    pub async fn fence_raised(&self) {
+        match &self.slots {
+            Some(slots) => slots.fence_raised().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The cluster slot of partition `p`'s keys.
+    pub fn slot_of(&self, p: Partition) -> u16 {
+        redis_keyslot(self.keys.events(p).as_bytes())
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -410,6 +451,13 @@ impl Core {
         let mut reloaded = false;
         let started = tokio::time::Instant::now();
         loop {
+            // Checked at every attempt: a redirection's refresh may fence.
+            if !name.runs_while_fenced() && self.fenced(slot) {
+                count_error(name.stem(), "fenced");
+                return Err(RedisError::Fenced {
+                    script: name.stem(),
+                });
+            }
             let client = self.routed_slot(slot, name.stem())?;
             let result = client
                 .evalsha::<R, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())

@@ -229,8 +229,18 @@ impl ScriptReply for AdminReply {
     }
 }
 
+/// What every script answers when asked to change a fenced SKU
+/// (`FENCED` in lua/prelude.lua).
+pub const FENCED: &str = "sku_recovering";
+
 /// Parses `text` as `script`'s reply, counting a failure as a reply error.
 pub fn parse<T: ScriptReply>(script: ScriptName, text: &str) -> Result<T, super::RedisError> {
+    if text == FENCED {
+        super::count_error(script.stem(), "fenced");
+        return Err(super::RedisError::Fenced {
+            script: script.stem(),
+        });
+    }
     T::parse(text).map_err(|detail| not_understood(script, format!("{detail}: {text}")))
 }
 

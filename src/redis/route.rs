@@ -17,10 +17,21 @@
 //! most every `REFRESH_INTERVAL_MIN`): after a failover the promoted replica
 //! gets its own pool and the dead master's pool is closed, failing the
 //! commands still queued on it at once.
+//!
+//! A slot whose master changed (a failover, a manual takeover, a resharding)
+//! is fenced in the same step that routes it to its new master, before any
+//! command can reach it there: the promoted replica may lack writes the old
+//! master acknowledged. Scripts that change stock refuse a fenced slot
+//! (`RedisError::Fenced`) until the failover check (`service::recovery`)
+//! has compared its SKUs with the journal, fenced and rebuilt those that
+//! lost writes, and lifted the slot's fence.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -65,6 +76,92 @@ impl Table {
     }
 }
 
+/// Slots whose master changed and that the failover check has not yet
+/// cleared: one bit per slot, so bounded by `SLOTS`.
+struct Fence {
+    bits: Vec<AtomicU64>,
+    /// When the oldest fence still up was raised; `None` while none is.
+    since: std::sync::Mutex<Option<Instant>>,
+    /// Woken when slots are fenced.
+    raised: tokio::sync::Notify,
+    /// Bumped by every raise, so a check that began before a newer fence
+    /// does not lift it.
+    generation: AtomicU64,
+}
+
+impl Fence {
+    fn new() -> Self {
+        Self {
+            bits: (0..SLOTS / 64).map(|_| AtomicU64::new(0)).collect(),
+            since: std::sync::Mutex::new(None),
+            raised: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn word(&self, slot: u16) -> Option<(&AtomicU64, u64)> {
+        let slot = usize::from(slot);
+        Some((self.bits.get(slot / 64)?, 1 << (slot % 64)))
+    }
+
+    fn holds(&self, slot: u16) -> bool {
+        self.word(slot)
+            .is_some_and(|(word, bit)| word.load(Ordering::Acquire) & bit != 0)
+    }
+
+    fn raise(&self, slots: &[u16]) {
+        if slots.is_empty() {
+            return;
+        }
+        if let Ok(mut since) = self.since.lock() {
+            since.get_or_insert_with(Instant::now);
+        }
+        for &slot in slots {
+            if let Some((word, bit)) = self.word(slot) {
+                word.fetch_or(bit, Ordering::AcqRel);
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.raised.notify_one();
+    }
+
+    /// Lifts `slot` unless a raise came after `generation` was read.
+    fn lift(&self, slot: u16, generation: u64) {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if let Some((word, bit)) = self.word(slot) {
+            word.fetch_and(!bit, Ordering::AcqRel);
+        }
+        if self.raised_slots().is_empty()
+            && let Ok(mut since) = self.since.lock()
+        {
+            *since = None;
+        }
+    }
+
+    fn raised_slots(&self) -> Vec<u16> {
+        let mut slots = Vec::new();
+        for (i, word) in self.bits.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                slots.extend(u16::try_from(i * 64 + bit).ok());
+            }
+        }
+        slots
+    }
+}
+
+/// What `Slots::fenced_slots` reads.
+#[derive(Debug, Clone, Default)]
+pub struct FencedSlots {
+    pub slots: Vec<u16>,
+    pub since: Option<Instant>,
+    pub generation: u64,
+}
+
 pub struct Slots {
     /// The connection settings every node's pool shares (URL options,
     /// timeouts, TLS), with the node's address put in.
@@ -74,6 +171,7 @@ pub struct Slots {
     seeds: Vec<Server>,
     table: RwLock<Arc<Table>>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    fence: Fence,
 }
 
 /// A slot range and the master serving it, from `CLUSTER SLOTS`.
@@ -92,6 +190,7 @@ impl Slots {
             seeds,
             table: RwLock::new(Arc::new(Table::empty())),
             last_refresh: tokio::sync::Mutex::new(None),
+            fence: Fence::new(),
         });
         // Never refreshed yet: this reads the table.
         slots
@@ -124,6 +223,37 @@ impl Slots {
             .nodes
             .get(usize::from(table.slots.get(usize::from(slot)).copied()??))?;
         Some(node.pool.next().clone())
+    }
+
+    /// Whether `slot` is fenced: its master changed and the failover check
+    /// has not cleared it yet.
+    pub fn fenced(&self, slot: u16) -> bool {
+        self.fence.holds(slot)
+    }
+
+    /// Every fenced slot now, since when the oldest fence has been up, and
+    /// the fence's generation (for `unfence`).
+    pub fn fenced_slots(&self) -> FencedSlots {
+        let generation = self.fence.generation.load(Ordering::Acquire);
+        FencedSlots {
+            since: self.fence.since.lock().ok().and_then(|s| *s),
+            slots: self.fence.raised_slots(),
+            generation,
+        }
+    }
+
+    /// Lifts `slot`'s fence (the failover check found nothing lost there,
+    /// or has fenced and rebuilt the SKUs that lost writes), unless slots
+    /// were fenced again after `generation` was read: then the next check
+    /// looks again.
+    pub fn unfence(&self, slot: u16, generation: u64) {
+        self.fence.lift(slot, generation);
+    }
+
+    /// Returns when slots are fenced (at once if some were since the last
+    /// call).
+    pub async fn fence_raised(&self) {
+        self.fence.raised.notified().await;
     }
 
     /// One client per known master (for commands every master must run).
@@ -217,9 +347,16 @@ impl Slots {
                 });
             }
         }
-        if changed && current.as_ref().is_some_and(|t| !t.nodes.is_empty()) {
+        if changed && let Some(old) = current.as_ref().filter(|t| !t.nodes.is_empty()) {
             let masters: Vec<String> = nodes.iter().map(|n| n.server.to_string()).collect();
-            tracing::info!(?masters, "the cluster's slot table changed");
+            let moved = moved_slots(old, &nodes, &slots);
+            tracing::info!(
+                ?masters,
+                slots_with_a_new_master = moved.len(),
+                "the cluster's slot table changed"
+            );
+            // Fenced before the new table routes anything to the new masters.
+            self.fence.raise(&moved);
         }
         if let Ok(mut table) = self.table.write() {
             *table = Arc::new(Table { nodes, slots });
@@ -278,6 +415,23 @@ impl Slots {
             let _ = node.pool.quit().await;
         }
     }
+}
+
+/// Slots that a master other than `old`'s serves in the table being built
+/// (`nodes`, `slots`), counting a slot that had no master before.
+fn moved_slots(old: &Table, nodes: &[Arc<Node>], slots: &[Option<u16>]) -> Vec<u16> {
+    let server = |nodes: &[Arc<Node>], i: Option<u16>| {
+        i.and_then(|i| nodes.get(usize::from(i)))
+            .map(|n| n.server.clone())
+    };
+    (0..SLOTS)
+        .filter(|&slot| {
+            let now = server(nodes, slots.get(slot).copied().flatten());
+            let before = server(&old.nodes, old.slots.get(slot).copied().flatten());
+            now.is_some() && now != before
+        })
+        .filter_map(|slot| u16::try_from(slot).ok())
+        .collect()
 }
 
 async fn ranges_from(client: &Client) -> anyhow::Result<Vec<Range>> {
@@ -348,5 +502,38 @@ mod tests {
             ]
         );
         assert!(parse_ranges(Value::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn a_fence_holds_exactly_the_slots_raised_until_each_is_lifted() {
+        let fence = Fence::new();
+        assert!(fence.raised_slots().is_empty());
+        fence.raise(&[0, 63, 64, 16_383]);
+        assert!(fence.holds(63) && fence.holds(64) && fence.holds(16_383));
+        assert!(!fence.holds(1) && !fence.holds(65));
+        assert_eq!(fence.raised_slots(), vec![0, 63, 64, 16_383]);
+        let since = *fence.since.lock().unwrap();
+        assert!(since.is_some());
+        let generation = fence.generation.load(Ordering::Acquire);
+        for slot in [0, 63, 64] {
+            fence.lift(slot, generation);
+        }
+        assert_eq!(fence.raised_slots(), vec![16_383]);
+        assert_eq!(
+            *fence.since.lock().unwrap(),
+            since,
+            "the oldest fence is still up"
+        );
+        fence.raise(&[5]);
+        fence.lift(16_383, generation);
+        assert!(
+            fence.holds(16_383),
+            "a check older than the last raise lifts nothing"
+        );
+        let generation = fence.generation.load(Ordering::Acquire);
+        fence.lift(5, generation);
+        fence.lift(16_383, generation);
+        assert!(fence.raised_slots().is_empty());
+        assert!(fence.since.lock().unwrap().is_none());
     }
 }

@@ -21,11 +21,12 @@ pub enum ScriptName {
     Adjust,
     SetPolicy,
     Restore,
+    Fence,
     RateLimit,
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 9] = [
+    pub const ALL: [ScriptName; 10] = [
         Self::Reserve,
         Self::Settle,
         Self::Expire,
@@ -34,6 +35,7 @@ impl ScriptName {
         Self::Adjust,
         Self::SetPolicy,
         Self::Restore,
+        Self::Fence,
         Self::RateLimit,
     ];
 
@@ -47,8 +49,19 @@ impl ScriptName {
             Self::Adjust => "adjust",
             Self::SetPolicy => "set_policy",
             Self::Restore => "restore",
+            Self::Fence => "fence",
             Self::RateLimit => "rate_limit",
         }
+    }
+
+    /// Whether the script runs while the gateway holds the SKU's slot fenced
+    /// after a failover (see `route`): the scripts that check and repair a
+    /// SKU, and the rate limiter, which keeps no stock.
+    pub fn runs_while_fenced(self) -> bool {
+        matches!(
+            self,
+            Self::Restore | Self::Fence | Self::RateLimit | Self::Reservation
+        )
     }
 
     fn body(self) -> &'static str {
@@ -61,6 +74,7 @@ impl ScriptName {
             Self::Adjust => include_str!("../../lua/adjust.lua"),
             Self::SetPolicy => include_str!("../../lua/set_policy.lua"),
             Self::Restore => include_str!("../../lua/restore.lua"),
+            Self::Fence => include_str!("../../lua/fence.lua"),
             Self::RateLimit => include_str!("../../lua/rate_limit.lua"),
         }
     }

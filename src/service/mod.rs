@@ -8,6 +8,7 @@
 //! {redis, journal, limits} → {events, inventory}.
 
 pub mod orphans;
+pub mod recovery;
 pub mod sweeper;
 
 use std::sync::Arc;

@@ -117,6 +117,8 @@ async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> 
         swept.attempted += 1;
         match inventory.expire(&sku).await {
             Ok(n) => swept.expired += n,
+            // Fenced after a failover: its holds wait for the rebuild.
+            Err(crate::redis::RedisError::Fenced { .. }) => {}
             Err(e) => {
                 tracing::debug!(partition = p.0, error = %e, "sweeper could not expire holds");
                 swept.failure(e);

@@ -10,7 +10,7 @@ use flashgate::{
     inventory::Sku,
     journal::{
         Store,
-        rebuild::{Outcome, Overwrite, rebuild_sku},
+        rebuild::{AutoRebuild, Outcome, Overwrite, rebuild_sku},
         reconciler::{self, DriftCheck, ReconcileLimits},
     },
     redis::Redis,
@@ -211,6 +211,7 @@ fn eager_limits() -> ReconcileLimits {
         entries_max: 10_000,
         settle: Duration::ZERO,
         drift_rows_max: 10_000,
+        on_lost_writes: AutoRebuild::Off,
     }
 }
 
@@ -526,7 +527,10 @@ async fn a_gateway_killed_mid_load_loses_no_acknowledged_reservation(backend: Ba
 }
 
 async fn a_wiped_redis_is_rebuilt_from_the_journal(backend: Backend) {
-    let app = spawn_app_with(test_settings(backend, &unique_prefix())).await;
+    // The operator's tools, not the gateway's own recovery, are under test.
+    let mut settings = test_settings(backend, &unique_prefix());
+    settings.journal.auto_rebuild = false;
+    let app = spawn_app_with(settings).await;
     let db = journal_db(&app.settings.postgres.url).await;
     let sku = "J-REBUILD";
     app.stock(sku, 10).await;
