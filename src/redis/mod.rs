@@ -347,9 +347,9 @@ impl Core {
     }
 
     /// Lifts a slot's fence; see `route::Slots::unfence`.
-    pub fn unfence(&self, slot: u16, generation: u64) {
-        if let Some(slots) = &self.slots {
-            slots.unfence(slot, generation);
+    pub fn unfence(&self, slots: &[u16], generation: u64) {
+        if let Some(routed) = &self.slots {
+            routed.unfence(slots, generation);
         }
     }
 

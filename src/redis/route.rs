@@ -125,15 +125,17 @@ impl Fence {
         self.raised.notify_one();
     }
 
-    /// Lifts `slot` unless a raise came after `generation` was read.
-    fn lift(&self, slot: u16, generation: u64) {
+    /// Lifts `slots` unless a raise came after `generation` was read.
+    fn lift(&self, slots: &[u16], generation: u64) {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if let Some((word, bit)) = self.word(slot) {
-            word.fetch_and(!bit, Ordering::AcqRel);
+        for &slot in slots {
+            if let Some((word, bit)) = self.word(slot) {
+                word.fetch_and(!bit, Ordering::AcqRel);
+            }
         }
-        if self.raised_slots().is_empty()
+        if self.bits.iter().all(|w| w.load(Ordering::Acquire) == 0)
             && let Ok(mut since) = self.since.lock()
         {
             *since = None;
@@ -242,12 +244,12 @@ impl Slots {
         }
     }
 
-    /// Lifts `slot`'s fence (the failover check found nothing lost there,
-    /// or has fenced and rebuilt the SKUs that lost writes), unless slots
-    /// were fenced again after `generation` was read: then the next check
-    /// looks again.
-    pub fn unfence(&self, slot: u16, generation: u64) {
-        self.fence.lift(slot, generation);
+    /// Lifts the fence of `slots` (the failover check found nothing lost
+    /// there, or has fenced and rebuilt the SKUs that lost writes), unless
+    /// slots were fenced again after `generation` was read: then the next
+    /// check looks again.
+    pub fn unfence(&self, slots: &[u16], generation: u64) {
+        self.fence.lift(slots, generation);
     }
 
     /// Returns when slots are fenced (at once if some were since the last
@@ -515,9 +517,7 @@ mod tests {
         let since = *fence.since.lock().unwrap();
         assert!(since.is_some());
         let generation = fence.generation.load(Ordering::Acquire);
-        for slot in [0, 63, 64] {
-            fence.lift(slot, generation);
-        }
+        fence.lift(&[0, 63, 64], generation);
         assert_eq!(fence.raised_slots(), vec![16_383]);
         assert_eq!(
             *fence.since.lock().unwrap(),
@@ -525,14 +525,13 @@ mod tests {
             "the oldest fence is still up"
         );
         fence.raise(&[5]);
-        fence.lift(16_383, generation);
+        fence.lift(&[16_383], generation);
         assert!(
             fence.holds(16_383),
             "a check older than the last raise lifts nothing"
         );
         let generation = fence.generation.load(Ordering::Acquire);
-        fence.lift(5, generation);
-        fence.lift(16_383, generation);
+        fence.lift(&[5, 16_383], generation);
         assert!(fence.raised_slots().is_empty());
         assert!(fence.since.lock().unwrap().is_none());
     }

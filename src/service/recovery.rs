@@ -72,8 +72,17 @@ pub async fn run(
             crate::clock::now_ms() - since.elapsed().as_millis() as i64
         });
         if settled && journal_caught_up(&journal, fence_ms) {
+            let started = tokio::time::Instant::now();
             let lost = check(&redis, &journal, &limits, &partitions, &fenced).await;
             lost.log("failover check");
+            let left = redis.fenced_slots().slots.len();
+            tracing::info!(
+                checked_slots = fenced.slots.len(),
+                still_fenced = left,
+                fenced_for_ms = fenced.since.map_or(0, |s| s.elapsed().as_millis() as u64),
+                check_ms = started.elapsed().as_millis() as u64,
+                "failover check done"
+            );
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -91,7 +100,12 @@ async fn check(
     partitions: &HashMap<u16, Vec<Partition>>,
     fenced: &crate::redis::route::FencedSlots,
 ) -> LostWrites {
-    let results: Vec<_> = stream::iter(fenced.slots.iter().copied())
+    // Slots without partitions hold no flashgate keys: nothing to check.
+    let (with, without): (Vec<u16>, Vec<u16>) = fenced
+        .slots
+        .iter()
+        .partition(|slot| partitions.contains_key(slot));
+    let results: Vec<_> = stream::iter(with)
         .map(|slot| async move {
             let in_slot = partitions.get(&slot).map_or(&[][..], Vec::as_slice);
             (slot, check_slot(redis, journal, limits, in_slot).await)
@@ -99,11 +113,14 @@ async fn check(
         .buffer_unordered(CHECK_CONCURRENCY)
         .collect()
         .await;
+    let mut cleared = without;
     let mut total = LostWrites::default();
+    static RESULTS: names::LabelledCounter =
+        names::LabelledCounter::new(names::FAILOVER_CHECKS_TOTAL, "result");
     for (slot, result) in results {
         let outcome = match result {
             Ok(lost) if lost.failed == 0 => {
-                redis.unfence(slot, fenced.generation);
+                cleared.push(slot);
                 let outcome = if lost.found == 0 {
                     "clean"
                 } else {
@@ -122,11 +139,9 @@ async fn check(
                 "failed"
             }
         };
-        // Only slots carrying partitions are worth counting.
-        if partitions.contains_key(&slot) {
-            metrics::counter!(names::FAILOVER_CHECKS_TOTAL, "result" => outcome).increment(1);
-        }
+        RESULTS.increment(outcome, 1);
     }
+    redis.unfence(&cleared, fenced.generation);
     total
 }
 

@@ -303,6 +303,11 @@ impl ChaosProxy {
     }
 }
 
+/// A file of this repository.
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
 pub fn token(account: &str) -> String {
     let account = AccountId::parse(account).expect("a valid account");
     Auth::new(TEST_SECRET).issue(&account, Role::Shopper, 3600)

@@ -12,6 +12,7 @@ mod batching;
 mod contention;
 mod demo;
 mod failover;
+mod fuzz;
 mod idempotency;
 mod journal;
 mod lifecycle;

@@ -4,7 +4,7 @@
 //! evaluated through its HTTP API.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -16,13 +16,9 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     Backend, GatewayProcess, admin_token, free_port, journal_db, metric_value, on_every_node,
-    test_settings, token, unique_prefix,
+    repo_file, test_settings, token, unique_prefix,
 };
 use crate::on_both_topologies;
-
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// A gateway process with `metrics.listen` on its own port.
 struct Observed {
