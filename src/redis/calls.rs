@@ -354,9 +354,7 @@ impl BatchKind for SettleBatch {
 
 fn decode<T: DeserializeOwned>(script: ScriptName, json: &str) -> Result<T, RedisError> {
     if json == reply::FENCED {
-        return Err(RedisError::Fenced {
-            script: script.stem(),
-        });
+        return Err(reply::fenced(script));
     }
     serde_json::from_str(json).map_err(|e| reply::not_understood(script, format!("{e}: {json}")))
 }

@@ -453,10 +453,7 @@ impl Core {
         loop {
             // Checked at every attempt: a redirection's refresh may fence.
             if !name.runs_while_fenced() && self.fenced(slot) {
-                count_error(name.stem(), "fenced");
-                return Err(RedisError::Fenced {
-                    script: name.stem(),
-                });
+                return Err(reply::fenced(name));
             }
             let client = self.routed_slot(slot, name.stem())?;
             let result = client

@@ -236,12 +236,17 @@ pub const FENCED: &str = "sku_recovering";
 /// Parses `text` as `script`'s reply, counting a failure as a reply error.
 pub fn parse<T: ScriptReply>(script: ScriptName, text: &str) -> Result<T, super::RedisError> {
     if text == FENCED {
-        super::count_error(script.stem(), "fenced");
-        return Err(super::RedisError::Fenced {
-            script: script.stem(),
-        });
+        return Err(fenced(script));
     }
     T::parse(text).map_err(|detail| not_understood(script, format!("{detail}: {text}")))
+}
+
+/// `script` refused a fenced SKU, counted once here.
+pub fn fenced(script: ScriptName) -> super::RedisError {
+    super::count_error(script.stem(), "fenced");
+    super::RedisError::Fenced {
+        script: script.stem(),
+    }
 }
 
 /// A reply of `script` this gateway does not understand, counted once here.
