@@ -96,8 +96,10 @@ metric_table! {
     /// Time of one Redis script call, retries included, by script.
     REDIS_SCRIPT_DURATION_SECONDS: Histogram = "flashgate_redis_script_duration_seconds";
     /// Redis errors by script (or command) and kind: `unavailable`,
-    /// `refused`, `reply` (not understood), `noscript` (reloaded) and `busy`
-    /// (retried).
+    /// `refused`, `reply` (not understood), `noscript` (reloaded), `busy`
+    /// and `moved` (retried), `overloaded`, `unrouted`, `unreplicated`,
+    /// `fenced`, `backing_off` (background work skipped a node that does
+    /// not answer).
     REDIS_ERRORS_TOTAL: Counter = "flashgate_redis_errors_total";
     /// Requests per batch script call, by script (`reserve`, `settle`).
     REDIS_BATCH_REQUESTS: Histogram = "flashgate_redis_batch_requests";
@@ -165,6 +167,9 @@ metric_table! {
     /// Failover checks of slots whose master changed, by result (`clean`,
     /// `lost_writes`, `failed`: retried).
     FAILOVER_CHECKS_TOTAL: Counter = "flashgate_failover_checks_total";
+    /// Redis nodes that do not answer and that background work (sweeper,
+    /// reconciler, rebuild, orphan releases) backs off from.
+    REDIS_NODES_BACKING_OFF: Gauge = "flashgate_redis_nodes_backing_off";
     /// How long `WAIT` for replicas took after a batch (confirmations, or
     /// holds, with `redis.*_wait_replicas` set).
     REDIS_WAIT_DURATION_SECONDS: Histogram = "flashgate_redis_wait_duration_seconds";

@@ -33,7 +33,7 @@ use crate::{
     devstack::{self, psql},
     inventory::{AccountId, Qty, ReservationId, Sku},
     loadgen::{self, Conn, Latency, Outcome, Pace, Plan, Workload},
-    redis::{Redis, ScriptName, Scripts, calls::ReserveRequest},
+    redis::{Caller, Redis, ScriptName, Scripts, calls::ReserveRequest},
 };
 
 /// Clients redis-benchmark opens (as many as the gateway's crowd would).
@@ -304,7 +304,7 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<(f64,
     let (keys, args) = redis.reserve_call(&request);
     let reserved = || async {
         let view = redis
-            .inventory(&sku)
+            .inventory(&sku, Caller::Request)
             .await
             .context("reading the hot SKU's reserved count")?;
         anyhow::Ok(view.map_or(0, |v| v.reserved))

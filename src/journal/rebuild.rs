@@ -26,7 +26,7 @@ use crate::{
     inventory::{ReservationId, Sku},
     metrics as names,
     redis::{
-        Redis,
+        Caller, Redis,
         calls::{FenceReply, RestoreReply},
     },
 };
@@ -67,12 +67,12 @@ pub async fn rebuild_sku(
         return Ok(Outcome::Unknown);
     };
     let p = redis.keys().partition_of(sku);
-    let key = redis.keys().sku(p, sku);
+    let key = &redis.keys().sku(p, sku);
     let current: Option<i64> = redis
-        .routed(&key, "rebuild")?
-        .hget(&key, "ver")
-        .await
-        .map_err(|e| crate::redis::classify("rebuild", e))?;
+        .command(key, "rebuild", Caller::Background, |client| async move {
+            client.hget(key, "ver").await
+        })
+        .await?;
     if let Some(redis_version) = current
         && redis_version >= pg_version
         && overwrite == Overwrite::OnlyOlder

@@ -38,7 +38,7 @@ use crate::{
     clock::now_ms,
     events::Event,
     inventory::{Partition, Sku, view::InventoryView},
-    redis::Redis,
+    redis::{Caller, Redis},
     telemetry::outage::Outage,
 };
 
@@ -288,16 +288,14 @@ pub async fn reconcile_partition(
     seen.set(p, last.clone());
     // Everything up to the checkpoint is committed: trim what lies below it.
     let cap = (XCapKind::MinID, XCapTrim::AlmostExact, last);
-    match redis.routed(&stream, "trim") {
-        Ok(client) => {
-            let trimmed: Result<i64, _> = client.xtrim(&stream, cap).await;
-            if let Err(e) = trimmed {
-                tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream");
-            }
-        }
-        Err(e) => {
-            tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream")
-        }
+    let stream = &stream;
+    let trimmed: Result<i64, _> = redis
+        .command(stream, "trim", Caller::Background, |client| async move {
+            client.xtrim(stream, cap).await
+        })
+        .await;
+    if let Err(e) = trimmed {
+        tracing::debug!(partition = p.0, error = %e, "could not trim the partition stream");
     }
     Ok(pass)
 }
@@ -327,7 +325,7 @@ pub async fn drift_in_partition(
         let Ok(parsed) = Sku::parse(sku) else {
             continue;
         };
-        let view = redis.inventory(&parsed).await?;
+        let view = redis.inventory(&parsed, Caller::Background).await?;
         if let Some(reason) = compare(view.as_ref(), pg_rows) {
             drift.push(Drift {
                 sku: (*sku).to_owned(),

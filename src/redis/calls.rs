@@ -8,7 +8,7 @@ use fred::prelude::*;
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    Core, Redis, RedisError, ScriptName,
+    Caller, Core, Redis, RedisError, ScriptName,
     batch::{Applied, BatchKind},
     reply::{self, Envelope, ScriptReply},
 };
@@ -448,7 +448,8 @@ fn events_of(script: ScriptName, p: Partition, raw: &[(String, String)]) -> Vec<
 
 impl Redis {
     /// Partition `p`'s stream entries from `start` to `end` (inclusive ids,
-    /// or `-`/`+`), at most `count`.
+    /// or `-`/`+`), at most `count`: a background read (see
+    /// `Core::command`).
     pub async fn stream_entries(
         &self,
         p: Partition,
@@ -457,10 +458,14 @@ impl Redis {
         count: u64,
     ) -> Result<Vec<StreamEntry>, RedisError> {
         let key = self.keys().events(p);
-        self.routed(&key, "stream_entries")?
-            .xrange(&key, start, end, Some(count))
-            .await
-            .map_err(|e| super::classify("stream_entries", e))
+        let key = &key;
+        self.command(
+            key,
+            "stream_entries",
+            Caller::Background,
+            |client| async move { client.xrange(key, start, end, Some(count)).await },
+        )
+        .await
     }
 
     /// The KEYS and ARGV of the reserve script for `req` alone: the call a
@@ -479,17 +484,21 @@ impl Redis {
             let fingerprint = req.fingerprint();
             let claim_key = self.keys().idempotency_claim(&req.account, key);
             let ttl = Expiration::PX(self.limits().idempotency_ttl_ms as i64);
+            let claim_key = &claim_key;
+            let fingerprint = fingerprint.as_str();
             let previous: Option<String> = self
-                .routed(&claim_key, "idempotency_claim")?
-                .set(
-                    &claim_key,
-                    fingerprint.as_str(),
-                    Some(ttl),
-                    Some(SetOptions::NX),
-                    true,
+                .command(
+                    claim_key,
+                    "idempotency_claim",
+                    Caller::Request,
+                    |client| async move {
+                        let nx = Some(SetOptions::NX);
+                        client
+                            .set(claim_key, fingerprint, Some(ttl), nx, true)
+                            .await
+                    },
                 )
-                .await
-                .map_err(|e| super::classify("idempotency_claim", e))?;
+                .await?;
             if previous.is_some_and(|p| p != fingerprint) {
                 return Ok(Applied {
                     reply: ReserveReply::IdempotencyKeyReused,
@@ -522,13 +531,17 @@ impl Redis {
     }
 
     /// The inventory view of a SKU, `None` when it does not exist.
-    pub async fn inventory(&self, sku: &Sku) -> Result<Option<InventoryView>, RedisError> {
-        let key = self.keys().sku(self.keys().partition_of(sku), sku);
+    pub async fn inventory(
+        &self,
+        sku: &Sku,
+        caller: Caller,
+    ) -> Result<Option<InventoryView>, RedisError> {
+        let key = &self.keys().sku(self.keys().partition_of(sku), sku);
         let fields: HashMap<String, String> = self
-            .routed(&key, "inventory")?
-            .hgetall(&key)
-            .await
-            .map_err(|e| super::classify("inventory", e))?;
+            .command(key, "inventory", caller, |client| async move {
+                client.hgetall(key).await
+            })
+            .await?;
         let fields: Vec<(String, String)> = fields.into_iter().collect();
         Ok(InventoryView::from_hash(sku.as_str(), &fields))
     }

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod calls;
+pub mod health;
 pub mod keys;
 pub mod reply;
 pub mod route;
@@ -31,6 +32,7 @@ use crate::{
     inventory::{Partition, Sku},
     metrics as names,
 };
+use health::{Health, Reached};
 pub use keys::Keys;
 pub use scripts::{ScriptName, Scripts};
 
@@ -67,6 +69,15 @@ pub enum RedisError {
         script: &'static str,
         detail: String,
     },
+}
+
+/// Who a Redis command is for: a request waits for its node within its
+/// timeout; background work (sweeper, reconciler, rebuild, orphan releases)
+/// skips a node that is backing off (see `health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Request,
+    Background,
 }
 
 /// Numbers the typed calls pass to scripts, fixed at start.
@@ -110,9 +121,13 @@ impl CallLimits {
 /// What every call needs: connections, scripts, key layout and limits.
 /// Shared by the `Redis` handle and the batch lanes' tasks.
 pub struct Core {
-    /// fred's own client of the whole deployment: background commands
-    /// (sweeper, reconciler, rebuild) and, on a standalone Redis, scripts.
+    /// fred's own client of the whole deployment: every command on a
+    /// standalone Redis; on a cluster, only deployment-wide ones (the
+    /// partition count).
     pool: Pool,
+    /// How the standalone server has answered (each cluster master has its
+    /// own, in `route`).
+    health: Arc<Health>,
     /// On a cluster, scripts go to the master of their slot (see `route`).
     slots: Option<Arc<route::Slots>>,
     scripts: Scripts,
@@ -156,7 +171,7 @@ pub(crate) fn classify(script: &'static str, source: fred::error::Error) -> Redi
 }
 
 /// Every `kind` label of `flashgate_redis_errors_total`.
-const ERROR_KINDS: [&str; 10] = [
+const ERROR_KINDS: [&str; 11] = [
     "unavailable",
     "refused",
     "reply",
@@ -167,6 +182,7 @@ const ERROR_KINDS: [&str; 10] = [
     "unrouted",
     "unreplicated",
     "fenced",
+    "backing_off",
 ];
 
 fn count_error(script: &'static str, kind: &'static str) {
@@ -202,7 +218,7 @@ impl Redis {
             ServerConfig::Clustered { .. } => Some(
                 tokio::time::timeout(
                     connect_timeout,
-                    route::Slots::connect(&settings.redis, base),
+                    route::Slots::connect(&settings.redis, base.clone()),
                 )
                 .await
                 .context("the cluster's slots could not be read in time")??,
@@ -211,6 +227,10 @@ impl Redis {
         };
         let core = Core {
             pool,
+            health: Arc::new(Health::new(match &base.server {
+                ServerConfig::Centralized { server } => server.to_string(),
+                _ => "redis".to_owned(),
+            })),
             slots,
             scripts: Scripts::default(),
             keys: Keys::new(&settings.redis.key_prefix, settings.redis.partitions),
@@ -314,22 +334,55 @@ impl Core {
         Ok(())
     }
 
-    /// The client for a command on `key`: on a cluster, one of the master
-    /// serving its slot (see `route`); unavailable while no known master
-    /// serves it (a refresh of the slot table is then under way).
-    pub fn routed(&self, key: &str, what: &'static str) -> Result<Client, RedisError> {
-        self.routed_slot(redis_keyslot(key.as_bytes()), what)
-    }
-
-    fn routed_slot(&self, slot: u16, what: &'static str) -> Result<Client, RedisError> {
+    fn routed_slot(
+        &self,
+        slot: u16,
+        what: &'static str,
+    ) -> Result<(Client, Arc<Health>), RedisError> {
         let Some(slots) = &self.slots else {
-            return Ok(self.pool.next().clone());
+            return Ok((self.pool.next().clone(), self.health.clone()));
         };
+        // Unrouted while no known master serves the slot: a refresh of the
+        // slot table is then under way.
         slots.client_for(slot).ok_or_else(|| {
             slots.refresh_soon();
             count_error(what, "unrouted");
             unrouted(what)
         })
+    }
+
+    /// Runs `command` on a client of the node serving `key` (on a cluster,
+    /// its slot's master, see `route`), and feeds its outcome to the node's
+    /// health. For `Caller::Background` it is refused at once while that
+    /// node is backing off after failing to answer (see `health`), so a
+    /// dead node costs background work one command timeout per backoff
+    /// window, not one per partition per pass.
+    pub async fn command<T, F>(
+        &self,
+        key: &str,
+        what: &'static str,
+        caller: Caller,
+        command: impl FnOnce(Client) -> F,
+    ) -> Result<T, RedisError>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let (client, health) = self.routed_slot(redis_keyslot(key.as_bytes()), what)?;
+        if caller == Caller::Background && !health.admit_background() {
+            count_error(what, "backing_off");
+            return Err(backing_off(what));
+        }
+        let result = command(client).await;
+        health.observe(Reached::of(&result));
+        result.map_err(|e| classify(what, e))
+    }
+
+    /// Whether a background call on partition `p` may go now (see
+    /// `health`): `false` while its node is backing off. A `true` may be
+    /// that node's probe, so the caller makes its call at once.
+    pub fn admits_background(&self, p: Partition) -> bool {
+        self.routed_slot(self.slot_of(p), "orphans")
+            .is_ok_and(|(_, health)| health.admit_background())
     }
 
     /// Whether scripts that change stock must refuse `slot` (see `route`).
@@ -455,10 +508,11 @@ impl Core {
             if !name.runs_while_fenced() && self.fenced(slot) {
                 return Err(reply::fenced(name));
             }
-            let client = self.routed_slot(slot, name.stem())?;
+            let (client, health) = self.routed_slot(slot, name.stem())?;
             let result = client
                 .evalsha::<R, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
                 .await;
+            health.observe(Reached::of(&result));
             match result {
                 Ok(value) => {
                     // Every name has its histogram (built from ALL above).
@@ -551,12 +605,22 @@ fn unrouted(what: &'static str) -> RedisError {
     }
 }
 
+fn backing_off(what: &'static str) -> RedisError {
+    RedisError::Unavailable {
+        script: what,
+        source: fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "the node does not answer; background work backs off from it",
+        ),
+    }
+}
+
 /// Redirections a script call follows (each after a slot table refresh).
 const REDIRECTS_MAX: u32 = 2;
 
 /// Whether an error says the node could not be reached (not that it
 /// refused the command).
-fn unreachable(e: &fred::error::Error) -> bool {
+pub(crate) fn unreachable(e: &fred::error::Error) -> bool {
     use fred::error::ErrorKind::*;
     matches!(e.kind(), IO | Timeout | Canceled | Cluster)
 }

@@ -39,6 +39,7 @@ use anyhow::Context;
 use fred::{prelude::*, types::config::Server};
 use tokio::time::Instant;
 
+use super::health::Health;
 use crate::config::RedisSettings;
 
 /// Slots of a Redis Cluster.
@@ -54,10 +55,11 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait for one node's `CLUSTER SLOTS` answer during a refresh.
 const TOPOLOGY_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One master and the pool of connections to it.
+/// One master, the pool of connections to it, and how it has answered.
 struct Node {
     server: Server,
     pool: Pool,
+    health: Arc<Health>,
 }
 
 /// Which master serves each slot.
@@ -217,14 +219,14 @@ impl Slots {
         Ok(slots)
     }
 
-    /// A client of the master serving `slot`, or `None` while no known
-    /// master serves it.
-    pub fn client_for(&self, slot: u16) -> Option<Client> {
+    /// A client of the master serving `slot` and that master's health, or
+    /// `None` while no known master serves it.
+    pub fn client_for(&self, slot: u16) -> Option<(Client, Arc<Health>)> {
         let table = self.table.read().ok()?;
         let node = table
             .nodes
             .get(usize::from(table.slots.get(usize::from(slot)).copied()??))?;
-        Some(node.pool.next().clone())
+        Some((node.pool.next().clone(), node.health.clone()))
     }
 
     /// Whether `slot` is fenced: its master changed and the failover check
@@ -402,6 +404,7 @@ impl Slots {
         let pool = super::pool_from(&self.settings, config)?;
         pool.connect();
         Ok(Node {
+            health: Arc::new(Health::new(server.to_string())),
             server: server.clone(),
             pool,
         })

@@ -19,7 +19,7 @@ use crate::{
     journal::{JournalAccess, JournalError},
     limits::sold_out::SoldOut,
     redis::{
-        Redis, RedisError,
+        Caller, Redis, RedisError,
         batch::Applied,
         calls::{
             AdminReply, ReservationReply, ReserveReply, ReserveRequest, SettleRequest, Settlement,
@@ -185,7 +185,7 @@ impl Inventory {
         &self,
         sku: &Sku,
     ) -> Result<Option<crate::inventory::view::InventoryView>, RedisError> {
-        self.redis.inventory(sku).await
+        self.redis.inventory(sku, Caller::Request).await
     }
 
     /// Sets or clears the SKU's sale policy. Policy is configuration, not

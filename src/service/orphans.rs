@@ -102,6 +102,12 @@ pub async fn release_round(inventory: &Inventory) -> Round {
     let mut round = Round::default();
     let mut again = Vec::new();
     for orphan in inventory.orphans.take() {
+        // Its node does not answer: tried again once it does.
+        if !inventory.redis.admits_background(orphan.id.partition()) {
+            round.retried += 1;
+            again.push(orphan);
+            continue;
+        }
         let req = SettleRequest {
             id: orphan.id.clone(),
             account: orphan.account.clone(),

@@ -17,6 +17,7 @@ use super::Inventory;
 use crate::{
     inventory::{Partition, Sku},
     metrics as names,
+    redis::Caller,
     telemetry::outage::Outage,
 };
 
@@ -85,21 +86,19 @@ async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> 
         attempted: 1,
         ..Swept::default()
     };
-    let client = match redis.routed(&key, "sweeper") {
-        Ok(client) => client,
-        Err(e) => {
-            swept.failure(e);
-            return swept;
-        }
-    };
-    let due: Result<Vec<(String, f64)>, _> = client
-        .zrangebyscore(
-            &key,
-            "-inf",
-            now_ms,
-            true,
-            Some(Limit::from((0, i64::from(skus_max)))),
-        )
+    let key = &key;
+    let due: Result<Vec<(String, f64)>, _> = redis
+        .command(key, "sweeper", Caller::Background, |client| async move {
+            client
+                .zrangebyscore(
+                    key,
+                    "-inf",
+                    now_ms,
+                    true,
+                    Some(Limit::from((0, i64::from(skus_max)))),
+                )
+                .await
+        })
         .await;
     let skus = match due {
         Ok(skus) => skus,

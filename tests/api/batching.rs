@@ -10,7 +10,7 @@ use flashgate::{
     events::Event,
     inventory::{AccountId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku},
     redis::{
-        Redis, ScriptName,
+        Caller, Redis, ScriptName,
         batch::{Applied, BatchKind},
         calls::{
             PolicyField, PolicyUpdate, ReserveBatch, ReserveReply, ReserveRequest, StockCounts,
@@ -245,7 +245,11 @@ async fn a_sell_out_in_the_middle_of_a_batch_holds_exactly_the_stock(backend: Ba
         .collect();
     let expected: Vec<bool> = (0..20).map(|i| i < 7).collect();
     assert_eq!(held, expected, "the first seven arrivals hold, in order");
-    let view = redis.inventory(&skus[0]).await.unwrap().unwrap();
+    let view = redis
+        .inventory(&skus[0], Caller::Request)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((view.reserved, view.available), (7, 0));
     assert!(matches!(
         replies[19].reply,
@@ -274,7 +278,12 @@ async fn one_idempotency_key_twice_in_a_batch_holds_once_and_replays_once(backen
     assert_eq!(a.reservation_id, b.reservation_id);
     assert_eq!(replies[1].events.len(), 0, "a replay appends nothing");
     assert_eq!(
-        redis.inventory(&skus[0]).await.unwrap().unwrap().reserved,
+        redis
+            .inventory(&skus[0], Caller::Request)
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved,
         2
     );
 }
@@ -305,7 +314,12 @@ async fn a_resent_batch_holds_nothing_twice(backend: Backend) {
     }
     assert_eq!(state(&redis, p, &skus).await, before);
     assert_eq!(
-        redis.inventory(&skus[0]).await.unwrap().unwrap().reserved,
+        redis
+            .inventory(&skus[0], Caller::Request)
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved,
         3
     );
 }

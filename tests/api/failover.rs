@@ -13,7 +13,10 @@ use flashgate::{
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Backend, TestApp, spawn_app_with, test_settings, token, unique_prefix};
+use crate::harness::{
+    Backend, GatewayProcess, TestApp, metric_value, spawn_app_with, test_settings, token,
+    unique_prefix,
+};
 
 /// `cluster-node-timeout` of the devstack's cluster nodes.
 const NODE_TIMEOUT: Duration = Duration::from_millis(2000);
@@ -503,5 +506,137 @@ async fn writes_a_failover_lost_are_fenced_and_rebuilt_before_anything_is_sold()
     eprintln!(
         "lost writes: fenced, rebuilt and served again {back:?} after the promotion; answers {:?}",
         answers
+    );
+}
+
+/// Background calls the gateway at `metrics` made that failed to reach a
+/// node (`kind="unavailable"`) or skipped one backing off
+/// (`kind="backing_off"`), summed over the background work's commands.
+fn background_calls(metrics: &str, kind: &str) -> f64 {
+    let kind = format!("kind=\"{kind}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("flashgate_redis_errors_total{") && l.contains(&kind))
+        .filter(|l| {
+            ["sweeper", "stream_entries", "trim", "inventory", "rebuild"]
+                .iter()
+                .any(|s| l.contains(&format!("script=\"{s}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A master that stops answering without being replaced (stalled for less
+/// than the cluster's node timeout): the sweeper and the reconciler back
+/// off from it instead of waiting a command timeout for each of its
+/// partitions on every pass, requests for other masters are answered
+/// throughout, and background work picks the master up again once it
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn background_work_backs_off_from_a_stalled_master_and_resumes_when_it_answers() {
+    let mut stack = DevStack::create("backoff").unwrap();
+    let nodes = stack.redis_cluster_with_replicas(3, 0).unwrap();
+    for node in &nodes {
+        // Long enough that the stall below is not a failure to the cluster
+        // (without replicas, that would stop every master).
+        redis_cli(
+            node.port,
+            &["config", "set", "cluster-node-timeout", "60000"],
+        );
+    }
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
+    settings.redis.url = devstack::cluster_url(&ports);
+    let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
+    let (stalled_sku, control, stalled) = two_skus_on_two_masters(ports[0], &keys);
+    let stalled_pid = nodes.iter().find(|n| n.port == stalled).unwrap().pid;
+    let mut gateway = GatewayProcess::start(&settings);
+    gateway.wait_ready().await;
+    let http = reqwest::Client::new();
+    let admin = crate::harness::admin_token();
+    for sku in [&stalled_sku, &control] {
+        let r = http
+            .put(gateway.url(&format!("/v1/admin/inventory/{sku}/locations/default")))
+            .bearer_auth(&admin)
+            .json(&json!({ "on_hand": 1000 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let metrics = || async {
+        let r = http.get(gateway.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    };
+    let before = metrics().await;
+
+    signal(stalled_pid, "-STOP");
+    let stall = Duration::from_secs(6);
+    let stopped_at = Instant::now();
+    let mut control_statuses = Vec::new();
+    while stopped_at.elapsed() < stall {
+        let r = http
+            .post(gateway.url("/v1/reservations"))
+            .bearer_auth(token("backoff-shopper"))
+            .json(&json!({ "sku": control, "qty": 1 }))
+            .send()
+            .await
+            .unwrap();
+        control_statuses.push(r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = metrics().await;
+    signal(stalled_pid, "-CONT");
+
+    assert!(
+        control_statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "a SKU on a healthy master was refused while another stalled: {control_statuses:?}"
+    );
+    assert_eq!(
+        metric_value(&during, "flashgate_redis_nodes_backing_off", &[]),
+        1.0,
+        "the stalled master is backed off"
+    );
+    let waited =
+        background_calls(&during, "unavailable") - background_calls(&before, "unavailable");
+    let skipped =
+        background_calls(&during, "backing_off") - background_calls(&before, "backing_off");
+    // A third of the partitions live on the stalled master: without the
+    // backoff, every sweep (each 500 ms) and reconciler pass waits a 500 ms
+    // command timeout for each of them, eight or four at a time (about 150
+    // waits in 6 s). With it: the calls in flight when it stalled, then one
+    // probe per doubling window.
+    assert!(
+        waited <= 40.0,
+        "background work waited on the stalled master {waited} times ({skipped} skipped)"
+    );
+    assert!(
+        skipped >= 50.0,
+        "only {skipped} background calls skipped it"
+    );
+
+    let resumed = Instant::now();
+    loop {
+        let now = metrics().await;
+        if metric_value(&now, "flashgate_redis_nodes_backing_off", &[]) == 0.0 {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < flashgate::redis::health::BACKOFF_MAX + Duration::from_secs(3),
+            "background work did not pick the master up again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http
+        .post(gateway.url("/v1/reservations"))
+        .bearer_auth(token("backoff-shopper"))
+        .json(&json!({ "sku": stalled_sku, "qty": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    eprintln!(
+        "backoff: {waited} background waits and {skipped} skips on a master stalled {stall:?}; picked up {:?} after it answered",
+        resumed.elapsed()
     );
 }

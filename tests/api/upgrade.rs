@@ -5,7 +5,7 @@
 use flashgate::{
     inventory::{AccountId, IdempotencyKey, Location, Qty, ReservationId, Sku},
     redis::{
-        Redis,
+        Caller, Redis,
         calls::{
             Hold, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest, SettleRequest,
             Settlement, StockCounts,
@@ -94,7 +94,11 @@ async fn a_reservation_record_stored_as_a_hash_is_read_and_confirmed(backend: Ba
         settled.reply
     );
     assert_eq!(settled.events.len(), 1, "the confirmation is journaled");
-    let view = redis.inventory(&sku).await.unwrap().unwrap();
+    let view = redis
+        .inventory(&sku, Caller::Request)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((view.on_hand, view.reserved), (8, 0));
 }
 
@@ -135,7 +139,11 @@ async fn an_idempotency_record_stored_as_json_replays_its_hold(backend: Backend)
             ..held
         })
     );
-    let view = redis.inventory(&sku).await.unwrap().unwrap();
+    let view = redis
+        .inventory(&sku, Caller::Request)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.reserved, 2);
 }
 
