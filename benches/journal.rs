@@ -99,7 +99,7 @@ async fn write_all(store: &Store, events: &[Event], batch: usize) -> (f64, u64) 
 
 async fn throughput(db_url: &str, settings: &Settings) {
     let mut s = settings.postgres.clone();
-    s.url = db_url.to_owned();
+    s.url = db_url.into();
     let store = Store::new(&s).expect("store");
     store.migrate(256).await.expect("migrate");
     let events = synthetic_events(EVENTS);
@@ -119,7 +119,7 @@ async fn throughput(db_url: &str, settings: &Settings) {
 
 async fn lag_under_load(db_url: &str, settings: &Settings, rate_per_s: u64) {
     let mut s = settings.clone();
-    s.postgres.url = db_url.to_owned();
+    s.postgres.url = db_url.into();
     s.http.listen = "127.0.0.1:0".parse().expect("addr");
     s.redis.key_prefix = format!("bench{}", std::process::id());
     s.redis.partitions = 256;
@@ -236,7 +236,7 @@ async fn lag_under_load(db_url: &str, settings: &Settings, rate_per_s: u64) {
     );
     let _ = stop_tx.send(());
     let _ = server.await;
-    let redis_url = s.redis.url.clone();
+    let redis_url = s.redis.url.expose().to_owned();
     let prefix = s.redis.key_prefix.clone();
     let _ = std::process::Command::new("sh")
         .args(["-c", &format!(
@@ -258,7 +258,7 @@ async fn main() {
         "postgres://postgres@127.0.0.1:5432/postgres",
     );
     let mut settings = Settings::default();
-    settings.redis.url = env_or("FLASHGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379");
+    settings.redis.url = env_or("FLASHGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379").into();
     let name = format!("flashgate_bench_{}", std::process::id());
     let (base, _) = pg.rsplit_once('/').expect("a database in the postgres URL");
     let db_url = format!("{base}/{name}");

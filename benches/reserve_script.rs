@@ -60,7 +60,7 @@ async fn main() {
     let batch_size: usize = env_or("FLASHGATE_BENCH_BATCH", "32").parse().unwrap();
     let rounds: usize = env_or("FLASHGATE_BENCH_ROUNDS", "2000").parse().unwrap();
     let mut s = Settings::default();
-    s.redis.url = env_or("FLASHGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379");
+    s.redis.url = env_or("FLASHGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379").into();
     s.redis.key_prefix = format!("bench{}", std::process::id());
     let redis = Redis::connect(&s).await.unwrap();
     let sku = Sku::parse("BENCH-HOT").unwrap();
@@ -121,7 +121,7 @@ async fn main() {
         }
     }
     let prefix = s.redis.key_prefix.clone();
-    let url = s.redis.url.clone();
+    let url = s.redis.url.expose().to_owned();
     redis.quit().await;
     let _ = std::process::Command::new("sh")
         .args(["-c", &format!(

@@ -11,6 +11,12 @@ if [ "${want_prometheus:-0}" = 1 ]; then
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 fi
 
+# test.sh pip-installs its Python tools into a venv.
+if [ "${want_python_venv:-0}" = 1 ]; then
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+fi
+
 if ((${#missing[@]})); then
   echo "flashgate: installing ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then

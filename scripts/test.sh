@@ -6,8 +6,18 @@
 # afterwards, and a Prometheus that scrapes a test gateway; this script only
 # makes sure the server packages are installed. Where `docker compose` (or
 # docker-compose) is installed, docker-compose.yml is checked with it too.
+# openapi.json is checked with openapi-spec-validator, which pip installs into
+# a venv of its own (target/tools-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_prometheus=1
+want_python_venv=1
 source scripts/ensure-servers.sh
+# Python tools the tests run (openapi-spec-validator), in a venv of their own.
+tools=target/tools-venv
+if [ ! -x "$tools/bin/openapi-spec-validator" ]; then
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install -q openapi-spec-validator
+fi
+export PATH="$PWD/$tools/bin:$PATH"
 cargo test --locked --all-targets "$@"

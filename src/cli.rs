@@ -19,6 +19,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `flashgate healthcheck` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    Readyz,
+    Healthz,
+}
+
+impl Probe {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Readyz => "/readyz",
+            Self::Healthz => "/healthz",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway until SIGTERM or Ctrl-C.
@@ -54,6 +70,17 @@ pub enum Command {
     HelloServer {
         #[arg(long)]
         listen: std::net::SocketAddr,
+    },
+    /// Exit 0 when the gateway at http.listen answers 200 (for container
+    /// healthchecks: no curl needed in the image), 1 otherwise.
+    Healthcheck {
+        /// `readyz` (Redis, Postgres, journal lag: the default) or `healthz`
+        /// (the process answers).
+        #[arg(long, value_enum, default_value_t = Probe::Readyz)]
+        probe: Probe,
+        /// Give up after this long.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Print the OpenAPI 3.1 description of the HTTP API (what
     /// `GET /openapi.json` serves; openapi.json is a committed copy).

@@ -14,6 +14,8 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::{ConnectionUrl, Secret};
+
 /// The secret used when `auth.secret` is not set. Anyone can mint tokens with
 /// it: fine on a laptop, never in production (the gateway says so loudly).
 pub const DEVELOPMENT_SECRET: &str = "flashgate-development-secret-do-not-use-in-production";
@@ -51,9 +53,34 @@ pub struct HttpSettings {
     pub header_read_timeout_ms: u64,
     /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` names the
     /// client. Anyone else's header is ignored: the socket address is the
-    /// client.
+    /// client. A bare address is the block of that one address.
+    #[serde(deserialize_with = "addresses_or_blocks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
+
+/// `["10.0.0.0/8", "127.0.0.1", "::1"]`: CIDR blocks, or addresses taken
+/// as blocks of one.
+fn addresses_or_blocks<'de, D>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: Vec<String> = Deserialize::deserialize(deserializer)?;
+    raw.iter()
+        .map(|item| {
+            let item = item.trim();
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{item:?} is neither an IP address nor a CIDR block"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// The `redis.url` schemes: one server or a cluster, plaintext or TLS.
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
 
 pub const DEFAULT_HTTP_BODY_LIMIT_BYTES: usize = 16 * 1024;
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT_MS: u64 = 2_000;
@@ -77,7 +104,7 @@ impl Default for HttpSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// `redis://host:port` or `redis-cluster://host:port?node=host:port&…`.
-    pub url: String,
+    pub url: ConnectionUrl,
     /// Prefix of every key flashgate writes; lets deployments share a Redis.
     pub key_prefix: String,
     /// Number of partitions SKUs are spread over. Fixed for the life of the
@@ -148,7 +175,7 @@ impl Default for RedisSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
     /// The journal database.
-    pub url: String,
+    pub url: ConnectionUrl,
     /// Connections in the pool (writer, reconciler, confirmations, readiness).
     pub pool_size: usize,
     /// Deadline for opening a connection.
@@ -268,7 +295,7 @@ impl Default for JournalSettings {
 pub struct AuthSettings {
     /// HS256 secret for shopper and admin tokens. Unset: the development
     /// secret, announced with a warning at start.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Longest lifetime a token may have (`exp` minus `iat`, or minus now
     /// without `iat`); longer ones get 401. 0: no limit.
     pub max_token_lifetime_seconds: u64,
@@ -285,7 +312,9 @@ impl Default for AuthSettings {
 
 impl AuthSettings {
     pub fn secret_or_development(&self) -> &str {
-        self.secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
+        self.secret
+            .as_ref()
+            .map_or(DEVELOPMENT_SECRET, Secret::expose)
     }
 }
 
@@ -478,14 +507,21 @@ pub struct MetricsSettings {
 pub struct LogSettings {
     /// `tracing` filter, e.g. `info` or `flashgate=debug,info`.
     pub level: String,
-    /// `text` or `json`.
+    /// `auto`, `text` or `json`.
     pub format: LogFormat,
+    /// One INFO line per request (`flashgate::access`: method, route,
+    /// status, duration, request id).
+    pub access: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text, coloured when stderr is a terminal and plain otherwise.
+    Auto,
+    /// Text without colour codes.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -493,7 +529,8 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             level: "info".into(),
-            format: LogFormat::Text,
+            format: LogFormat::Auto,
+            access: false,
         }
     }
 }
@@ -602,9 +639,32 @@ impl Settings {
         if self.http.body_limit_bytes < 256 {
             bail!("http.body_limit_bytes must be at least 256");
         }
+        self.validate_urls()?;
         self.validate_http_and_limits()?;
-        if matches!(&self.auth.secret, Some(s) if s.len() < 16) {
+        if matches!(&self.auth.secret, Some(s) if s.expose().len() < 16) {
             bail!("auth.secret must be at least 16 bytes");
+        }
+        Ok(())
+    }
+
+    /// URLs that cannot be parsed are configuration errors (exit 64), not
+    /// connection failures; the message names them without a password.
+    fn validate_urls(&self) -> anyhow::Result<()> {
+        let redis = &self.redis.url;
+        // fred takes any scheme for a single server.
+        let scheme = redis.expose().split_once("://").map(|(s, _)| s);
+        if !scheme.is_some_and(|s| REDIS_SCHEMES.contains(&s)) {
+            bail!(
+                "redis.url {redis} is not a redis URL: the scheme must be one of {}",
+                REDIS_SCHEMES.join(", ")
+            );
+        }
+        fred::types::config::Config::from_url(redis.expose()).map_err(|e| {
+            anyhow::anyhow!("redis.url {redis} is not a redis URL: {}", e.details())
+        })?;
+        let postgres = &self.postgres.url;
+        if postgres.expose().parse::<tokio_postgres::Config>().is_err() {
+            bail!("postgres.url {postgres} is not a postgres URL");
         }
         Ok(())
     }
@@ -654,6 +714,42 @@ mod tests {
             .extract::<Settings>()
             .unwrap_err();
         assert!(err.to_string().contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_bare_addresses_and_blocks() {
+        let toml = "[http]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]";
+        let s: Settings = Figment::from(Toml::string(toml)).extract().unwrap();
+        let shown: Vec<String> = s
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let env_like = Figment::from(Serialized::defaults(Settings::default())).merge(
+            Toml::string("[http]\ntrusted_proxies = [\"not-an-address\"]"),
+        );
+        let err = env_like.extract::<Settings>().unwrap_err();
+        assert!(err.to_string().contains("not-an-address"), "{err}");
+    }
+
+    #[test]
+    fn urls_that_do_not_parse_are_configuration_errors_without_their_password() {
+        let mut s = Settings::default();
+        s.redis.url = "htp://user:s3cret@nope".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("redis.url") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let mut s = Settings::default();
+        s.postgres.url = "postgres://fg:s3cret@db:notaport/x".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("postgres.url") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 
     #[test]

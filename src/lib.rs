@@ -1,6 +1,7 @@
 //! flashgate: a Redis-first flash-sale contention gateway.
 //!
 //! - `config`: settings, layered from file and environment, validated once.
+//! - `secret`: settings that never reach a log (the token secret, URLs with passwords).
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
 //! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
 //! - `clock`: the gateway's wall clock.
@@ -37,6 +38,7 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod redis;
+pub mod secret;
 pub mod service;
 pub mod telemetry;
 pub mod tools;

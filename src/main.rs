@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     if !matches!(
         cli.command,
         Command::Token { .. }
+            | Command::Healthcheck { .. }
             | Command::Openapi
             | Command::Demo(_)
             | Command::Bench(_)
@@ -60,6 +61,10 @@ fn main() -> ExitCode {
             println!("{}", auth.issue(&account, role, ttl_seconds));
             ExitCode::SUCCESS
         }
+        Command::Healthcheck { probe, timeout_ms } => run(async move {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            tools::healthcheck(&settings, probe, timeout).await
+        }),
         Command::Openapi => {
             print!("{}", flashgate::http::openapi::pretty_json());
             ExitCode::SUCCESS
@@ -96,8 +101,12 @@ fn run(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> 
     };
     match runtime.block_on(command) {
         Ok(code) => code,
-        Err(e) => {
+        // Once: in the log when there is one, else on stderr.
+        Err(e) if telemetry::installed() => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("flashgate: {e:#}");
             ExitCode::FAILURE
         }

@@ -1,4 +1,5 @@
-//! The one-shot operator commands: `migrate`, `reconcile` and `rebuild`.
+//! The one-shot operator commands: `migrate`, `reconcile`, `rebuild` and
+//! `healthcheck`.
 //! Each connects, does its work, prints a report and returns the exit code.
 
 use std::{process::ExitCode, sync::Arc};
@@ -18,6 +19,52 @@ use crate::{
 
 /// Exit code of `reconcile` when it found drift or a journal gap.
 pub const EXIT_DRIFT: u8 = 3;
+
+/// `GET probe` on the gateway at `http.listen` (an unspecified address,
+/// `0.0.0.0` or `::`, is asked on loopback): exit 0 on 200, 1 on anything
+/// else, with the reason on stderr.
+pub async fn healthcheck(
+    settings: &Settings,
+    probe: crate::cli::Probe,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut addr = settings.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let asked = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(probe.path())
+            .header(hyper::header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+        anyhow::Ok(sender.send_request(request).await?.status())
+    };
+    let status = match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            eprintln!("flashgate: {addr}{}: {e:#}", probe.path());
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(_) => {
+            eprintln!(
+                "flashgate: {addr}{}: no answer within {timeout:?}",
+                probe.path()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if status == hyper::StatusCode::OK {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("flashgate: {addr}{} answered {status}", probe.path());
+    Ok(ExitCode::FAILURE)
+}
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = Store::new(&settings.postgres)?;

@@ -287,7 +287,7 @@ fn print_goals(c: &Comparison) {
 async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<(f64, f64)> {
     devstack::require("redis-benchmark", "redis-tools")?;
     let mut settings = Settings::default();
-    settings.redis.url = format!("redis://127.0.0.1:{}", target.redis_port);
+    settings.redis.url = format!("redis://127.0.0.1:{}", target.redis_port).into();
     let redis = Redis::connect(&settings)
         .await
         .context("connecting to the bench's redis")?;

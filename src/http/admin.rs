@@ -95,7 +95,7 @@ pub struct StockBody {
 }
 
 /// `PUT /v1/admin/inventory/{sku}/locations/{location}`
-#[utoipa::path(put, path = "/v1/admin/inventory/{sku}/locations/{location}", tag = "admin",
+#[utoipa::path(put, path = "/v1/admin/inventory/{sku}/locations/{location}", operation_id = "setStock", tag = "admin",
     summary = "Create or set a location's counts (reserved units are untouched)",
     params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"), ("location" = String, Path, description = "1-32 characters of `[A-Za-z0-9._-]`"),
         ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: refuse with 412 unless the SKU is at this version")),
@@ -105,6 +105,7 @@ pub struct StockBody {
         (status = 200, description = "The inventory view after the change", body = InventoryView),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
+        (status = 409, description = "`insufficient-stock` (member `available`): the counts would leave fewer holdable units than are held", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`precondition-failed` (member `version`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, response = ValidationFailed),
         (status = 503, response = Unavailable),
@@ -161,7 +162,7 @@ pub struct AdjustBody {
 }
 
 /// `POST /v1/admin/inventory/{sku}/locations/{location}/adjustments`
-#[utoipa::path(post, path = "/v1/admin/inventory/{sku}/locations/{location}/adjustments", tag = "admin",
+#[utoipa::path(post, path = "/v1/admin/inventory/{sku}/locations/{location}/adjustments", operation_id = "adjustStock", tag = "admin",
     summary = "Add or remove units with a reason",
     params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"), ("location" = String, Path, description = "1-32 characters of `[A-Za-z0-9._-]`")),
     request_body = AdjustBody,
@@ -274,7 +275,7 @@ fn instant(name: &str, value: Option<Option<String>>) -> Result<Option<PolicyFie
 
 /// `PUT /v1/admin/inventory/{sku}`: the sale policy. Absent fields stay,
 /// `null` clears.
-#[utoipa::path(put, path = "/v1/admin/inventory/{sku}", tag = "admin",
+#[utoipa::path(put, path = "/v1/admin/inventory/{sku}", operation_id = "setPolicy", tag = "admin",
     summary = "Set a SKU's sale policy: purchase cap, sale window, hold TTL",
     params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
     request_body = PolicyBody,

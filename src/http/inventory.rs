@@ -26,7 +26,7 @@ pub fn view_response(view: InventoryView) -> Response {
 }
 
 /// `GET /v1/inventory/{sku}`: no token needed.
-#[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "shopper",
+#[utoipa::path(get, path = "/v1/inventory/{sku}", operation_id = "getInventory", tag = "shopper",
     summary = "Read a SKU's stock, in total and per location",
     params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
     responses(

@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use metrics::{Counter, Histogram};
 
 use super::problem::{ApiError, ensure_problem};
-use crate::metrics as names;
+use crate::{metrics as names, telemetry::ACCESS_TARGET};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -83,6 +83,8 @@ pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next)
         .and_then(valid_request_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let header = HeaderValue::from_str(&id).ok();
+    let access = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
+        .then(|| (id.clone(), request.uri().path().to_owned()));
     let too_large = headers_too_large(&request);
     let mut response = REQUEST_ID
         .scope(id, async move {
@@ -103,9 +105,23 @@ pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next)
         response.headers_mut().insert(REQUEST_ID_HEADER, header);
     }
     let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    let (count, latency) = http_metrics(route, method, response.status().as_u16());
+    let status = response.status().as_u16();
+    let (count, latency) = http_metrics(route, method, status);
     count.increment(1);
-    latency.record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    latency.record(elapsed.as_secs_f64());
+    if let Some((request_id, path)) = access {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            method,
+            route,
+            path,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id,
+            "request"
+        );
+    }
     response
 }
 

@@ -6,7 +6,12 @@
 use axum::Json;
 use utoipa::{
     Modify, OpenApi, ToResponse,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        RefOr,
+        header::Header,
+        schema::{Object, Type},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 use super::{admin, inventory, ops, problem::Problem, reservations};
@@ -36,6 +41,10 @@ use super::{admin, inventory, ops, problem::Problem, reservations};
     components(
         schemas(Problem),
         responses(
+            BadRequest,
+            PayloadTooLarge,
+            HeadersTooLarge,
+            Internal,
             Unauthorized,
             Forbidden,
             UnknownSku,
@@ -45,7 +54,8 @@ use super::{admin, inventory, ops, problem::Problem, reservations};
             Unavailable
         )
     ),
-    modifiers(&BearerAuth),
+    // Common answers first, so that their headers are declared too.
+    modifiers(&BearerAuth, &CommonResponses, &ResponseHeaders),
     tags(
         (name = "shopper", description = "Stock and reservations; a shopper token's `sub` is the account"),
         (name = "admin", description = "Stock and sale policy; tokens with the `inventory:admin` scope"),
@@ -67,6 +77,10 @@ macro_rules! problem_responses {
 }
 
 problem_responses! {
+    BadRequest: "`malformed-json` (the body is not JSON, or not an object), or `bad-request` (a path segment that is not UTF-8, a header that cannot be read)";
+    PayloadTooLarge: "The body is over `http.body_limit_bytes` (`payload-too-large`)";
+    HeadersTooLarge: "More than 100 header fields or 32 KiB of them (`header-fields-too-large`)";
+    Internal: "A fault in the gateway (`internal`); the body says nothing more, the log has the `request_id`";
     Unauthorized: "No valid token (`unauthorized`)";
     Forbidden: "The token lacks the `inventory:admin` scope (`forbidden`)";
     UnknownSku: "`unknown-sku`";
@@ -95,10 +109,190 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The headers responses carry, declared on every response that sends
+/// them: `(header, schema type, description, which responses)`.
+const HEADERS: &[(&str, Type, &str, Sends)] = &[
+    (
+        "X-Request-Id",
+        Type::String,
+        "The request's id: the client's `X-Request-Id` when valid, else a fresh one; also in every problem body",
+        Sends::Every,
+    ),
+    (
+        "Retry-After",
+        Type::Integer,
+        "Whole seconds to wait before retrying (at least 1)",
+        Sends::Status(&["429", "503"]),
+    ),
+    (
+        "WWW-Authenticate",
+        Type::String,
+        "`Bearer`",
+        Sends::Status(&["401"]),
+    ),
+    (
+        "RateLimit-Policy",
+        Type::String,
+        "The tightest admission limit that applies (IETF RateLimit headers draft), when limits are on",
+        Sends::Operation("createReservation"),
+    ),
+    (
+        "RateLimit",
+        Type::String,
+        "What is left of that limit and when it refills",
+        Sends::Operation("createReservation"),
+    ),
+    (
+        "Location",
+        Type::String,
+        "`/v1/reservations/{id}` of the hold",
+        Sends::OperationStatus("createReservation", "201"),
+    ),
+    (
+        "Idempotent-Replayed",
+        Type::String,
+        "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` and body",
+        Sends::OperationStatus("createReservation", "201"),
+    ),
+    (
+        "ETag",
+        Type::String,
+        "`\"<version>\"` of the SKU: what `If-Match` takes",
+        Sends::OperationStatus("getInventory", "200"),
+    ),
+    (
+        "ETag",
+        Type::String,
+        "`\"<version>\"` of the SKU after the change",
+        Sends::OperationStatus("setStock", "200"),
+    ),
+    (
+        "ETag",
+        Type::String,
+        "`\"<version>\"` of the SKU after the change",
+        Sends::OperationStatus("adjustStock", "200"),
+    ),
+];
+
+/// Which responses send a header.
+enum Sends {
+    Every,
+    /// Responses with one of these statuses, wherever they are declared.
+    Status(&'static [&'static str]),
+    /// Every response of one operation.
+    Operation(&'static str),
+    OperationStatus(&'static str, &'static str),
+}
+
+impl Sends {
+    fn applies(&self, operation: Option<&str>, status: &str) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Status(statuses) => statuses.contains(&status),
+            Self::Operation(id) => operation == Some(*id),
+            Self::OperationStatus(id, s) => operation == Some(*id) && status == *s,
+        }
+    }
+}
+
+/// Answers any operation may give, below its handler: `(status, shared
+/// response, which operations)`.
+const COMMON: &[(&str, &str, Takes)] = &[
+    ("400", "BadRequest", Takes::PathOrBody),
+    ("413", "PayloadTooLarge", Takes::Body),
+    ("431", "HeadersTooLarge", Takes::Anything),
+    ("500", "Internal", Takes::Anything),
+];
+
+#[derive(Clone, Copy)]
+enum Takes {
+    Anything,
+    Body,
+    PathOrBody,
+}
+
+/// Declares `COMMON` on every operation it applies to.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post];
+            for operation in operations.into_iter().flatten() {
+                let body = operation.request_body.is_some();
+                for (status, name, takes) in COMMON {
+                    let applies = match takes {
+                        Takes::Anything => true,
+                        Takes::Body => body,
+                        Takes::PathOrBody => body || path.contains('{'),
+                    };
+                    if applies {
+                        let reference = utoipa::openapi::Ref::from_response_name(*name);
+                        operation
+                            .responses
+                            .responses
+                            .entry((*status).to_owned())
+                            .or_insert(RefOr::Ref(reference));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `HEADERS` to the responses: inline ones under their operation, and
+/// the shared ones (`components.responses`, by status: each is used with
+/// one) once.
+struct ResponseHeaders;
+
+impl Modify for ResponseHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut shared_status = std::collections::BTreeMap::new();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post];
+            for operation in operations.into_iter().flatten() {
+                let id = operation.operation_id.clone();
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    match response {
+                        RefOr::T(response) => add_headers(response, id.as_deref(), status),
+                        RefOr::Ref(r) => {
+                            let name = r.ref_location.rsplit('/').next().unwrap_or_default();
+                            shared_status.insert(name.to_owned(), status.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (name, response) in components.responses.iter_mut() {
+            if let (RefOr::T(response), Some(status)) = (response, shared_status.get(name)) {
+                add_headers(response, None, status);
+            }
+        }
+    }
+}
+
+fn add_headers(response: &mut utoipa::openapi::Response, operation: Option<&str>, status: &str) {
+    for (name, kind, description, sends) in HEADERS {
+        if sends.applies(operation, status) {
+            let mut header = Header::new(Object::with_type(kind.clone()));
+            header.description = Some((*description).to_owned());
+            response
+                .headers
+                .insert((*name).to_owned(), RefOr::T(header));
+        }
+    }
+}
+
 /// The description, with the running version.
 pub fn description() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    // utoipa fills it from Cargo.toml, where no licence is chosen yet: an
+    // empty name is invalid OpenAPI.
+    doc.info.license = None;
     doc
 }
 
@@ -109,7 +303,7 @@ pub fn pretty_json() -> String {
 }
 
 /// `GET /openapi.json`
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", operation_id = "getOpenApi", tag = "operations",
     summary = "This description (OpenAPI 3.1)",
     responses((status = 200, description = "The OpenAPI document", body = Object)))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
@@ -129,6 +323,67 @@ mod tests {
             "openapi.json differs from the code: run `cargo run -- openapi > openapi.json` \
              and commit the result"
         );
+    }
+
+    /// `(METHOD, path, operationId)` of every operation `docs/api.md`
+    /// names as served: a heading or list item opening with a backticked
+    /// `METHOD /path` and ``(`operationId` ``, outside the planned parts.
+    fn contract_operations() -> std::collections::BTreeSet<(String, String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut found = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if line.starts_with("# ") && line.contains("*(planned)*") {
+                break;
+            }
+            // An endpoint is named by a heading or a list item opening with
+            // it; other mentions are prose.
+            let Some(named) = line
+                .strip_prefix("### ")
+                .or_else(|| line.strip_prefix("- "))
+            else {
+                continue;
+            };
+            for method in ["GET", "PUT", "POST"] {
+                if !named.starts_with(&format!("`{method} /")) {
+                    continue;
+                }
+                // The path, from its `/` to the closing backtick.
+                let rest = &named[method.len() + 2..];
+                let Some(end) = rest.find('`') else { continue };
+                let path = &rest[..end];
+                let after = &rest[end + 1..];
+                if let Some(id) = after
+                    .trim_start()
+                    .strip_prefix("(`")
+                    .and_then(|t| t.split('`').next())
+                {
+                    found.insert((method.to_owned(), path.to_owned(), id.to_owned()));
+                } else {
+                    assert!(
+                        after.contains("*(planned)*"),
+                        "docs/api.md names `{method} {path}` without its operationId: {line}"
+                    );
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn docs_api_md_and_openapi_json_name_the_same_operations() {
+        let doc = serde_json::to_value(description()).unwrap();
+        let mut described = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let id = operation["operationId"].as_str().unwrap().to_owned();
+                described.insert((method.to_uppercase(), path.clone(), id));
+            }
+        }
+        let ids: Vec<_> = described.iter().map(|(_, _, id)| id).collect();
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(ids.len(), unique.len(), "operationIds repeat: {ids:?}");
+        assert_eq!(contract_operations(), described);
     }
 
     #[test]

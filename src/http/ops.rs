@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::state::AppState;
 
 /// `GET /metrics`: Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "operations",
     summary = "Prometheus metrics (also on `metrics.listen` when set)",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
         body = String, content_type = "text/plain; version=0.0.4")))]
@@ -27,7 +27,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
 }
 
 /// `GET /healthz`: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", operation_id = "getLiveness", tag = "operations",
     summary = "Liveness: 200 while the process runs",
     responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Object)))]
 pub async fn healthz() -> Json<Value> {
@@ -56,7 +56,7 @@ const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// `GET /readyz`: 200 only when Redis and Postgres answer and the gateway is
 /// not draining; otherwise 503 naming what failed. Always reports the
 /// journal lag.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "operations",
     summary = "Readiness: Redis, Postgres, not draining; always the journal lag",
     responses(
         (status = 200, description = "Ready", body = Readiness),

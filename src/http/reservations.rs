@@ -112,7 +112,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 
 /// `POST /v1/reservations`. Every answer past the token and body checks
 /// carries the rate-limit headers of the limits it passed.
-#[utoipa::path(post, path = "/v1/reservations", tag = "shopper",
+#[utoipa::path(post, path = "/v1/reservations", operation_id = "createReservation", tag = "shopper",
     summary = "Hold units of a SKU for the caller's account",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1-128 printable ASCII characters: the same key and body within its TTL \
@@ -240,7 +240,7 @@ fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
 }
 
 /// `GET /v1/reservations/{id}`: the owner, or an admin.
-#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "shopper",
+#[utoipa::path(get, path = "/v1/reservations/{id}", operation_id = "getReservation", tag = "shopper",
     summary = "Read a reservation (its owner, or an admin)",
     params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
     security(("bearer" = [])),
@@ -281,7 +281,7 @@ async fn settle(
 }
 
 /// `POST /v1/reservations/{id}/confirm`: the owner only.
-#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", tag = "shopper",
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", operation_id = "confirmReservation", tag = "shopper",
     summary = "Turn a hold into a sale (idempotent)",
     params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
     security(("bearer" = [])),
@@ -301,7 +301,7 @@ pub async fn confirm(
 }
 
 /// `POST /v1/reservations/{id}/release`: the owner only.
-#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "shopper",
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", operation_id = "releaseReservation", tag = "shopper",
     summary = "Give the held units back (idempotent)",
     params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
     security(("bearer" = [])),

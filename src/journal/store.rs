@@ -88,8 +88,9 @@ impl Store {
     pub fn new(settings: &PostgresSettings) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = settings
             .url
+            .expose()
             .parse()
-            .with_context(|| format!("postgres.url {:?} is not a postgres URL", settings.url))?;
+            .with_context(|| format!("postgres.url {} is not a postgres URL", settings.url))?;
         config.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
         config.options(format!(
             "-c statement_timeout={}",

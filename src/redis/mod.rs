@@ -626,8 +626,8 @@ pub(crate) fn unreachable(e: &fred::error::Error) -> bool {
 }
 
 fn config(settings: &RedisSettings) -> anyhow::Result<Config> {
-    Config::from_url(&settings.url)
-        .with_context(|| format!("redis.url {:?} is not a redis URL", settings.url))
+    Config::from_url(settings.url.expose())
+        .with_context(|| format!("redis.url {} is not a redis URL", settings.url))
 }
 
 /// What every client shares: the URL, timeouts and reconnection policy.

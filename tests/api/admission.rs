@@ -221,7 +221,7 @@ fn script_calls(port: u16) -> u64 {
 
 fn private_settings(redis: &PrivateRedis) -> Settings {
     let mut settings = test_settings(Backend::Standalone, &unique_prefix());
-    settings.redis.url = redis.url();
+    settings.redis.url = redis.url().into();
     settings
 }
 
@@ -395,15 +395,7 @@ async fn shadow_mode_refuses_nothing_and_counts_what_it_would_have() {
     );
     gateway.wait_ready().await;
     let http = reqwest::Client::new();
-    let admin = crate::harness::admin_token();
-    let r = http
-        .put(gateway.url("/v1/admin/inventory/A-SHADOW/locations/default"))
-        .bearer_auth(&admin)
-        .json(&json!({ "on_hand": 1000 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    gateway.stock("A-SHADOW", 1000).await;
 
     let bot = token("shadow-bot");
     let start = Instant::now();

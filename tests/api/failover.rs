@@ -126,7 +126,7 @@ impl Cluster {
         let nodes = stack.redis_cluster_with_replicas(3, 1).unwrap();
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         let mut settings = test_settings(Backend::Cluster, &unique_prefix());
-        settings.redis.url = devstack::cluster_url(&ports[..3]);
+        settings.redis.url = devstack::cluster_url(&ports[..3]).into();
         let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
         Self {
             stack,
@@ -282,7 +282,7 @@ async fn replica_acknowledged_confirmations_survive_their_master() {
         };
         assert_eq!(status, "confirmed", "{id} after the failover");
     }
-    let db = crate::harness::journal_db(&settings.postgres.url).await;
+    let db = crate::harness::journal_db(settings.postgres.url.expose()).await;
     let rows: i64 = db
         .query_one(
             "SELECT count(*) FROM reservations WHERE sku = $1 AND state = 'confirmed'",
@@ -382,7 +382,7 @@ async fn writes_a_failover_lost_are_fenced_and_rebuilt_before_anything_is_sold()
     }
     let r = app.reservation(&first, &first_id, Some("confirm")).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let db = crate::harness::journal_db(&settings.postgres.url).await;
+    let db = crate::harness::journal_db(settings.postgres.url.expose()).await;
     let journaled = || async {
         db.query_one(
             "SELECT count(*) FROM inventory_events WHERE sku = $1",
@@ -546,23 +546,15 @@ async fn background_work_backs_off_from_a_stalled_master_and_resumes_when_it_ans
     }
     let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
     let mut settings = test_settings(Backend::Cluster, &unique_prefix());
-    settings.redis.url = devstack::cluster_url(&ports);
+    settings.redis.url = devstack::cluster_url(&ports).into();
     let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
     let (stalled_sku, control, stalled) = two_skus_on_two_masters(ports[0], &keys);
     let stalled_pid = nodes.iter().find(|n| n.port == stalled).unwrap().pid;
     let mut gateway = GatewayProcess::start(&settings);
     gateway.wait_ready().await;
     let http = reqwest::Client::new();
-    let admin = crate::harness::admin_token();
     for sku in [&stalled_sku, &control] {
-        let r = http
-            .put(gateway.url(&format!("/v1/admin/inventory/{sku}/locations/default")))
-            .bearer_auth(&admin)
-            .json(&json!({ "on_hand": 1000 }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        gateway.stock(sku, 1000).await;
     }
     let metrics = || async {
         let r = http.get(gateway.url("/metrics")).send().await.unwrap();

@@ -174,10 +174,10 @@ pub fn unique_prefix() -> String {
 pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
     let mut s = Settings::default();
     s.http.listen = "127.0.0.1:0".parse().expect("a socket address");
-    s.redis.url = servers().url(backend);
+    s.redis.url = servers().url(backend).into();
     s.redis.key_prefix = prefix.to_owned();
     s.redis.partitions = 64;
-    s.postgres.url = fresh_database();
+    s.postgres.url = fresh_database().into();
     s.journal.reconcile_interval_ms = 200;
     s.journal.reconcile_settle_ms = 200;
     s.auth.secret = Some(TEST_SECRET.into());
@@ -511,13 +511,13 @@ pub struct GatewayProcess {
 pub fn flashgate(settings: &Settings, command: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
     cmd.arg(command)
-        .env("FLASHGATE_REDIS__URL", &settings.redis.url)
+        .env("FLASHGATE_REDIS__URL", settings.redis.url.expose())
         .env("FLASHGATE_REDIS__KEY_PREFIX", &settings.redis.key_prefix)
         .env(
             "FLASHGATE_REDIS__PARTITIONS",
             settings.redis.partitions.to_string(),
         )
-        .env("FLASHGATE_POSTGRES__URL", &settings.postgres.url)
+        .env("FLASHGATE_POSTGRES__URL", settings.postgres.url.expose())
         .env("FLASHGATE_AUTH__SECRET", TEST_SECRET)
         .env("FLASHGATE_LOG__LEVEL", "warn");
     // The settings' admission limits too (`test_settings` turns them off,
@@ -578,6 +578,19 @@ impl GatewayProcess {
 impl GatewayProcess {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sets `on_hand` of `sku` at the default location, as an operator.
+    pub async fn stock(&self, sku: &str, on_hand: i64) {
+        let url = self.url(&format!("/v1/admin/inventory/{sku}/locations/default"));
+        let r = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(admin_token())
+            .json(&serde_json::json!({ "on_hand": on_hand }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "stocking {sku}");
     }
 
     /// Waits until it answers `/readyz` with 200 (at most 30 s).

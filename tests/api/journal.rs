@@ -166,7 +166,7 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
 
 async fn steady_state_tables_agree_with_redis(backend: Backend) {
     let app = spawn_app_with(test_settings(backend, &unique_prefix())).await;
-    let db = journal_db(&app.settings.postgres.url).await;
+    let db = journal_db(app.settings.postgres.url.expose()).await;
     let (hot, short) = ("J-HOT", "J-SHORT");
     app.stock(hot, 60).await;
     let r = app
@@ -227,7 +227,7 @@ async fn a_queue_of_one_drops_events_and_the_reconciler_brings_them(backend: Bac
     let mut settings = settings_without_reconciler(backend);
     settings.journal.queue_capacity = 1;
     let app = spawn_app_with(settings).await;
-    let db = journal_db(&app.settings.postgres.url).await;
+    let db = journal_db(app.settings.postgres.url.expose()).await;
     let sku = "J-OVERFLOW";
     // The in-process reconciler's one pass at start (over empty streams)
     // must be over, so that the passes below find every dropped event.
@@ -275,7 +275,7 @@ async fn a_pass_looks_up_only_the_entries_its_own_store_did_not_commit(backend: 
     let mut settings = settings_without_reconciler(backend);
     settings.journal.queue_capacity = 1;
     let app = spawn_app_with(settings).await;
-    let db = journal_db(&app.settings.postgres.url).await;
+    let db = journal_db(app.settings.postgres.url.expose()).await;
     let sku = "J-RECORDED";
     tokio::time::sleep(Duration::from_secs(1)).await;
     app.stock(sku, 200).await;
@@ -316,7 +316,7 @@ async fn a_pass_looks_up_only_the_entries_its_own_store_did_not_commit(backend: 
 
 async fn replaying_the_same_events_twice_changes_nothing(backend: Backend) {
     let app = spawn_app_with(settings_without_reconciler(backend)).await;
-    let db = journal_db(&app.settings.postgres.url).await;
+    let db = journal_db(app.settings.postgres.url.expose()).await;
     let sku = "J-REPLAY";
     app.stock(sku, 30).await;
     let acked = crowd(&app, sku, 40, 10).await;
@@ -367,11 +367,13 @@ async fn snapshot(db: &tokio_postgres::Client) -> Vec<String> {
 async fn postgres_going_away_loses_nothing_acknowledged(backend: Backend) {
     let proxy = ChaosProxy::start(servers().postgres_port).await;
     let mut settings = test_settings(backend, &unique_prefix());
-    let direct = settings.postgres.url.clone();
-    settings.postgres.url = direct.replace(
-        &format!(":{}/", servers().postgres_port),
-        &format!(":{}/", proxy.port),
-    );
+    let direct = settings.postgres.url.expose().to_owned();
+    settings.postgres.url = direct
+        .replace(
+            &format!(":{}/", servers().postgres_port),
+            &format!(":{}/", proxy.port),
+        )
+        .into();
     settings.postgres.connect_timeout_ms = 300;
     settings.postgres.acquire_timeout_ms = 300;
     settings.journal.retry_backoff_ms = 100;
@@ -449,16 +451,8 @@ async fn a_gateway_killed_mid_load_loses_no_acknowledged_reservation(backend: Ba
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let admin = crate::harness::admin_token();
     let sku = "J-CRASH";
-    let r = http
-        .put(format!("{base}/v1/admin/inventory/{sku}/locations/default"))
-        .bearer_auth(&admin)
-        .json(&json!({ "on_hand": 5000 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    gateway.stock(sku, 5000).await;
 
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Acked>::new()));
     let load = {
@@ -501,7 +495,7 @@ async fn a_gateway_killed_mid_load_loses_no_acknowledged_reservation(backend: Ba
     // A new instance on the same data: its reconciler brings what the dead
     // one's queue held.
     let app = spawn_app_with(settings).await;
-    let db = journal_db(&app.settings.postgres.url).await;
+    let db = journal_db(app.settings.postgres.url.expose()).await;
     let start = Instant::now();
     loop {
         let ids: Vec<&str> = acked.iter().map(|a| a.id.as_str()).collect();
@@ -531,7 +525,7 @@ async fn a_wiped_redis_is_rebuilt_from_the_journal(backend: Backend) {
     let mut settings = test_settings(backend, &unique_prefix());
     settings.journal.auto_rebuild = false;
     let app = spawn_app_with(settings).await;
-    let db = journal_db(&app.settings.postgres.url).await;
+    let db = journal_db(app.settings.postgres.url.expose()).await;
     let sku = "J-REBUILD";
     app.stock(sku, 10).await;
     let r = app
@@ -607,7 +601,7 @@ async fn instances_starting_together_share_one_journal(backend: Backend) {
         spawn_app_with(settings.clone()),
         spawn_app_with(settings.clone())
     );
-    let db = journal_db(&settings.postgres.url).await;
+    let db = journal_db(settings.postgres.url.expose()).await;
     let migrations = count(&db, "SELECT count(*) FROM flashgate_schema_history").await;
     assert_eq!(migrations, 1, "the schema was migrated once");
     let sku = "J-TWO";

@@ -17,6 +17,7 @@ mod idempotency;
 mod journal;
 mod lifecycle;
 mod observability;
+mod operations;
 mod resilience;
 mod stock;
 mod upgrade;

@@ -280,7 +280,7 @@ async fn sync_confirmations_arriving_together_share_postgres_commits(backend: Ba
         "{confirmed:?}"
     );
 
-    let db = journal_db(&o.settings.postgres.url).await;
+    let db = journal_db(o.settings.postgres.url.expose()).await;
     let in_postgres: i64 = db
         .query_one(
             "SELECT count(*) FROM reservations WHERE reservation_id = ANY($1) AND state = 'confirmed'",

@@ -67,7 +67,7 @@ async fn a_gateway_refuses_to_start_without_redis(backend: Backend) {
 async fn redis_going_away_gives_503_then_service_resumes() {
     let mut redis = PrivateRedis::start();
     let mut settings = test_settings(Backend::Standalone, &unique_prefix());
-    settings.redis.url = redis.url();
+    settings.redis.url = redis.url().into();
     settings.redis.command_timeout_ms = 300;
     let app = spawn_app_with(settings).await;
     app.stock("GONE", 5).await;
@@ -126,7 +126,7 @@ async fn redis_going_away_gives_503_then_service_resumes() {
 async fn a_hold_made_after_its_503_is_released_unless_the_client_can_retry_for_it() {
     let redis = PrivateRedis::start();
     let mut settings = test_settings(Backend::Standalone, &unique_prefix());
-    settings.redis.url = redis.url();
+    settings.redis.url = redis.url().into();
     settings.redis.command_timeout_ms = 300;
     let app = spawn_app_with(settings).await;
     app.stock("LATE", 5).await;
@@ -155,7 +155,7 @@ async fn a_hold_made_after_its_503_is_released_unless_the_client_can_retry_for_i
     }
     assert_eq!(reserved, 0, "a hold answered 503 stayed held");
     // It was held, and its release is journaled like a shopper's own.
-    let db = crate::harness::journal_db(&app.settings.postgres.url).await;
+    let db = crate::harness::journal_db(app.settings.postgres.url.expose()).await;
     let mut kinds = Vec::new();
     for _ in 0..50 {
         kinds = db
