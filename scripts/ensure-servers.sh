@@ -11,6 +11,12 @@ if [ "${want_prometheus:-0}" = 1 ]; then
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 fi
 
+# test.sh checks docker-compose.yml with docker compose (the plugin) or
+# docker-compose, and the Alertmanager configuration with amtool.
+if [ "${want_compose:-0}" = 1 ]; then
+  { docker compose version || command -v docker-compose; } >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+fi
 # test.sh pip-installs its Python tools into a venv.
 if [ "${want_python_venv:-0}" = 1 ]; then
   command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -4,14 +4,16 @@
 # The tests start their own redis-server processes (standalone and a
 # three-master cluster) and PostgreSQL on free loopback ports and remove them
 # afterwards, and a Prometheus that scrapes a test gateway; this script only
-# makes sure the server packages are installed. Where `docker compose` (or
-# docker-compose) is installed, docker-compose.yml is checked with it too.
+# makes sure the server packages are installed. docker-compose.yml is
+# checked with `docker compose config` (or docker-compose, installed when
+# neither is) and config/alertmanager.yml with amtool.
 # openapi.json is checked with openapi-spec-validator, which pip installs into
 # a venv of its own (target/tools-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_prometheus=1
 want_python_venv=1
+want_compose=1
 source scripts/ensure-servers.sh
 # Python tools the tests run (openapi-spec-validator), in a venv of their own.
 tools=target/tools-venv

@@ -76,7 +76,22 @@ fn the_demo_sells_out_without_overselling_and_removes_what_it_started() {
         .find_map(|l| l.trim().strip_prefix("reserved"))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .expect("a reserved count");
-    assert!((50..=100).contains(&reserved), "{stdout}");
+    // Each unit is held at most once while no hold can expire; a crowd
+    // slowed past the 3 s TTL (a loaded machine) re-holds expired units.
+    let crowd_seconds: f64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("attempts"))
+        .and_then(|l| {
+            l.split(" in ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the crowd's duration");
+    let most = if crowd_seconds < 3.0 { 100 } else { 600 };
+    assert!((50..=most).contains(&reserved), "{stdout}");
     assert!(!announced_dir(&stdout).exists(), "the demo left its files");
 }
 

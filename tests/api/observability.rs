@@ -329,6 +329,42 @@ fn the_alert_rules_pass_their_promtool_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+#[test]
+fn every_alert_says_what_to_do_and_links_its_runbook_section() {
+    let rules = std::fs::read_to_string(repo_file("config/alerts.yml")).unwrap();
+    let runbook = std::fs::read_to_string(repo_file("docs/runbook.md")).unwrap();
+    let blocks: Vec<&str> = rules.split("- alert: ").skip(1).collect();
+    assert!(blocks.len() >= 14, "{} alerts", blocks.len());
+    for block in blocks {
+        let name = block.split_whitespace().next().unwrap();
+        assert!(
+            block.contains("description: \""),
+            "{name} has no description"
+        );
+        let url = format!("runbook_url: \"docs/runbook.md#{}\"", name.to_lowercase());
+        assert!(block.contains(&url), "{name}: no {url}");
+        assert!(
+            runbook.contains(&format!("\n## {name}\n")),
+            "docs/runbook.md has no section for {name}"
+        );
+    }
+}
+
+#[test]
+fn the_alertmanager_configuration_is_valid() {
+    let out = Command::new("amtool")
+        .args(["check-config", "config/alertmanager.yml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("amtool: apt-get install prometheus-alertmanager (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every query of the dashboard: (panel title, expression).
 fn dashboard_queries() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(repo_file("grafana/dashboards/flashgate.json")).unwrap();
@@ -628,6 +664,25 @@ fn compose_command() -> Option<Command> {
     works(Command::new("docker-compose").arg("version")).then(|| Command::new("docker-compose"))
 }
 
+/// The lines of one service of docker-compose.yml: from `  name:` to the
+/// next line indented by two spaces or less.
+fn service_block<'a>(compose: &'a str, name: &str) -> &'a str {
+    let start = compose
+        .find(&format!("\n  {name}:\n"))
+        .unwrap_or_else(|| panic!("no service {name}"))
+        + 1;
+    let body = &compose[start..];
+    let end = body
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| {
+            let line = &body[i..];
+            !line.starts_with("   ") && !line.starts_with('\n')
+        })
+        .unwrap_or(body.len());
+    &body[..end]
+}
+
 #[test]
 fn the_compose_file_is_valid_pins_its_images_and_mounts_files_that_exist() {
     let compose = std::fs::read_to_string(repo_file("docker-compose.yml")).unwrap();
@@ -653,6 +708,45 @@ fn the_compose_file_is_valid_pins_its_images_and_mounts_files_that_exist() {
         }
     }
     assert!(compose.contains("--cluster-replicas 1"));
+    // Hardened: loopback ports, a healthcheck per long-running service,
+    // data in named volumes, a bounded cluster init.
+    for line in compose.lines().map(str::trim) {
+        if line.starts_with("- \"") && line.contains(':') && !line.contains("/") {
+            assert!(
+                line.starts_with("- \"${FLASHGATE_PUBLISH_ADDRESS:-127.0.0.1}:"),
+                "a port published beyond loopback: {line}"
+            );
+        }
+    }
+    for service in [
+        "flashgate",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "postgres",
+    ] {
+        assert!(
+            service_block(&compose, service).contains("healthcheck:"),
+            "{service} has no healthcheck"
+        );
+    }
+    for i in 1..=6 {
+        assert!(
+            compose.contains(&format!("redis-{i}-data:/data")),
+            "redis-{i} keeps no volume"
+        );
+    }
+    assert!(compose.contains("the redis cluster is not ok after"));
+    let dockerfile = std::fs::read_to_string(repo_file("Dockerfile")).unwrap();
+    let dependencies = dockerfile
+        .find("COPY Cargo.toml Cargo.lock")
+        .expect("a dependency layer");
+    assert!(dependencies < dockerfile.find("COPY . .").unwrap());
+    assert!(
+        dockerfile.contains("USER 10001:10001"),
+        "a numeric non-root user"
+    );
+    assert!(dockerfile.contains("flashgate\", \"healthcheck"));
     assert_eq!(
         compose
             .matches("--cluster-announce-hostname redis-")
@@ -660,11 +754,24 @@ fn the_compose_file_is_valid_pins_its_images_and_mounts_files_that_exist() {
         6
     );
 
-    let Some(mut cmd) = compose_command() else {
-        eprintln!("neither `docker compose` nor docker-compose is installed: config check skipped");
-        return;
-    };
+    let mut cmd = compose_command().expect(
+        "neither `docker compose` nor docker-compose is installed: ./scripts/test.sh installs \
+         docker-compose",
+    );
+    // The stack refuses to start without it (no admin/admin Grafana).
+    let refused = compose_command()
+        .unwrap()
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .env_remove("GRAFANA_ADMIN_PASSWORD")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the stack started without GRAFANA_ADMIN_PASSWORD"
+    );
     let out = cmd
+        .env("GRAFANA_ADMIN_PASSWORD", "compose-config-check")
         .args(["-f", "docker-compose.yml", "config", "-q"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
