@@ -6,13 +6,16 @@
 //   k6 run loadtest/bot-storm.js
 //   k6 run -e BOTS=5 -e BOT_RATE=2000 -e SHOPPER_RATE=200 loadtest/bot-storm.js
 import { check } from 'k6';
-import { Counter } from 'k6/metrics';
+import { Counter, Trend } from 'k6/metrics';
 import { assertNotOversold, reserve, stock, token } from './lib/flashgate.js';
 
 const BOTS = Number(__ENV.BOTS || 5);
 const STOCK = Number(__ENV.STOCK || 100000);
 const DURATION = __ENV.DURATION || '30s';
 const botHolds = new Counter('bot_holds');
+// How long a refused bot waited: only 429s, since a bot's 201 is a real
+// reservation and costs what any reservation costs.
+const botRefusals = new Trend('bot_refusal_duration', true);
 
 export const options = {
   scenarios: {
@@ -37,7 +40,7 @@ export const options = {
   },
   thresholds: {
     // Refusing a bot costs next to nothing.
-    'http_req_duration{scenario:bots,expected_response:true}': ['p(99)<50'],
+    bot_refusal_duration: ['p(99)<50'],
     'http_req_duration{scenario:shoppers}': ['p(99)<150'],
     // Every shopper is served: the bots' limits are theirs alone.
     'checks{scenario:shoppers}': ['rate>0.99'],
@@ -55,6 +58,7 @@ export function setup() {
 export function bot(data) {
   const res = reserve(token(`k6-bot-${Math.floor(Math.random() * BOTS)}`), data.sku);
   if (res.status === 201) botHolds.add(1);
+  if (res.status === 429) botRefusals.add(res.timings.duration);
   check(res, {
     'a bot is held to its limit or served': (r) => r.status === 201 || r.status === 429,
     'a 429 says when to retry': (r) => r.status !== 429 || Number(r.headers['Retry-After']) >= 1,

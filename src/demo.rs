@@ -264,7 +264,8 @@ async fn sale(
         let shopper = auth.issue(&AccountId::parse(&account_name(0))?, Role::Shopper, 86_400);
         let admin = auth.issue(&AccountId::parse("demo-admin")?, Role::Admin, 86_400);
         Some(format!(
-            "\nThe stack keeps running:\n  gateway   http://{addr}  (GET /v1/inventory/{SKU}, /readyz, /metrics)\n  redis     {redis_url}\n  postgres  {pg_url}\n  shopper   Authorization: Bearer {shopper}\n  admin     Authorization: Bearer {admin}\n  logs      {dir}",
+            "\nThe stack keeps running:\n  gateway   http://{addr}  (GET /v1/inventory/{SKU}, /readyz, /metrics)\n  redis     {redis_url}\n  postgres  {pg_url}\n  shopper   Authorization: Bearer {shopper}\n  admin     Authorization: Bearer {admin}\n  secret    {secret}  (auth.secret; for k6: -e AUTH_SECRET=... -e BASE_URL=http://{addr})\n  logs      {dir}",
+            secret = gateway.secret,
             addr = gateway.addr,
             dir = stack.dir().display(),
         ))

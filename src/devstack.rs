@@ -300,7 +300,14 @@ impl DevStack {
     pub fn keep(mut self) -> String {
         self.kept = true;
         let _ = File::create(self.dir.join("keep"));
-        let pids: Vec<String> = self.processes.iter().map(|p| p.pid.to_string()).collect();
+        // Newest first, as on drop: the gateway stops before the servers it
+        // uses, instead of retrying them through its whole grace period.
+        let pids: Vec<String> = self
+            .processes
+            .iter()
+            .rev()
+            .map(|p| p.pid.to_string())
+            .collect();
         // Waits for each process to exit before removing its files.
         format!(
             "for p in {pids}; do kill -INT $p 2>/dev/null; \

@@ -200,6 +200,30 @@ fn a_kept_demo_leaves_a_working_stack_and_says_how_to_stop_it() {
     assert_eq!(view.json().unwrap()["sku"], "SNEAKER-DROP-1");
     // The kept token is the gateway's: the request is judged on stock, not refused as 401.
     assert_ne!(mine.status, 401, "{:?}", mine.json());
+    // So is one a load test signs with the printed secret.
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("secret    "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the auth secret");
+    let signed = flashgate::auth::Auth::new(secret).issue(
+        &flashgate::inventory::AccountId::parse("k6-shopper").unwrap(),
+        flashgate::auth::Role::Shopper,
+        600,
+    );
+    let theirs = runtime.block_on(async {
+        let body = r#"{"sku":"SNEAKER-DROP-1","qty":1}"#.to_owned();
+        Conn::new(gateway)
+            .send(
+                hyper::Method::POST,
+                "/v1/reservations",
+                Some(&signed),
+                Some(body),
+            )
+            .await
+            .unwrap()
+    });
+    assert_ne!(theirs.status, 401, "{:?}", theirs.json());
 
     let status = Command::new("sh").args(["-c", &stop]).status().unwrap();
     assert!(status.success(), "{stop}");

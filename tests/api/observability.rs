@@ -398,6 +398,17 @@ fn loaded_rules(rules: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// What a query measures, by its metric's name: seconds, a rate, or a count.
+fn unit_of(expr: &str) -> &'static str {
+    if expr.contains("_seconds") {
+        "seconds"
+    } else if expr.contains("rate(") {
+        "per second"
+    } else {
+        "count"
+    }
+}
+
 #[test]
 fn the_dashboard_uses_the_provisioned_data_source_and_unique_panel_ids() {
     let text = std::fs::read_to_string(repo_file("grafana/dashboards/flashgate.json")).unwrap();
@@ -406,17 +417,53 @@ fn the_dashboard_uses_the_provisioned_data_source_and_unique_panel_ids() {
         std::fs::read_to_string(repo_file("grafana/provisioning/datasources/prometheus.yml"))
             .unwrap();
     assert!(source.contains("uid: prometheus"));
+    // Portable: every query names the `datasource` variable, not a uid, so
+    // the dashboard imports into a Grafana whose Prometheus has another.
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource"),
+        "no data source variable"
+    );
+    assert!(
+        !text.contains("\"uid\": \"prometheus\""),
+        "a hard-coded data source uid"
+    );
     let mut ids = std::collections::HashSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         assert!(ids.insert(panel["id"].as_i64().unwrap()), "duplicate id");
         if panel["type"] != "row" {
-            assert_eq!(
-                panel["datasource"]["uid"], "prometheus",
-                "{}",
-                panel["title"]
+            let title = &panel["title"];
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+            // One unit per series: a panel of several queries either keeps
+            // one unit or sets one per query.
+            let targets = panel["targets"].as_array().unwrap();
+            let overridden = panel["fieldConfig"]["overrides"]
+                .as_array()
+                .map_or(0, Vec::len);
+            let units: std::collections::BTreeSet<String> = targets
+                .iter()
+                .map(|t| unit_of(t["expr"].as_str().unwrap()).to_owned())
+                .collect();
+            assert!(
+                units.len() <= 1 || overridden >= targets.len(),
+                "{title} mixes {units:?} under one unit"
             );
         }
     }
+    // Stats that survive a gateway restart: increases over the range.
+    let stat = |title: &str| {
+        dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == title)
+            .map(|p| p["targets"][0]["expr"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert!(stat("Oversold").contains("increase(flashgate_oversold_total"));
+    assert!(stat("Drifted SKUs").contains("[$__range]"));
     assert!(dashboard_queries().len() >= 20);
 }
 
@@ -590,6 +637,7 @@ async fn prometheus_scrapes_a_gateway_under_load_and_every_panel_and_alert_evalu
     for (title, expr) in dashboard_queries() {
         let expr = expr
             .replace("$__rate_interval", "1m")
+            .replace("$__range", "5m")
             .replace("$instance", ".*");
         if prometheus.query(&http, &expr).await.is_empty() {
             empty.push(format!("{title}: {expr}"));
