@@ -103,8 +103,12 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://host:port` or `redis-cluster://host:port?node=host:port&…`.
+    /// `redis://host:port` or `redis-cluster://host:port?node=host:port&…`;
+    /// `rediss://` and `rediss-cluster://` for TLS.
     pub url: ConnectionUrl,
+    /// PEM file of the CAs that sign the servers' certificates (TLS URLs
+    /// only). Unset: the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key flashgate writes; lets deployments share a Redis.
     pub key_prefix: String,
     /// Number of partitions SKUs are spread over. Fixed for the life of the
@@ -154,6 +158,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            tls_ca_file: None,
             key_prefix: "fg".into(),
             partitions: DEFAULT_REDIS_PARTITIONS,
             pool_size: DEFAULT_REDIS_POOL_SIZE,
@@ -174,8 +179,12 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
-    /// The journal database.
+    /// The journal database; `sslmode=require` (or `prefer`) for TLS,
+    /// plaintext when no `sslmode` is given.
     pub url: ConnectionUrl,
+    /// PEM file of the CAs that sign the server's certificate (with
+    /// `sslmode`). Unset: the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Connections in the pool (writer, reconciler, confirmations, readiness).
     pub pool_size: usize,
     /// Deadline for opening a connection.
@@ -195,6 +204,7 @@ impl Default for PostgresSettings {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/flashgate".into(),
+            tls_ca_file: None,
             pool_size: DEFAULT_POSTGRES_POOL_SIZE,
             connect_timeout_ms: DEFAULT_POSTGRES_CONNECT_TIMEOUT_MS,
             acquire_timeout_ms: DEFAULT_POSTGRES_ACQUIRE_TIMEOUT_MS,

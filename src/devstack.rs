@@ -65,6 +65,16 @@ pub struct DevStack {
     processes: Vec<Process>,
     ports: Vec<u16>,
     kept: bool,
+    /// Certificates the servers started from now on present, TLS only.
+    tls: Option<ServerTls>,
+}
+
+/// PEM files of a server certificate, its key, and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl DevStack {
@@ -82,7 +92,29 @@ impl DevStack {
             processes: Vec::new(),
             ports: Vec::new(),
             kept: false,
+            tls: None,
         })
+    }
+
+    /// Servers started after this speak TLS only, with `tls`: Redis on its
+    /// `--tls-port` (cluster bus included), PostgreSQL with `ssl=on` and
+    /// `hostssl`-only client rules.
+    pub fn with_tls(&mut self, tls: ServerTls) -> &mut Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `redis-cli` against a server of this stack (over TLS when it has).
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &port.to_string()]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        cmd.args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     pub fn dir(&self) -> &Path {
@@ -146,7 +178,23 @@ impl DevStack {
         let dir = self.dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&dir).context("creating a redis directory")?;
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        match &self.tls {
+            Some(tls) => {
+                cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", "no"])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
+            None => {
+                cmd.args(["--port", &port.to_string()]);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
@@ -158,7 +206,7 @@ impl DevStack {
         }
         let pid = self.spawn(&format!("redis-{port}"), cmd)?;
         wait_until("redis-server", || {
-            redis_cli(port, &["ping"]).trim() == "PONG"
+            self.cli(port, &["ping"]).trim() == "PONG"
         })?;
         Ok(pid)
     }
@@ -197,7 +245,7 @@ impl DevStack {
         if replicas > 0 {
             for node in &nodes {
                 wait_until("the replicas", || {
-                    let info = redis_cli(node.port, &["info", "replication"]);
+                    let info = self.cli(node.port, &["info", "replication"]);
                     info.contains("role:master")
                         && info.contains(&format!("connected_slaves:{replicas}"))
                         || info.contains("master_link_status:up")
@@ -209,7 +257,11 @@ impl DevStack {
 
     fn create_cluster(&mut self, ports: &[u16], replicas: usize) -> anyhow::Result<()> {
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(tls) = &self.tls {
+            cli.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let out = cli
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -223,7 +275,8 @@ impl DevStack {
         }
         for port in ports {
             wait_until("the cluster", || {
-                redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok")
+                self.cli(*port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
             })?;
         }
         Ok(())
@@ -264,6 +317,14 @@ impl DevStack {
             .arg("-k")
             .arg(&dir)
             .args(["-c", "max_connections=300"]);
+        if let Some(tls) = &self.tls {
+            let (cert, key) = postgres_tls_files(&data, tls)?;
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
         if durability == Durability::Throwaway {
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
                 .args(["-c", "full_page_writes=off"]);
@@ -395,6 +456,37 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()>
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Copies the certificate and key into the data directory, where the server
+/// user owns them (PostgreSQL refuses a key others can read), and lets TCP
+/// clients in over TLS only.
+fn postgres_tls_files(data: &Path, tls: &ServerTls) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let cert = data.join("server.crt");
+    let key = data.join("server.key");
+    std::fs::copy(&tls.cert, &cert).context("copying the postgres certificate")?;
+    std::fs::copy(&tls.key, &key).context("copying the postgres key")?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .context("restricting the postgres key")?;
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+    )
+    .context("writing pg_hba.conf")?;
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&cert)
+            .arg(&key)
+            .arg(data.join("pg_hba.conf"))
+            .status()
+            .context("chown the postgres certificate")?;
+        if !status.success() {
+            bail!("chown of the postgres certificate failed");
+        }
+    }
+    Ok((cert, key))
 }
 
 /// Runs `redis-cli -p port args…`; its standard output (empty on failure).

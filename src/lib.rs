@@ -21,6 +21,7 @@
 //! - `http`: router, accept loop, middleware, extractors, problem errors, OpenAPI, one file per route area.
 //! - `tools`: the one-shot operator commands (`migrate`, `reconcile`, `rebuild`).
 //! - `telemetry`: log set-up.
+//! - `tls`: client TLS (rustls) for Redis and Postgres.
 
 pub mod app;
 pub mod auth;
@@ -41,4 +42,5 @@ pub mod redis;
 pub mod secret;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod tools;

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, config::SslMode};
 
 use super::committed::Committed;
 use crate::config::PostgresSettings;
@@ -99,13 +99,21 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("flashgate");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        if !crate::tls::names_sslmode(settings.url.expose()) {
+            config.ssl_mode(SslMode::Disable);
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match config.get_ssl_mode() {
+            SslMode::Disable => Manager::from_config(config, NoTls, manager_config),
+            _ => {
+                let client = crate::tls::client_config(settings.tls_ca_file.as_deref())
+                    .context("setting up TLS for postgres")?;
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client);
+                Manager::from_config(config, tls, manager_config)
+            }
+        };
         let acquire = Some(Duration::from_millis(settings.acquire_timeout_ms));
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)

@@ -625,9 +625,17 @@ pub(crate) fn unreachable(e: &fred::error::Error) -> bool {
     matches!(e.kind(), IO | Timeout | Canceled | Cluster)
 }
 
+/// The client configuration of `redis.url`; a TLS URL gets a rustls
+/// connector trusting `redis.tls_ca_file` (see `crate::tls`).
 fn config(settings: &RedisSettings) -> anyhow::Result<Config> {
-    Config::from_url(settings.url.expose())
-        .with_context(|| format!("redis.url {} is not a redis URL", settings.url))
+    let mut config = Config::from_url(settings.url.expose())
+        .with_context(|| format!("redis.url {} is not a redis URL", settings.url))?;
+    if config.tls.is_some() {
+        let client = crate::tls::client_config(settings.tls_ca_file.as_deref())
+            .context("setting up TLS for redis")?;
+        config.tls = Some(fred::types::config::TlsConnector::from(client).into());
+    }
+    Ok(config)
 }
 
 /// What every client shares: the URL, timeouts and reconnection policy.

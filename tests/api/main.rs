@@ -20,5 +20,6 @@ mod observability;
 mod operations;
 mod resilience;
 mod stock;
+mod tls;
 mod upgrade;
 mod validation;
