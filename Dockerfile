@@ -6,15 +6,16 @@ WORKDIR /src
 # rebuilds only flashgate. Every target the manifest declares gets an empty
 # stand-in so that cargo accepts it.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/api benches \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && for f in tests/api/main.rs benches/journal.rs benches/reserve_script.rs; do echo 'fn main() {}' > "$f"; done \
-    && cargo build --release --locked --bin flashgate \
-    && rm -rf src tests benches
+COPY crates/flashgate-dev/Cargo.toml crates/flashgate-dev/
+RUN mkdir -p src tests/api benches crates/flashgate-dev/src crates/flashgate-dev/tests \
+    && touch src/lib.rs crates/flashgate-dev/src/lib.rs \
+    && for f in src/main.rs tests/api/main.rs benches/journal.rs benches/reserve_script.rs \
+        crates/flashgate-dev/src/main.rs crates/flashgate-dev/tests/demo.rs; do echo 'fn main() {}' > "$f"; done \
+    && cargo build --release --locked -p flashgate --bin flashgate \
+    && rm -rf src tests benches crates
 COPY . .
 # The stand-ins' build left newer outputs than the real sources' dates.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin flashgate
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p flashgate --bin flashgate
 
 FROM debian:bookworm-slim
 # A fixed numeric user, so runtimes that check for non-root (runAsNonRoot)

@@ -22,4 +22,4 @@ if [ ! -x "$tools/bin/openapi-spec-validator" ]; then
   "$tools/bin/pip" install -q openapi-spec-validator
 fi
 export PATH="$PWD/$tools/bin:$PATH"
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"

@@ -56,21 +56,6 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run a whole flash sale on throwaway local servers (a 3-master Redis
-    /// Cluster and PostgreSQL), check that nothing was oversold or lost, and
-    /// clean up. Needs redis-server, redis-tools and postgresql installed.
-    Demo(crate::demo::DemoOptions),
-    /// Measure flashgate on throwaway local servers: open-model scenarios
-    /// (JSON reports on stdout), the knee, and the comparison with its
-    /// ceilings (see BENCHMARKS.md).
-    Bench(crate::bench::BenchOptions),
-    /// Serve `GET /hello` (the HTTP ceiling that `bench --scenario compare`
-    /// measures).
-    #[command(hide = true)]
-    HelloServer {
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-    },
     /// Exit 0 when the gateway at http.listen answers 200 (for container
     /// healthchecks: no curl needed in the image), 1 otherwise.
     Healthcheck {

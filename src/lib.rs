@@ -1,13 +1,12 @@
-//! flashgate: a Redis-first flash-sale contention gateway.
+//! flashgate: a Redis-first flash-sale contention gateway. The demo, the
+//! bench and the throwaway servers the tests use live in the workspace's
+//! `flashgate-dev` crate (crates/flashgate-dev).
 //!
 //! - `config`: settings, layered from file and environment, validated once.
 //! - `secret`: settings that never reach a log (the token secret, URLs with passwords).
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
 //! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
 //! - `clock`: the gateway's wall clock.
-//! - `demo`: `flashgate demo`, a whole flash sale on local throwaway servers.
-//! - `devstack`: throwaway local Redis and PostgreSQL servers for the demo, the bench and the tests.
-//! - `bench`: `flashgate bench`, scenarios, the knee and the comparison with its ceilings.
 //! - `auth`: HS256 tokens, shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `events`: the inventory event both the Redis layer and the journal speak.
@@ -15,7 +14,6 @@
 //! - `redis`: client, key layout, Lua script registry, per-partition batcher, typed calls
 //!   and the parsing of their replies.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
-//! - `loadgen`: the open-model HTTP load generator behind `demo` and `bench`.
 //! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
 //! - `metrics`: every metric name, the Prometheus recorder.
 //! - `http`: router, accept loop, middleware, extractors, problem errors, OpenAPI, one file per route area.
@@ -25,18 +23,14 @@
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod demo;
-pub mod devstack;
 pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod limits;
-pub mod loadgen;
 pub mod metrics;
 pub mod redis;
 pub mod secret;

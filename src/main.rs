@@ -30,12 +30,7 @@ fn main() -> ExitCode {
     };
     if !matches!(
         cli.command,
-        Command::Token { .. }
-            | Command::Healthcheck { .. }
-            | Command::Openapi
-            | Command::Demo(_)
-            | Command::Bench(_)
-            | Command::HelloServer { .. }
+        Command::Token { .. } | Command::Healthcheck { .. } | Command::Openapi
     ) {
         telemetry::init(&settings.log);
     }
@@ -74,9 +69,6 @@ fn main() -> ExitCode {
             app.run_until_stopped(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Demo(options) => run(flashgate::demo::run(options)),
-        Command::Bench(options) => run(flashgate::bench::run(options)),
-        Command::HelloServer { listen } => run(flashgate::bench::compare::serve_hello(listen)),
         Command::Migrate => run(async { tools::migrate(&settings).await }),
         Command::Reconcile => run(async { tools::reconcile(&settings).await }),
         Command::Rebuild { skus, force } => {

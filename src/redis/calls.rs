@@ -469,7 +469,7 @@ impl Redis {
     }
 
     /// The KEYS and ARGV of the reserve script for `req` alone: the call a
-    /// batch of one makes, also handed to `flashgate bench` so that its raw
+    /// batch of one makes, also handed to `flashgate-dev bench` so that its raw
     /// Redis ceiling measures the same script with the same arguments.
     pub fn reserve_call(&self, req: &ReserveRequest) -> (Vec<String>, Vec<String>) {
         ReserveBatch::call(self.core(), req.id.partition(), &[req])

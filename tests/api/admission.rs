@@ -9,11 +9,11 @@ use std::{
 
 use flashgate::{
     config::{LimitMode, RateSettings, Settings},
-    devstack::redis_cli,
     inventory::{AccountId, Partition, Sku},
     limits::Admission,
     redis::Keys,
 };
+use flashgate_dev::devstack::redis_cli;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

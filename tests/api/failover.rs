@@ -4,12 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use flashgate::{
-    config::Settings,
-    devstack::{self, ClusterNode, DevStack, redis_cli},
-    inventory::Sku,
-    redis::keys::Keys,
-};
+use flashgate::{config::Settings, inventory::Sku, redis::keys::Keys};
+use flashgate_dev::devstack::{self, ClusterNode, DevStack, redis_cli};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -294,9 +290,17 @@ async fn replica_acknowledged_confirmations_survive_their_master() {
     assert_eq!(rows, 20, "every acknowledged confirmation is in Postgres");
     // The promoted replica has no replica of its own: nothing can
     // acknowledge a confirmation, which answers 503 (applied on the master).
-    let r = app
-        .reservation(&last_token, &last_id, Some("confirm"))
-        .await;
+    // Until the failover check lifts the slot's fence it answers 503
+    // sku-recovering instead, having run nothing: retried as a client would.
+    let r = loop {
+        let r = app
+            .reservation(&last_token, &last_id, Some("confirm"))
+            .await;
+        if r.code() != "sku-recovering" || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     assert_eq!(r.code(), "unavailable");
     let read = app.reservation(&last_token, &last_id, None).await;

@@ -2,7 +2,7 @@
 //!
 //! The first test that needs them starts, once per test binary, a standalone
 //! `redis-server`, a Redis Cluster of three masters and a throwaway
-//! PostgreSQL, through `flashgate::devstack` (the same code that serves
+//! PostgreSQL, through `flashgate_dev::devstack` (the same code that serves
 //! `flashgate demo`). The stack lives in a static and is never dropped: its
 //! reaper stops the servers and removes their directory once the test
 //! process exits, however it exits.
@@ -25,9 +25,9 @@ use flashgate::{
     app::App,
     auth::{Auth, Role},
     config::{LimitMode, Settings},
-    devstack::{self, DevStack, RedisMode},
     inventory::AccountId,
 };
+use flashgate_dev::devstack::{self, DevStack, RedisMode};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -82,8 +82,8 @@ fn start_servers() -> Servers {
     }
 }
 
-pub use flashgate::devstack::psql;
-use flashgate::devstack::redis_cli;
+pub use flashgate_dev::devstack::psql;
+use flashgate_dev::devstack::redis_cli;
 
 /// A new, empty database on the test Postgres; returns its URL.
 pub fn fresh_database() -> String {

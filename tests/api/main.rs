@@ -10,7 +10,6 @@ mod access;
 mod admission;
 mod batching;
 mod contention;
-mod demo;
 mod failover;
 mod fuzz;
 mod idempotency;

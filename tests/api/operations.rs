@@ -255,3 +255,33 @@ async fn healthcheck_exits_0_only_while_the_gateway_answers() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains(&nobody), "{}", stderr(&out));
 }
+
+#[test]
+fn the_gateway_binary_holds_no_demo_bench_or_load_generator() {
+    let settings = test_settings(Backend::Standalone, &unique_prefix());
+    let mut help = flashgate(&settings, "--help");
+    let out = finish({
+        help.env_remove("FLASHGATE_LOG__LEVEL");
+        help
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("serve"), "{text}");
+    for tool in ["demo", "bench", "hello-server"] {
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with(tool)),
+            "`flashgate {tool}` is still in the gateway: {text}"
+        );
+    }
+    let manifest = std::fs::read_to_string(crate::harness::repo_file("Cargo.toml")).unwrap();
+    let production = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|d| d.split("\n[").next())
+        .unwrap();
+    for dev_only in ["indicatif", "hdrhistogram"] {
+        assert!(
+            !production.contains(dev_only),
+            "{dev_only} is a dependency of the gateway"
+        );
+    }
+}

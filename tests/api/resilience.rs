@@ -132,7 +132,8 @@ async fn a_hold_made_after_its_503_is_released_unless_the_client_can_retry_for_i
     app.stock("LATE", 5).await;
     // Write commands wait (then run) while clients are paused.
     let stall = |port: u16| {
-        let paused = flashgate::devstack::redis_cli(port, &["client", "pause", "1000", "write"]);
+        let paused =
+            flashgate_dev::devstack::redis_cli(port, &["client", "pause", "1000", "write"]);
         assert_eq!(paused.trim(), "OK");
     };
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use flashgate::devstack::{self, DevStack, Durability, ServerTls};
+use flashgate_dev::devstack::{self, DevStack, Durability, ServerTls};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };

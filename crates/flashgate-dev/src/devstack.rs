@@ -1,4 +1,4 @@
-//! Throwaway local servers for `flashgate demo`, `flashgate bench` and the
+//! Throwaway local servers for `flashgate-dev demo`, `flashgate-dev bench` and the
 //! integration tests: `redis-server` (standalone, or a cluster of masters)
 //! and a PostgreSQL cluster from the installed binaries, on free loopback
 //! ports, under one directory in the system temp dir.

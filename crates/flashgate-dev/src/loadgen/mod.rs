@@ -1,5 +1,5 @@
-//! An open-model HTTP load generator, shared by `flashgate demo` and
-//! `flashgate bench`.
+//! An open-model HTTP load generator, shared by `flashgate-dev demo` and
+//! `flashgate-dev bench`.
 //!
 //! Open model: operation `i` is due at `start + i / rate`, whatever happened
 //! to the operations before it, so a slow server cannot slow the load down.
@@ -204,7 +204,7 @@ impl Latency {
     }
 }
 
-/// The result of one run, as `flashgate bench` prints it.
+/// The result of one run, as `flashgate-dev bench` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,

@@ -1,5 +1,9 @@
-//! `flashgate demo` and `flashgate bench` through the binary, on the servers
-//! they start themselves, and the load generator's latency accounting.
+//! `flashgate-dev demo` and `flashgate-dev bench` through the binary, on the
+//! servers they start themselves (and the `flashgate` gateway binary cargo
+//! built beside it: run with `cargo test --workspace`), and the load
+//! generator's latency accounting.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,11 +15,11 @@ use std::{
 };
 
 use axum::{Router, extract::State, routing::get};
-use flashgate::loadgen::{self, Conn, Outcome, Pace, Plan, Workload};
+use flashgate_dev::loadgen::{self, Conn, Outcome, Pace, Plan, Workload};
 use serde_json::Value;
 
 fn flashgate(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashgate-dev"));
     cmd.args(args).env_remove("FLASHGATE_CONFIG");
     cmd
 }

@@ -1,10 +1,10 @@
-//! `flashgate bench --scenario compare`: the ceilings flashgate is judged
+//! `flashgate-dev bench --scenario compare`: the ceilings flashgate is judged
 //! against, measured in one run on this machine, and the ratios.
 //!
 //! - The raw Redis ceiling of the very reserve script call the gateway
 //!   makes (`redis-benchmark` EVALSHA, one at a time and pipelined by 16).
 //! - The HTTP ceiling: a hello-world axum route in its own process
-//!   (`flashgate hello-server`, a hidden command), driven like the gateway.
+//!   (`flashgate-dev hello-server`, a hidden command), driven like the gateway.
 //! - What most teams start with: a conditional `UPDATE … WHERE on_hand -
 //!   reserved >= qty` of one hot row plus an insert per reservation, in
 //!   PostgreSQL (`pgbench` with a custom script), on the bench's PostgreSQL
@@ -28,12 +28,15 @@ use hyper::Method;
 use serde::Serialize;
 
 use super::{BenchOptions, HOT_SKU, Scenario, Target, emit};
-use crate::{
+use flashgate::{
     config::Settings,
-    devstack::{self, psql},
     inventory::{AccountId, Qty, ReservationId, Sku},
-    loadgen::{self, Conn, Latency, Outcome, Pace, Plan, Workload},
     redis::{Caller, Redis, ScriptName, Scripts, calls::ReserveRequest},
+};
+
+use crate::{
+    devstack::{self, psql},
+    loadgen::{self, Conn, Latency, Outcome, Pace, Plan, Workload},
 };
 
 /// Clients redis-benchmark opens (as many as the gateway's crowd would).
@@ -358,7 +361,7 @@ impl Workload for Hello {
     }
 }
 
-/// The HTTP ceiling: `flashgate hello-server` (same runtime, same axum, no
+/// The HTTP ceiling: `flashgate-dev hello-server` (same runtime, same axum, no
 /// work) at full speed.
 async fn hello_world(plan: Plan) -> anyhow::Result<loadgen::Report> {
     let mut stack = devstack::DevStack::create("bench-hello")?;
@@ -387,7 +390,7 @@ pub async fn serve_hello(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     axum::serve(listener, app)
-        .with_graceful_shutdown(crate::app::shutdown_signal())
+        .with_graceful_shutdown(flashgate::app::shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use hyper::{Method, StatusCode};
 
 use super::Conn;
@@ -24,7 +24,7 @@ impl GatewayProcess {
     /// `FLASHGATE_<SECTION>__<KEY>` pairs (e.g. `("redis__url", …)`) and a
     /// fresh auth secret, then waits until it is ready.
     pub async fn start(stack: &mut DevStack, settings: &[(&str, String)]) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the flashgate binary")?;
+        let exe = crate::gateway_binary()?;
         let port = stack.free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let secret = format!("flashgate-local-{}", uuid::Uuid::new_v4().simple());

@@ -1,4 +1,4 @@
-//! `flashgate bench`: reproducible numbers on this machine.
+//! `flashgate-dev bench`: reproducible numbers on this machine.
 //!
 //! It starts its own standalone Redis, PostgreSQL and gateway process (see
 //! `devstack`), runs the chosen scenarios through the open-model load
@@ -14,10 +14,13 @@ use anyhow::Context;
 use hyper::Method;
 use serde_json::json;
 
-use crate::{
+use flashgate::{
     auth::{Auth, Role},
-    devstack::{self, DevStack},
     inventory::AccountId,
+};
+
+use crate::{
+    devstack::{self, DevStack},
     loadgen::{self, Conn, Outcome, Pace, Plan, Report, Workload, gateway::GatewayProcess},
 };
 

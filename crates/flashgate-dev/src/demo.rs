@@ -1,4 +1,4 @@
-//! `flashgate demo`: a whole flash sale on this machine, in one command.
+//! `flashgate-dev demo`: a whole flash sale on this machine, in one command.
 //!
 //! It starts a three-master Redis Cluster and a throwaway PostgreSQL (see
 //! `devstack`), a gateway process against them, seeds a drop over two
@@ -21,10 +21,13 @@ use hyper::{Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::{
+use flashgate::{
     auth::{Auth, Role},
-    devstack::{self, DevStack},
     inventory::AccountId,
+};
+
+use crate::{
+    devstack::{self, DevStack},
     loadgen::{self, Conn, Outcome, Pace, Plan, Report, Workload, gateway::GatewayProcess},
 };
 
@@ -148,7 +151,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!(
-                "flashgate demo: {e:#}; stopping the servers and removing {}",
+                "flashgate-dev demo: {e:#}; stopping the servers and removing {}",
                 stack.dir().display()
             );
             drop(stack);
