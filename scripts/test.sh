@@ -7,19 +7,20 @@
 # makes sure the server packages are installed. docker-compose.yml is
 # checked with `docker compose config` (or docker-compose, installed when
 # neither is) and config/alertmanager.yml with amtool.
-# openapi.json is checked with openapi-spec-validator, which pip installs into
-# a venv of its own (target/tools-venv).
+# openapi.json is checked with openapi-spec-validator, and a client generated
+# from it by openapi-python-client is driven against a gateway; pip installs
+# both into a venv of their own (target/tools-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_prometheus=1
 want_python_venv=1
 want_compose=1
 source scripts/ensure-servers.sh
-# Python tools the tests run (openapi-spec-validator), in a venv of their own.
+# Python tools the tests run, in a venv of their own.
 tools=target/tools-venv
-if [ ! -x "$tools/bin/openapi-spec-validator" ]; then
+if [ ! -x "$tools/bin/openapi-spec-validator" ] || [ ! -x "$tools/bin/openapi-python-client" ]; then
   python3 -m venv "$tools"
-  "$tools/bin/pip" install -q openapi-spec-validator
+  "$tools/bin/pip" install -q openapi-spec-validator openapi-python-client
 fi
 export PATH="$PWD/$tools/bin:$PATH"
 cargo test --locked --workspace --all-targets "$@"
