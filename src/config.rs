@@ -676,6 +676,14 @@ impl Settings {
         if postgres.expose().parse::<tokio_postgres::Config>().is_err() {
             bail!("postgres.url {postgres} is not a postgres URL");
         }
+        for (name, file) in [
+            ("redis.tls_ca_file", &self.redis.tls_ca_file),
+            ("postgres.tls_ca_file", &self.postgres.tls_ca_file),
+        ] {
+            if let Some(path) = file.as_ref().filter(|p| !p.is_file()) {
+                bail!("{name} {} is not a readable file", path.display());
+            }
+        }
         Ok(())
     }
 
@@ -753,6 +761,10 @@ mod tests {
             err.contains("redis.url") && !err.contains("s3cret"),
             "{err}"
         );
+        let mut s = Settings::default();
+        s.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.tls_ca_file"), "{err}");
         let mut s = Settings::default();
         s.postgres.url = "postgres://fg:s3cret@db:notaport/x".into();
         let err = s.validate().unwrap_err().to_string();
