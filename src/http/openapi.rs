@@ -164,13 +164,7 @@ const HEADERS: &[(&str, Type, &str, Sends)] = &[
         "ETag",
         Type::String,
         "`\"<version>\"` of the SKU after the change",
-        Sends::OperationStatus("setStock", "200"),
-    ),
-    (
-        "ETag",
-        Type::String,
-        "`\"<version>\"` of the SKU after the change",
-        Sends::OperationStatus("adjustStock", "200"),
+        Sends::OperationsStatus(&["setStock", "adjustStock"], "200"),
     ),
 ];
 
@@ -182,6 +176,7 @@ enum Sends {
     /// Every response of one operation.
     Operation(&'static str),
     OperationStatus(&'static str, &'static str),
+    OperationsStatus(&'static [&'static str], &'static str),
 }
 
 impl Sends {
@@ -191,6 +186,9 @@ impl Sends {
             Self::Status(statuses) => statuses.contains(&status),
             Self::Operation(id) => operation == Some(*id),
             Self::OperationStatus(id, s) => operation == Some(*id) && status == *s,
+            Self::OperationsStatus(ids, s) => {
+                operation.is_some_and(|o| ids.contains(&o)) && status == *s
+            }
         }
     }
 }
