@@ -122,6 +122,7 @@ impl App {
             journal: journal.clone(),
             sold_out: admission.sold_out.clone(),
             orphans: Arc::default(),
+            views: Arc::new(crate::live::views::Views::new(&settings.live)),
         };
         let state = AppState::new(Shared {
             inventory,

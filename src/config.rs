@@ -33,6 +33,29 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub live: LiveSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSettings {
+    /// `GET /v1/inventory/{sku}` may answer from a view this old.
+    pub read_staleness_ms: u64,
+    /// `Cache-Control: public, max-age=` of that answer, for CDNs and
+    /// browsers.
+    pub read_max_age_seconds: u64,
+    /// SKUs whose views are kept (the least recently read go first).
+    pub cached_skus_max: u64,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            read_staleness_ms: 100,
+            read_max_age_seconds: 1,
+            cached_skus_max: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -650,6 +673,9 @@ impl Settings {
             bail!("http.body_limit_bytes must be at least 256");
         }
         self.validate_urls()?;
+        if self.live.read_staleness_ms == 0 || self.live.cached_skus_max == 0 {
+            bail!("live.read_staleness_ms and live.cached_skus_max must be positive");
+        }
         self.validate_http_and_limits()?;
         if matches!(&self.auth.secret, Some(s) if s.expose().len() < 16) {
             bail!("auth.secret must be at least 16 bytes");

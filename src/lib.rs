@@ -14,6 +14,7 @@
 //! - `redis`: client, key layout, Lua script registry, per-partition batcher, typed calls
 //!   and the parsing of their replies.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
+//! - `live`: live stock for shoppers' pages: cached inventory views.
 //! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
 //! - `metrics`: every metric name, the Prometheus recorder.
 //! - `http`: router, accept loop, middleware, extractors, problem errors, OpenAPI, one file per route area.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod redis;
 pub mod secret;

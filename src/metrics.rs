@@ -152,6 +152,9 @@ metric_table! {
     /// Reservations answered 503 that may have been applied, by what became
     /// of them (`released`, `never_held`, `not_held`, `not_remembered`).
     ORPHAN_HOLDS_TOTAL: Counter = "flashgate_orphan_holds_total";
+    /// `GET /v1/inventory/{sku}` views by where they came from: `cache`
+    /// (the in-process view, or another request's read) or `redis`.
+    INVENTORY_READS_TOTAL: Counter = "flashgate_inventory_reads_total";
     /// SKUs found to have lost writes in Redis: the journal held a newer
     /// version than Redis (a failover rolled back acknowledged writes, or
     /// Redis restarted without them). Each is fenced, then rebuilt.

@@ -47,6 +47,8 @@ pub struct Inventory {
     pub sold_out: Arc<SoldOut>,
     /// Reservations answered 503 that may hold units nobody knows of.
     pub orphans: Arc<orphans::Orphans>,
+    /// The inventory views shoppers' pages poll.
+    pub views: Arc<crate::live::views::Views>,
 }
 
 impl Inventory {
@@ -180,12 +182,14 @@ impl Inventory {
         self.redis.reservation(id, owner).await
     }
 
-    /// The SKU's inventory view, `None` when it does not exist.
+    /// The SKU's inventory view, `None` when it does not exist, at most
+    /// `live.read_staleness_ms` old (see `live::views`).
     pub async fn view(
         &self,
         sku: &Sku,
     ) -> Result<Option<crate::inventory::view::InventoryView>, RedisError> {
-        self.redis.inventory(sku, Caller::Request).await
+        let read = self.redis.inventory(sku, Caller::Request);
+        self.views.get_or_read(sku, read).await
     }
 
     /// Sets or clears the SKU's sale policy. Policy is configuration, not

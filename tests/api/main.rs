@@ -15,6 +15,7 @@ mod fuzz;
 mod idempotency;
 mod journal;
 mod lifecycle;
+mod live;
 mod observability;
 mod operations;
 mod resilience;
