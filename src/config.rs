@@ -39,7 +39,8 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveSettings {
-    /// `GET /v1/inventory/{sku}` may answer from a view this old.
+    /// `GET /v1/inventory/{sku}` may answer from a view this old; 0: every
+    /// read goes to Redis (and reads back this instance's own writes).
     pub read_staleness_ms: u64,
     /// `Cache-Control: public, max-age=` of that answer, for CDNs and
     /// browsers.
@@ -673,8 +674,8 @@ impl Settings {
             bail!("http.body_limit_bytes must be at least 256");
         }
         self.validate_urls()?;
-        if self.live.read_staleness_ms == 0 || self.live.cached_skus_max == 0 {
-            bail!("live.read_staleness_ms and live.cached_skus_max must be positive");
+        if self.live.cached_skus_max == 0 {
+            bail!("live.cached_skus_max must be positive");
         }
         self.validate_http_and_limits()?;
         if matches!(&self.auth.secret, Some(s) if s.expose().len() < 16) {

@@ -24,8 +24,8 @@ static READS: LabelledCounter = LabelledCounter::new(names::INVENTORY_READS_TOTA
 
 pub struct Views {
     /// `None` for a SKU Redis does not know: a poll storm on an unknown SKU
-    /// is absorbed too.
-    cache: Cache<String, Option<InventoryView>>,
+    /// is absorbed too. No cache at all when `live.read_staleness_ms` is 0.
+    cache: Option<Cache<String, Option<InventoryView>>>,
     /// `Cache-Control: public, max-age=` of an answer.
     max_age_seconds: u64,
 }
@@ -36,10 +36,12 @@ impl Views {
         READS.increment("cache", 0);
         READS.increment("redis", 0);
         Self {
-            cache: Cache::builder()
-                .max_capacity(settings.cached_skus_max)
-                .time_to_live(staleness)
-                .build(),
+            cache: (!staleness.is_zero()).then(|| {
+                Cache::builder()
+                    .max_capacity(settings.cached_skus_max)
+                    .time_to_live(staleness)
+                    .build()
+            }),
             max_age_seconds: settings.read_max_age_seconds,
         }
     }
@@ -51,7 +53,7 @@ impl Views {
 
     /// The cached view of `sku`, if one is fresh enough.
     pub async fn cached(&self, sku: &Sku) -> Option<Option<InventoryView>> {
-        let found = self.cache.get(sku.as_str()).await;
+        let found = self.cache.as_ref()?.get(sku.as_str()).await;
         if found.is_some() {
             READS.increment("cache", 1);
         }
@@ -68,13 +70,16 @@ impl Views {
     where
         F: Future<Output = Result<Option<InventoryView>, RedisError>>,
     {
+        let Some(cache) = &self.cache else {
+            READS.increment("redis", 1);
+            return read.await;
+        };
         let ran = std::sync::atomic::AtomicBool::new(false);
         let counted = async {
             ran.store(true, std::sync::atomic::Ordering::Relaxed);
             read.await
         };
-        let view = self
-            .cache
+        let view = cache
             .try_get_with(sku.as_str().to_owned(), counted)
             .await
             .map_err(|e: Arc<RedisError>| (*e).clone());

@@ -182,6 +182,9 @@ pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
     s.journal.reconcile_settle_ms = 200;
     s.auth.secret = Some(TEST_SECRET.into());
     s.expiry.sweep_interval_ms = 100;
+    // Most tests read a view right after changing it; tests/api/live.rs
+    // turns the cached view on.
+    s.live.read_staleness_ms = 0;
     // Most tests fire many requests from one account and one address; the
     // admission tests turn these limits on themselves.
     s.limits.account.mode = LimitMode::Off;
@@ -519,6 +522,10 @@ pub fn flashgate(settings: &Settings, command: &str) -> Command {
         )
         .env("FLASHGATE_POSTGRES__URL", settings.postgres.url.expose())
         .env("FLASHGATE_AUTH__SECRET", TEST_SECRET)
+        .env(
+            "FLASHGATE_LIVE__READ_STALENESS_MS",
+            settings.live.read_staleness_ms.to_string(),
+        )
         .env("FLASHGATE_LOG__LEVEL", "warn");
     // The settings' admission limits too (`test_settings` turns them off,
     // since most tests fire many requests from one account and address).
