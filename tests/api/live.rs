@@ -55,7 +55,7 @@ async fn a_poll_storm_reads_the_cached_view(backend: Backend) {
             let (http, url) = (app.http.clone(), url.clone());
             async move { http.get(url).send().await.unwrap().status() }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(16)
         .collect()
         .await;
     let elapsed = started.elapsed();
