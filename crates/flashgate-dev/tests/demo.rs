@@ -271,7 +271,8 @@ fn bench_reports_each_scenario_as_json() {
             "sold-out",
             "many",
             "rate-limited",
-            "overloaded"
+            "overloaded",
+            "cached-read"
         ]
     );
     for r in &reports {
@@ -298,6 +299,8 @@ fn bench_reports_each_scenario_as_json() {
     // Redis paused, one place in flight: shed, but for the request holding it.
     let shed = &reports[5];
     assert_eq!(shed["ok"], 0, "{shed}");
+    // Every poll of the view is answered (from the gateway's cached view).
+    assert_eq!(reports[6]["ok"], 200, "{}", reports[6]);
     assert!(
         shed["rejected"]["overloaded"].as_u64().unwrap() >= 190,
         "{shed}"

@@ -66,6 +66,9 @@ struct Comparison {
     flashgate_hot_max_p99_ms: f64,
     flashgate_hot_half_max_p99_ms: f64,
     flashgate_sold_out_max_per_s: f64,
+    /// `GET /v1/inventory/{sku}` of one SKU, flat out (the cached view).
+    flashgate_cached_read_max_per_s: f64,
+    gateway_cpu_us_per_cached_read: Option<f64>,
     gateway_cpu_us_per_reservation: Option<f64>,
     /// What Redis spent during the hot maximum and the hot half-maximum runs.
     redis_at_hot_max: RedisUse,
@@ -78,6 +81,8 @@ struct Comparison {
     hot_p99_vs_postgres_p99: f64,
     /// Goal ≥ 0.8.
     sold_out_vs_hello_world: f64,
+    /// What a poll storm costs against the HTTP ceiling.
+    cached_read_vs_hello_world: f64,
     /// Latency of the 429s of one account far over its limit, at --rate.
     rate_limited_latency_ms: Option<Latency>,
     /// Latency of the 503 `overloaded` answers, at --rate. Goal: p99 < 1 ms.
@@ -168,6 +173,8 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
     emit(&hot_max)?;
     let sold_out_max = target.measure(Scenario::SoldOut, flat_out).await?;
     emit(&sold_out_max)?;
+    let cached_read_max = target.measure(Scenario::CachedRead, flat_out).await?;
+    emit(&cached_read_max)?;
     let half = Plan {
         pace: Pace::Rate((hot_max.achieved_per_s / 2.0).max(1.0)),
         duration,
@@ -202,6 +209,8 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         flashgate_hot_max_p99_ms: hot_max.latency_ms.p99,
         flashgate_hot_half_max_p99_ms: hot_half.latency_ms.p99,
         flashgate_sold_out_max_per_s: sold_out_max.achieved_per_s,
+        flashgate_cached_read_max_per_s: cached_read_max.achieved_per_s,
+        gateway_cpu_us_per_cached_read: cached_read_max.gateway_cpu_us_per_op,
         gateway_cpu_us_per_reservation: hot_half.gateway_cpu_us_per_op,
         redis_at_hot_max,
         redis_at_hot_half_max,
@@ -209,6 +218,7 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         hot_vs_postgres_throughput: hot_max.achieved_per_s / postgres_hot_row_per_s,
         hot_p99_vs_postgres_p99: hot_max.latency_ms.p99 / postgres_hot_row_latency_ms.p99,
         sold_out_vs_hello_world: sold_out_max.achieved_per_s / hello.achieved_per_s,
+        cached_read_vs_hello_world: cached_read_max.achieved_per_s / hello.achieved_per_s,
         rate_limited_latency_ms: rate_limited
             .latency_by_outcome_ms
             .get("rate-limited")
@@ -250,6 +260,10 @@ fn print_goals(c: &Comparison) {
         "sold-out 409s / hello-world HTTP                  {:>8.2}×   ≥ 0.8×   {}",
         c.sold_out_vs_hello_world,
         verdict(c.sold_out_vs_hello_world >= 0.8)
+    );
+    eprintln!(
+        "cached reads / hello-world HTTP                   {:>8.2}×   (no goal yet)",
+        c.cached_read_vs_hello_world
     );
     if let Some(l) = c.rate_limited_latency_ms {
         eprintln!(

@@ -56,12 +56,16 @@ pub enum Scenario {
     /// every answer is a 503 `overloaded` (the one request in flight waits
     /// for the Redis command timeout).
     Overloaded,
+    /// Reads of the hot SKU's inventory view (`GET /v1/inventory/{sku}`),
+    /// answered from the gateway's cached view.
+    CachedRead,
     /// Hot reservations at rising rates until p99 passes --p99-bound-ms or
     /// the gateway falls behind.
     Knee,
     /// Ceilings and ratios: see BENCHMARKS.md.
     Compare,
-    /// hot, confirm, sold-out, many, rate-limited and overloaded, at --rate.
+    /// hot, confirm, sold-out, many, rate-limited, overloaded and
+    /// cached-read, at --rate.
     All,
 }
 
@@ -166,6 +170,12 @@ impl Target {
                 loadgen::run(name, self.addr(), plan, workload, None).await?
             }
             Scenario::Overloaded => return self.measure_overloaded(plan).await,
+            Scenario::CachedRead => {
+                let workload = Arc::new(ReadView {
+                    path: format!("/v1/inventory/{HOT_SKU}"),
+                });
+                loadgen::run(name, self.addr(), plan, workload, None).await?
+            }
             Scenario::RateLimited => {
                 let workload = Arc::new(Reserve {
                     tokens: Arc::new(tokens[..1].to_vec()),
@@ -289,6 +299,17 @@ impl Workload for Reserve {
     }
 }
 
+/// A shopper's page polling one SKU's stock (no token needed).
+struct ReadView {
+    path: String,
+}
+
+impl Workload for ReadView {
+    async fn run(&self, conn: &mut Conn, _i: u64) -> Outcome {
+        Outcome::of_result(&conn.send(Method::GET, &self.path, None, None).await)
+    }
+}
+
 struct ReserveThenConfirm {
     tokens: Arc<Vec<String>>,
 }
@@ -369,6 +390,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<std::process::ExitCode
                 Scenario::Many,
                 Scenario::RateLimited,
                 Scenario::Overloaded,
+                Scenario::CachedRead,
             ] {
                 emit(&target.measure(scenario, plan).await?)?;
             }
