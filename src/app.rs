@@ -31,7 +31,8 @@ use crate::{
         Journal, JournalAccess, JournalQueue, JournalStatus, Store,
         commits::{GroupCommit, GroupLimits},
     },
-    limits::{Admission, sold_out},
+    limits::Admission,
+    live::announcements,
     redis::Redis,
     service::{self, sweeper},
 };
@@ -117,12 +118,19 @@ impl App {
             ),
             None => None,
         };
+        let redis = Arc::new(redis);
+        let views = Arc::new(crate::live::views::Views::new(&settings.live));
+        let live = Arc::new(crate::live::feed::Feed::new(
+            &settings.live,
+            redis.clone(),
+            views.clone(),
+        ));
         let inventory = service::Inventory {
-            redis: Arc::new(redis),
+            redis,
             journal: journal.clone(),
             sold_out: admission.sold_out.clone(),
             orphans: Arc::default(),
-            views: Arc::new(crate::live::views::Views::new(&settings.live)),
+            views,
         };
         let state = AppState::new(Shared {
             inventory,
@@ -136,6 +144,7 @@ impl App {
             lifecycle: Arc::new(Lifecycle::default()),
             journal,
             admission,
+            live,
         });
         Ok(Self {
             listener,
@@ -209,8 +218,8 @@ impl App {
             Journal::reconcile_limits(&settings.journal),
             background.clone(),
         ));
-        let follower = tokio::spawn(sold_out::follow(
-            state.admission.sold_out.clone(),
+        let follower = tokio::spawn(announcements::follow(
+            vec![state.admission.sold_out.clone(), state.live.clone()],
             subscriber,
             state.inventory.redis.keys().clone(),
             background.clone(),
@@ -224,6 +233,7 @@ impl App {
         );
         tracing::info!(listen = %listener.local_addr()?, "flashgate is serving");
         let lifecycle = state.lifecycle.clone();
+        let live = state.live.clone();
         let limits = ListenerLimits {
             max_connections: settings.http.max_connections,
             header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
@@ -240,6 +250,9 @@ impl App {
             stop.await;
             tracing::info!("stopping: draining in-flight requests");
             lifecycle.start_draining();
+            // SSE streams would hold their connections open until the
+            // drain timeout: end them now.
+            live.close();
         })
         .await;
         background.cancel();

@@ -47,6 +47,14 @@ pub struct LiveSettings {
     pub read_max_age_seconds: u64,
     /// SKUs whose views are kept (the least recently read go first).
     pub cached_skus_max: u64,
+    /// Stock events one SSE stream gets per second at most; changes in
+    /// between are folded into the next event (the newest state always
+    /// arrives).
+    pub max_updates_per_second: u32,
+    /// A comment line on every SSE stream this often, so proxies keep it.
+    pub heartbeat_seconds: u64,
+    /// SSE streams open at once in this instance; past it, 503 overloaded.
+    pub max_subscribers: usize,
 }
 
 impl Default for LiveSettings {
@@ -55,6 +63,9 @@ impl Default for LiveSettings {
             read_staleness_ms: 100,
             read_max_age_seconds: 1,
             cached_skus_max: 100_000,
+            max_updates_per_second: 10,
+            heartbeat_seconds: 15,
+            max_subscribers: 10_000,
         }
     }
 }
@@ -676,6 +687,12 @@ impl Settings {
         self.validate_urls()?;
         if self.live.cached_skus_max == 0 {
             bail!("live.cached_skus_max must be positive");
+        }
+        if self.live.max_updates_per_second == 0 || self.live.max_updates_per_second > 1000 {
+            bail!("live.max_updates_per_second must be 1-1000");
+        }
+        if self.live.heartbeat_seconds == 0 || self.live.max_subscribers == 0 {
+            bail!("live.heartbeat_seconds and live.max_subscribers must be positive");
         }
         self.validate_http_and_limits()?;
         if matches!(&self.auth.secret, Some(s) if s.expose().len() < 16) {

@@ -155,6 +155,20 @@ metric_table! {
     /// `GET /v1/inventory/{sku}` views by where they came from: `cache`
     /// (the in-process view, or another request's read) or `redis`.
     INVENTORY_READS_TOTAL: Counter = "flashgate_inventory_reads_total";
+    /// SSE stock streams open in this instance.
+    LIVE_SUBSCRIBERS: Gauge = "flashgate_live_subscribers";
+    /// SKUs with at least one SSE stream (one refresh task each).
+    LIVE_WATCHED_SKUS: Gauge = "flashgate_live_watched_skus";
+    /// SSE streams refused at `live.max_subscribers` (503 overloaded).
+    LIVE_STREAMS_REFUSED_TOTAL: Counter = "flashgate_live_streams_refused_total";
+    /// Stock events sent on SSE streams, first events included.
+    LIVE_EVENTS_SENT_TOTAL: Counter = "flashgate_live_events_sent_total";
+    /// SKU versions a stream skipped: changes folded into a later event by
+    /// the rate limit, or passed over by a slow client.
+    LIVE_UPDATES_COALESCED_TOTAL: Counter = "flashgate_live_updates_coalesced_total";
+    /// Watched SKUs' views read from Redis after an announcement, by
+    /// `outcome` (`ok`, `error`).
+    LIVE_VIEW_REFRESHES_TOTAL: Counter = "flashgate_live_view_refreshes_total";
     /// SKUs found to have lost writes in Redis: the journal held a newer
     /// version than Redis (a failover rolled back acknowledged writes, or
     /// Redis restarted without them). Each is fenced, then rebuilt.

@@ -25,6 +25,17 @@ pub fn view_response(view: InventoryView) -> Response {
     response
 }
 
+/// The SKU's view, from the in-process cache when it is fresh enough;
+/// `None` for a SKU Redis does not know.
+pub async fn current_view(state: &AppState, sku: &Sku) -> Result<Option<InventoryView>, ApiError> {
+    if let Some(view) = state.inventory.views.cached(sku).await {
+        return Ok(view);
+    }
+    // Only a read that reaches Redis takes a place among its calls.
+    let _permit = state.admission.enter_redis()?;
+    Ok(state.inventory.view(sku).await?)
+}
+
 /// `GET /v1/inventory/{sku}`: no token needed. Answered from a view at
 /// most `live.read_staleness_ms` old (see `live::views`), cacheable by
 /// CDNs for `live.read_max_age_seconds`, and 304 when `If-None-Match`
@@ -46,15 +57,9 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&raw)?;
-    let view = match state.inventory.views.cached(&sku).await {
-        Some(view) => view,
-        None => {
-            // Only a read that reaches Redis takes a place among its calls.
-            let _permit = state.admission.enter_redis()?;
-            state.inventory.view(&sku).await?
-        }
-    };
-    let view = view.ok_or(ApiError::UnknownSku)?;
+    let view = current_view(&state, &sku)
+        .await?
+        .ok_or(ApiError::UnknownSku)?;
     let etag = format!("\"{}\"", view.version);
     let cache_control = HeaderValue::from_str(&state.inventory.views.cache_control()).ok();
     let unchanged = headers

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod extract;
 pub mod inventory;
+pub mod live;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
@@ -30,6 +31,8 @@ pub use state::AppState;
 pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duration) -> Router {
     Router::new()
         .route("/v1/inventory/{sku}", get(inventory::get))
+        .route("/v1/inventory/{sku}/events", get(live::events))
+        .route("/live/{sku}", get(live::page))
         .route("/v1/reservations", post(reservations::create))
         .route("/v1/reservations/{id}", get(reservations::get))
         .route("/v1/reservations/{id}/confirm", post(reservations::confirm))

@@ -14,7 +14,7 @@ use utoipa::{
     },
 };
 
-use super::{admin, inventory, ops, problem::Problem, reservations};
+use super::{admin, inventory, live, ops, problem::Problem, reservations};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,8 @@ use super::{admin, inventory, ops, problem::Problem, reservations};
     ),
     paths(
         inventory::get,
+        live::events,
+        live::page,
         reservations::create,
         reservations::get,
         reservations::confirm,
@@ -389,6 +391,8 @@ mod tests {
         let doc = description();
         for path in [
             "/v1/inventory/{sku}",
+            "/v1/inventory/{sku}/events",
+            "/live/{sku}",
             "/v1/reservations",
             "/v1/reservations/{id}",
             "/v1/reservations/{id}/confirm",
@@ -403,7 +407,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 12);
+        assert_eq!(doc.paths.paths.len(), 14);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

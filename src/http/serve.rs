@@ -34,6 +34,13 @@ pub struct ListenerLimits {
     pub drain_timeout: Duration,
 }
 
+/// What one connection may buffer, each way: request heads up to this reach
+/// the header check (which answers over-large ones with a problem), and a
+/// client that stops reading an event stream holds at most this much of it
+/// in the gateway (hyper's default, some 400 KB, times 10,000 streams would
+/// be 4 GB).
+const CONNECTION_BUFFER_BYTES_MAX: usize = 4 * super::middleware::HEADER_BYTES_MAX;
+
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -47,7 +54,8 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(super::middleware::LISTENER_HEADERS_MAX);
+        .max_headers(super::middleware::LISTENER_HEADERS_MAX)
+        .max_buf_size(CONNECTION_BUFFER_BYTES_MAX);
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {

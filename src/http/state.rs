@@ -7,7 +7,9 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use crate::{auth::Auth, journal::JournalAccess, limits::Admission, service::Inventory};
+use crate::{
+    auth::Auth, journal::JournalAccess, limits::Admission, live::feed::Feed, service::Inventory,
+};
 
 /// Cloned by every extractor of every request: one reference count, not
 /// one per shared part.
@@ -35,6 +37,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     pub journal: JournalAccess,
     pub admission: Arc<Admission>,
+    /// SSE stock streams.
+    pub live: Arc<Feed>,
 }
 
 /// Request-shape limits, from `Settings`.

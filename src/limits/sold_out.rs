@@ -7,7 +7,7 @@
 //! deadline (an expiry may give units back; the script would have expired
 //! that hold lazily), or news of a change. News comes two ways: every stock
 //! change is announced on the partition's sharded pub/sub channel (followed
-//! by `follow`), and changes made through this instance (release, restock,
+//! by `live::announcements::follow`), and changes made through this instance (release, restock,
 //! adjustment, policy) forget the SKU at once, before their response leaves.
 //!
 //! Answers are only given while the subscription is live: before it is
@@ -26,16 +26,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::{clients::SubscriberClient, prelude::*};
 use metrics::{Counter, Gauge};
-use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{LimitMode, SoldOutSettings},
-    inventory::{Partition, Sku},
+    inventory::Sku,
+    live::announcements::{Announcement, Listener},
     metrics as names,
-    redis::Keys,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -204,117 +201,16 @@ impl SoldOut {
     }
 }
 
-/// A stock announcement: `sku|version|available|holdable` (lua/prelude.lua,
-/// `finish`).
-fn parse_announcement(text: &str) -> Option<(&str, u64, i64)> {
-    let mut parts = text.split('|');
-    let sku = parts.next()?;
-    let version = parts.next()?.parse().ok()?;
-    let _available = parts.next()?;
-    let holdable = parts.next()?.parse().ok()?;
-    Some((sku, version, holdable))
-}
-
-/// Pause before subscribing again after a refused subscription.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
-/// Pause before subscribing again after a reconnection or a lag.
-const RESYNC_PAUSE: Duration = Duration::from_millis(50);
-
-/// Follows every partition's stock channel into `cache` until `stop`.
-/// Subscribes again after each reconnection, and trusts the cache only
-/// while subscribed.
-pub async fn follow(
-    cache: std::sync::Arc<SoldOut>,
-    subscriber: SubscriberClient,
-    keys: Keys,
-    stop: CancellationToken,
-) {
-    if cache.mode == LimitMode::Off {
-        return;
-    }
-    let mut messages = subscriber.message_rx();
-    let mut reconnections = subscriber.reconnect_rx();
-    subscriber.connect();
-    let channels: Vec<String> = (0..keys.partitions())
-        .map(|p| keys.stock_channel(Partition(p)))
-        .collect();
-    loop {
-        let subscribed = tokio::select! {
-            _ = stop.cancelled() => break,
-            subscribed = subscribe_all(&subscriber, &mut reconnections, &channels) => subscribed,
-        };
-        cache.set_live(subscribed);
-        let pause = if subscribed {
-            relay(&cache, &mut messages, &mut reconnections, &stop).await;
-            cache.set_live(false);
-            // Not zero: a closed channel must not become a hot loop.
-            RESYNC_PAUSE
-        } else {
-            RESUBSCRIBE_PAUSE
-        };
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
+impl Listener for SoldOut {
+    fn announced(&self, a: &Announcement<'_>) {
+        if self.mode != LimitMode::Off {
+            self.announced(a.sku, a.version, a.holdable);
         }
     }
-    cache.set_live(false);
-    if let Err(e) = subscriber.quit().await {
-        tracing::debug!(error = %e, "closing the stock subscriber");
-    }
-}
 
-/// Applies announcements until the subscription can no longer be trusted
-/// (a reconnection, a lagging consumer) or `stop`.
-async fn relay(
-    cache: &SoldOut,
-    messages: &mut tokio::sync::broadcast::Receiver<fred::types::Message>,
-    reconnections: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>,
-    stop: &CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = reconnections.recv() => return,
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    let text = message.value.as_str();
-                    if let Some((sku, version, holdable)) =
-                        text.as_deref().and_then(parse_announcement)
-                    {
-                        cache.announced(sku, version, holdable);
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "stock announcements lagged; sold-out answers dropped");
-                    return;
-                }
-                Err(RecvError::Closed) => return,
-            },
-        }
+    fn subscribed(&self, live: bool) {
+        self.set_live(live);
     }
-}
-
-/// Subscribes to every channel (one call per channel: each may live on its
-/// own cluster node); false when the connection failed meanwhile.
-async fn subscribe_all(
-    subscriber: &SubscriberClient,
-    reconnections: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>,
-    channels: &[String],
-) -> bool {
-    if let Err(e) = subscriber.wait_for_connect().await {
-        tracing::warn!(error = %e, "stock announcements: cannot connect");
-        return false;
-    }
-    // Connections made so far (the first ones included) are covered by the
-    // subscriptions about to be made; only later ones mean a resync.
-    while reconnections.try_recv().is_ok() {}
-    for channel in channels {
-        if let Err(e) = subscriber.ssubscribe(channel.as_str()).await {
-            tracing::warn!(error = %e, "stock announcements: cannot subscribe");
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -381,11 +277,5 @@ mod tests {
         }
         assert_eq!(c.check(&sku("C")), Answer::Unknown);
         assert_eq!(c.housekeep(), 2);
-    }
-
-    #[test]
-    fn announcements_parse() {
-        assert_eq!(parse_announcement("A-1|12|0|3"), Some(("A-1", 12, 3)));
-        assert_eq!(parse_announcement("A-1|x|0|3"), None);
     }
 }

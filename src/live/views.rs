@@ -60,6 +60,13 @@ impl Views {
         found
     }
 
+    /// Keeps `view`, just read from Redis (by the live feed's pump).
+    pub async fn put(&self, sku: &Sku, view: InventoryView) {
+        if let Some(cache) = &self.cache {
+            cache.insert(sku.as_str().to_owned(), Some(view)).await;
+        }
+    }
+
     /// The view of `sku`: cached, or read with `read` (once, however many
     /// callers miss at the same time) and kept.
     pub async fn get_or_read<F>(

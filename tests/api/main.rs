@@ -19,6 +19,7 @@ mod live;
 mod observability;
 mod operations;
 mod resilience;
+mod sse;
 mod stock;
 mod tls;
 mod upgrade;
