@@ -17,6 +17,10 @@ if [ "${want_compose:-0}" = 1 ]; then
   { docker compose version || command -v docker-compose; } >/dev/null 2>&1 || missing+=(docker-compose)
   command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 fi
+# The live page is tested in a real browser: headless Chromium.
+if [ "${want_browser:-0}" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 # test.sh pip-installs its Python tools into a venv.
 if [ "${want_python_venv:-0}" = 1 ]; then
   command -v python3 >/dev/null 2>&1 || missing+=(python3)

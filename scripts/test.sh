@@ -9,12 +9,15 @@
 # neither is) and config/alertmanager.yml with amtool.
 # openapi.json is checked with openapi-spec-validator, and a client generated
 # from it by openapi-python-client is driven against a gateway; pip installs
-# both into a venv of their own (target/tools-venv).
+# both into a venv of their own (target/tools-venv). The live page is loaded
+# in headless Chromium (package chromium); its screenshot lands in
+# target/test-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_prometheus=1
 want_python_venv=1
 want_compose=1
+want_browser=1
 source scripts/ensure-servers.sh
 # Python tools the tests run, in a venv of their own.
 tools=target/tools-venv

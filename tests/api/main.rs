@@ -16,6 +16,7 @@ mod idempotency;
 mod journal;
 mod lifecycle;
 mod live;
+mod live_page;
 mod observability;
 mod operations;
 mod resilience;
