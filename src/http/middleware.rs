@@ -70,12 +70,20 @@ fn headers_too_large(request: &Request) -> Option<String> {
         .then(|| format!("{bytes} bytes of header fields; at most {HEADER_BYTES_MAX} are accepted"))
 }
 
+/// Routes whose requests may wait for news (`wait_ms`) before answering.
+const LONG_POLL_ROUTES: &[&str] = &["/v1/admin/events"];
+
 /// Runs the rest of the stack with a request id, a deadline and a panic net,
 /// answers every rejection as a problem document, and records the request
 /// under its route template.
 pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     let started = tokio::time::Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
+    // A long poll may wait its whole `wait_ms` before the usual work.
+    let timeout = match &route {
+        Some(r) if LONG_POLL_ROUTES.contains(&r.as_str()) => timeout + super::feed::WAIT_MAX,
+        _ => timeout,
+    };
     let method = method_label(request.method());
     let id = request
         .headers()

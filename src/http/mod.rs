@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod extract;
+pub mod feed;
 pub mod inventory;
 pub mod live;
 pub mod middleware;
@@ -46,6 +47,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
             post(admin::adjust),
         )
+        .route("/v1/admin/events", get(feed::list))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

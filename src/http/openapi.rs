@@ -14,7 +14,7 @@ use utoipa::{
     },
 };
 
-use super::{admin, inventory, live, ops, problem::Problem, reservations};
+use super::{admin, feed, inventory, live, ops, problem::Problem, reservations};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,7 @@ use super::{admin, inventory, live, ops, problem::Problem, reservations};
         admin::set_stock,
         admin::set_policy,
         admin::adjust,
+        feed::list,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -400,6 +401,7 @@ mod tests {
             "/v1/admin/inventory/{sku}/locations/{location}",
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
+            "/v1/admin/events",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -407,7 +409,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 14);
+        assert_eq!(doc.paths.paths.len(), 15);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

@@ -37,6 +37,8 @@ pub enum StoreError {
     Pool(#[from] PoolError),
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("unexpected journal data: {0}")]
+    Corrupt(String),
 }
 
 #[derive(Clone)]
@@ -44,6 +46,50 @@ pub struct Store {
     pool: Pool,
     /// What `apply` committed, for the reconciler (see `committed`).
     committed: Arc<Committed>,
+    /// Bumped after each `apply` commit: change-feed long polls wake on it.
+    journaled: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// A place in the change feed: the writing transaction and the row's
+/// sequence number. Rendered as `<xid>.<seq>`; clients treat it as opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FeedCursor {
+    pub xid: u64,
+    pub seq: i64,
+}
+
+impl FeedCursor {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (xid, seq) = raw.split_once('.')?;
+        Some(Self {
+            xid: xid.parse().ok()?,
+            seq: seq.parse().ok().filter(|s: &i64| *s >= 0)?,
+        })
+    }
+}
+
+impl std::fmt::Display for FeedCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.xid, self.seq)
+    }
+}
+
+/// One `inventory_events` row as the change feed shows it.
+#[derive(Debug, Clone)]
+pub struct FeedRow {
+    pub cursor: FeedCursor,
+    pub kind: String,
+    pub sku: String,
+    pub location: String,
+    pub reservation_id: Option<String>,
+    pub account_id: Option<String>,
+    pub qty: i32,
+    pub on_hand_after: i64,
+    pub reserved_after: i64,
+    pub version: i64,
+    pub occurred_at_ms: i64,
+    pub reason: Option<String>,
+    pub reference: Option<String>,
 }
 
 /// A SKU's sale policy as the journal keeps it; `None` where unset.
@@ -128,6 +174,7 @@ impl Store {
         Ok(Self {
             pool,
             committed: Arc::default(),
+            journaled: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -196,7 +243,51 @@ impl Store {
         let inserted = apply_in(&tx, events).await?;
         tx.commit().await?;
         self.committed.record(events);
+        if inserted > 0 {
+            self.journaled.send_modify(|n| *n += 1);
+        }
         Ok(inserted)
+    }
+
+    /// Changes each time this instance's writer commits new events.
+    pub fn journaled(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.journaled.subscribe()
+    }
+
+    /// Up to `limit` journal events after `after` (from the start when
+    /// `None`), of `sku` when given, in journal order. Only transactions
+    /// older than every one still running are read, so nothing can be
+    /// committed later behind the last row returned.
+    pub async fn feed(
+        &self,
+        after: Option<FeedCursor>,
+        sku: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FeedRow>, StoreError> {
+        const COLUMNS: &str = "SELECT journal_xid::text, journal_seq, kind, sku, location,
+                 reservation_id, account_id, qty, on_hand_after, reserved_after, version,
+                 (extract(epoch FROM occurred_at) * 1000)::int8, reason, reference
+             FROM inventory_events
+             WHERE (journal_xid, journal_seq) > ($1::text::xid8, $2)
+               AND journal_xid < pg_snapshot_xmin(pg_current_snapshot())";
+        const ORDER: &str = "ORDER BY journal_xid, journal_seq LIMIT $3";
+        let client = self.pool.get().await?;
+        let after = after.unwrap_or(FeedCursor { xid: 0, seq: -1 });
+        let xid = after.xid.to_string();
+        // Two statements, so that each gets the plan of its index.
+        let rows = match sku {
+            None => {
+                let sql = format!("{COLUMNS} {ORDER}");
+                client.query(&sql, &[&xid, &after.seq, &limit]).await?
+            }
+            Some(sku) => {
+                let sql = format!("{COLUMNS} AND sku = $4 {ORDER}");
+                client
+                    .query(&sql, &[&xid, &after.seq, &limit, &sku])
+                    .await?
+            }
+        };
+        rows.iter().map(feed_row).collect()
     }
 
     pub async fn save_policy(&self, sku: &str, policy: &PolicyRow) -> Result<(), StoreError> {
@@ -377,6 +468,31 @@ pub async fn missing(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn feed_row(r: &tokio_postgres::Row) -> Result<FeedRow, StoreError> {
+    let xid: String = r.try_get(0)?;
+    Ok(FeedRow {
+        cursor: FeedCursor {
+            // An xid8 prints as its decimal value.
+            xid: xid
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("journal_xid {xid}")))?,
+            seq: r.try_get(1)?,
+        },
+        kind: r.try_get(2)?,
+        sku: r.try_get(3)?,
+        location: r.try_get(4)?,
+        reservation_id: r.try_get(5)?,
+        account_id: r.try_get(6)?,
+        qty: r.try_get(7)?,
+        on_hand_after: r.try_get(8)?,
+        reserved_after: r.try_get(9)?,
+        version: r.try_get(10)?,
+        occurred_at_ms: r.try_get(11)?,
+        reason: r.try_get(12)?,
+        reference: r.try_get(13)?,
+    })
 }
 
 /// The three statements of `Store::apply`, inside the caller's transaction.

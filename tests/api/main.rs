@@ -11,6 +11,7 @@ mod admission;
 mod batching;
 mod contention;
 mod failover;
+mod feed;
 mod fuzz;
 mod idempotency;
 mod journal;
