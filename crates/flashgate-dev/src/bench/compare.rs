@@ -69,6 +69,9 @@ struct Comparison {
     /// `GET /v1/inventory/{sku}` of one SKU, flat out (the cached view).
     flashgate_cached_read_max_per_s: f64,
     gateway_cpu_us_per_cached_read: Option<f64>,
+    sse_streams: usize,
+    sse_events_per_s: f64,
+    gateway_cpu_us_per_sse_event: Option<f64>,
     gateway_cpu_us_per_reservation: Option<f64>,
     /// What Redis spent during the hot maximum and the hot half-maximum runs.
     redis_at_hot_max: RedisUse,
@@ -175,6 +178,8 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
     emit(&sold_out_max)?;
     let cached_read_max = target.measure(Scenario::CachedRead, flat_out).await?;
     emit(&cached_read_max)?;
+    let fan_out = super::fanout::measure(target, duration).await?;
+    super::fanout::emit(&fan_out)?;
     let half = Plan {
         pace: Pace::Rate((hot_max.achieved_per_s / 2.0).max(1.0)),
         duration,
@@ -211,6 +216,9 @@ pub async fn run(target: &Target, options: &BenchOptions) -> anyhow::Result<()> 
         flashgate_sold_out_max_per_s: sold_out_max.achieved_per_s,
         flashgate_cached_read_max_per_s: cached_read_max.achieved_per_s,
         gateway_cpu_us_per_cached_read: cached_read_max.gateway_cpu_us_per_op,
+        sse_streams: fan_out.streams,
+        sse_events_per_s: fan_out.events_per_s,
+        gateway_cpu_us_per_sse_event: fan_out.gateway_cpu_us_per_event,
         gateway_cpu_us_per_reservation: hot_half.gateway_cpu_us_per_op,
         redis_at_hot_max,
         redis_at_hot_half_max,
@@ -265,6 +273,12 @@ fn print_goals(c: &Comparison) {
         "cached reads / hello-world HTTP                   {:>8.2}×   (no goal yet)",
         c.cached_read_vs_hello_world
     );
+    if let Some(cpu) = c.gateway_cpu_us_per_sse_event {
+        eprintln!(
+            "gateway CPU per SSE event ({} streams, {:.0}/s)  {cpu:>6.1} µs   (no goal yet)",
+            c.sse_streams, c.sse_events_per_s
+        );
+    }
     if let Some(l) = c.rate_limited_latency_ms {
         eprintln!(
             "429 rate-limited latency                 p50 {:>5.3} p99 {:>5.3} ms",

@@ -7,6 +7,7 @@
 //! flashgate is judged against (see `compare`), and prints every ratio.
 
 pub mod compare;
+pub mod fanout;
 
 use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -59,13 +60,16 @@ pub enum Scenario {
     /// Reads of the hot SKU's inventory view (`GET /v1/inventory/{sku}`),
     /// answered from the gateway's cached view.
     CachedRead,
+    /// Hot reservations at 500/s, alone and while 1,000 clients follow the
+    /// hot SKU's SSE stream: the gateway's CPU per delivered event.
+    SseFanout,
     /// Hot reservations at rising rates until p99 passes --p99-bound-ms or
     /// the gateway falls behind.
     Knee,
     /// Ceilings and ratios: see BENCHMARKS.md.
     Compare,
     /// hot, confirm, sold-out, many, rate-limited, overloaded and
-    /// cached-read, at --rate.
+    /// cached-read at --rate, then sse-fanout.
     All,
 }
 
@@ -170,6 +174,7 @@ impl Target {
                 loadgen::run(name, self.addr(), plan, workload, None).await?
             }
             Scenario::Overloaded => return self.measure_overloaded(plan).await,
+            Scenario::SseFanout => anyhow::bail!("sse-fanout is measured by bench::fanout"),
             Scenario::CachedRead => {
                 let workload = Arc::new(ReadView {
                     path: format!("/v1/inventory/{HOT_SKU}"),
@@ -394,7 +399,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<std::process::ExitCode
             ] {
                 emit(&target.measure(scenario, plan).await?)?;
             }
+            fanout::emit(&fanout::measure(&target, plan.duration).await?)?;
         }
+        Scenario::SseFanout => fanout::emit(&fanout::measure(&target, plan.duration).await?)?,
         Scenario::Knee => {
             knee(&target, &options).await?;
         }
