@@ -16,6 +16,27 @@ pub enum StockStatus {
 }
 
 impl StockStatus {
+    /// The name clients see (and the journal's `sku_status` stores).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InStock => "IN_STOCK",
+            Self::LowStock => "LOW_STOCK",
+            Self::OutOfStock => "OUT_OF_STOCK",
+            Self::Backorder => "BACKORDER",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::InStock,
+            Self::LowStock,
+            Self::OutOfStock,
+            Self::Backorder,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+
     /// `available` units now, `low` the threshold, `backorder_room` units that
     /// can still be held beyond what is available.
     fn classify(available: i64, low: i64, backorder_room: i64) -> Self {
@@ -54,13 +75,15 @@ pub struct InventoryView {
     pub locations: Vec<LocationView>,
 }
 
-#[derive(Default)]
-struct Counts {
-    oh: i64,
-    rs: i64,
-    ss: i64,
-    lt: i64,
-    bo: i64,
+/// One location's stored counts: what the Redis hash and the journal's
+/// `stock_levels` both keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub safety_stock: i64,
+    pub low_stock_threshold: i64,
+    pub backorder_limit: i64,
 }
 
 impl InventoryView {
@@ -84,38 +107,47 @@ impl InventoryView {
             let counts = locs.entry(loc).or_default();
             let n = value.parse().unwrap_or(0);
             match attr {
-                "oh" => counts.oh = n,
-                "rs" => counts.rs = n,
-                "ss" => counts.ss = n,
-                "lt" => counts.lt = n,
-                "bo" => counts.bo = n,
+                "oh" => counts.on_hand = n,
+                "rs" => counts.reserved = n,
+                "ss" => counts.safety_stock = n,
+                "lt" => counts.low_stock_threshold = n,
+                "bo" => counts.backorder_limit = n,
                 _ => {}
             }
         }
+        Some(Self::from_locations(sku, version, locs))
+    }
+
+    /// Builds the view from each location's counts, in location order.
+    pub fn from_locations<'l>(
+        sku: &str,
+        version: u64,
+        locations: impl IntoIterator<Item = (&'l str, Counts)>,
+    ) -> Self {
         let (mut available, mut on_hand, mut reserved, mut low, mut room) = (0, 0, 0, 0, 0);
-        let locations = locs
+        let locations = locations
             .into_iter()
             .map(|(name, c)| {
-                let avail = (c.oh - c.rs - c.ss).max(0);
-                let holdable = (c.oh - c.ss + c.bo - c.rs).max(0);
+                let avail = (c.on_hand - c.reserved - c.safety_stock).max(0);
+                let holdable = (c.on_hand - c.safety_stock + c.backorder_limit - c.reserved).max(0);
                 available += avail;
-                on_hand += c.oh;
-                reserved += c.rs;
-                low += c.lt;
+                on_hand += c.on_hand;
+                reserved += c.reserved;
+                low += c.low_stock_threshold;
                 room += holdable - avail;
                 LocationView {
                     location: name.to_owned(),
-                    on_hand: c.oh,
-                    reserved: c.rs,
-                    safety_stock: c.ss,
+                    on_hand: c.on_hand,
+                    reserved: c.reserved,
+                    safety_stock: c.safety_stock,
                     available: avail,
-                    status: StockStatus::classify(avail, c.lt, holdable - avail),
-                    low_stock_threshold: c.lt,
-                    backorder_limit: c.bo,
+                    status: StockStatus::classify(avail, c.low_stock_threshold, holdable - avail),
+                    low_stock_threshold: c.low_stock_threshold,
+                    backorder_limit: c.backorder_limit,
                 }
             })
             .collect();
-        Some(Self {
+        Self {
             sku: sku.to_owned(),
             available,
             on_hand,
@@ -123,7 +155,7 @@ impl InventoryView {
             status: StockStatus::classify(available, low, room),
             version,
             locations,
-        })
+        }
     }
 }
 

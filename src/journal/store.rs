@@ -500,6 +500,8 @@ fn feed_row(r: &tokio_postgres::Row) -> Result<FeedRow, StoreError> {
 pub async fn apply_in(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
     let inserted = insert_events(client, events).await?;
     upsert_reservations(client, events).await?;
+    // Reads the events just inserted back, with any that waited for them.
+    super::notifications::record(client, events).await?;
     upsert_stock(client, events).await?;
     Ok(inserted)
 }
@@ -538,13 +540,14 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
         .execute(
             "INSERT INTO inventory_events (partition, stream_id, kind, sku, location,
                  reservation_id, account_id, qty, on_hand_after, reserved_after, version,
-                 occurred_at, reason, reference)
+                 occurred_at, reason, reference, safety_stock_after, low_stock_threshold_after,
+                 backorder_limit_after)
              SELECT p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, to_timestamp(ts / 1000.0),
-                 reason, ref
+                 reason, ref, ss, lt, bl
              FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                  $7::text[], $8::int[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-                 $13::text[], $14::text[])
-                 AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref)
+                 $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[])
+                 AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref, ss, lt, bl)
              ON CONFLICT DO NOTHING",
             &[
                 &partitions,
@@ -561,6 +564,9 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
                 &col(|e| e.occurred_at_ms),
                 &reasons,
                 &refs,
+                &col(|e| e.safety_stock),
+                &col(|e| e.low_stock_threshold),
+                &col(|e| e.backorder_limit),
             ],
         )
         .await?;

@@ -26,3 +26,4 @@ mod stock;
 mod tls;
 mod upgrade;
 mod validation;
+mod webhooks;
