@@ -32,7 +32,7 @@ use crate::{
         commits::{GroupCommit, GroupLimits},
     },
     limits::Admission,
-    live::announcements,
+    live::{announcements, webhooks::deliverer::Deliverer},
     redis::Redis,
     service::{self, sweeper},
 };
@@ -58,12 +58,35 @@ enum Migration {
     Pending,
 }
 
+/// Descriptors the gateway needs beside its client connections: Redis and
+/// Postgres pools, listeners, the subscriber, files.
+const DESCRIPTORS_BESIDE_CONNECTIONS: u64 = 512;
+
+/// Raises the soft open-files limit to the hard one, as a server that holds
+/// one descriptor per connection (and an SSE stream is a long one) must: the
+/// usual soft default of 1,024 would refuse connections far below
+/// `http.max_connections`. Says so when even the hard limit is too low.
+fn raise_open_files_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + DESCRIPTORS_BESIDE_CONNECTIONS;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            wanted,
+            "the open-files limit is below http.max_connections plus what the pools need: \
+             connections past it are refused; raise it (ulimit -n, LimitNOFILE=)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         // Before anything registers a metric: handles made earlier would
         // record into nothing.
         crate::metrics::install();
+        raise_open_files_limit(settings.http.max_connections);
         if settings.auth.secret.is_none() {
             tracing::warn!(
                 "auth.secret is not set: using the public development secret; \
@@ -142,6 +165,10 @@ impl App {
                 max_qty_per_request: settings.reservation.max_qty_per_request,
             }),
             lifecycle: Arc::new(Lifecycle::default()),
+            webhooks: Arc::new(crate::live::webhooks::Webhooks::new(
+                journal.store.pool().clone(),
+                &settings.webhooks,
+            )),
             journal,
             admission,
             live,
@@ -224,6 +251,10 @@ impl App {
             state.inventory.redis.keys().clone(),
             background.clone(),
         ));
+        let deliverer = tokio::spawn(
+            Deliverer::new(state.journal.store.pool().clone(), &settings.webhooks)
+                .run(state.journal.store.journaled(), background.clone()),
+        );
         tokio::spawn(state.admission.clone().housekeep(background.clone()));
         tokio::spawn(crate::metrics::upkeep(background.clone()));
         let router = http::router(
@@ -272,6 +303,9 @@ impl App {
         }
         if let Err(e) = follower.await {
             tracing::warn!(error = %e, "stock announcement follower ended abnormally");
+        }
+        if let Err(e) = deliverer.await {
+            tracing::warn!(error = %e, "webhook deliverer ended abnormally");
         }
         journal.stop().await;
         state.inventory.redis.quit().await;

@@ -34,6 +34,55 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub live: LiveSettings,
+    pub webhooks: WebhookSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Let webhook URLs reach loopback, link-local and private addresses
+    /// (refused by default: a registered URL must not reach the gateway's
+    /// own network).
+    pub allow_private_targets: bool,
+    /// A delivery is delivered when the receiver answers 2xx within this.
+    pub timeout_ms: u64,
+    /// Wait after the first failed attempt; doubles per attempt, with jitter.
+    pub backoff_initial_ms: u64,
+    /// The longest wait between two attempts.
+    pub backoff_max_ms: u64,
+    /// Attempts before a delivery is `dead`.
+    pub max_attempts: u32,
+    /// Deliveries one instance sends at once.
+    pub concurrency: usize,
+    /// The deliverer looks for due deliveries at least this often (it is
+    /// woken sooner by this instance's journal commits and by the next
+    /// retry falling due).
+    pub poll_interval_ms: u64,
+    /// Registered webhooks at most.
+    pub max_webhooks: i64,
+    /// Events past a missing journal version wait this long for it before
+    /// notifications go on past the gap.
+    pub gap_wait_seconds: u64,
+    /// CAs (PEM) that `https` receivers' certificates are checked against;
+    /// the system's roots when unset.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout_ms: 5_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 600_000,
+            max_attempts: 12,
+            concurrency: 16,
+            poll_interval_ms: 1_000,
+            max_webhooks: 1_000,
+            gap_wait_seconds: 60,
+            tls_ca_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -695,6 +744,21 @@ impl Settings {
             bail!("live.heartbeat_seconds and live.max_subscribers must be positive");
         }
         self.validate_http_and_limits()?;
+        let w = &self.webhooks;
+        if w.timeout_ms == 0 || w.backoff_initial_ms == 0 || w.poll_interval_ms == 0 {
+            bail!(
+                "webhooks.timeout_ms, backoff_initial_ms and poll_interval_ms must be positive"
+            );
+        }
+        if w.backoff_max_ms < w.backoff_initial_ms {
+            bail!("webhooks.backoff_max_ms must be at least webhooks.backoff_initial_ms");
+        }
+        if !(1..=100).contains(&w.max_attempts) || !(1..=1000).contains(&w.concurrency) {
+            bail!("webhooks.max_attempts must be 1-100 and webhooks.concurrency 1-1000");
+        }
+        if w.max_webhooks <= 0 {
+            bail!("webhooks.max_webhooks must be positive");
+        }
         if matches!(&self.auth.secret, Some(s) if s.expose().len() < 16) {
             bail!("auth.secret must be at least 16 bytes");
         }

@@ -169,6 +169,22 @@ metric_table! {
     /// Watched SKUs' views read from Redis after an announcement, by
     /// `outcome` (`ok`, `error`).
     LIVE_VIEW_REFRESHES_TOTAL: Counter = "flashgate_live_view_refreshes_total";
+    /// Stock notifications (status changes) the journal derived, whichever
+    /// instance's write made them; each is delivered to every webhook that
+    /// wants it.
+    WEBHOOK_NOTIFICATIONS_TOTAL: Counter = "flashgate_webhook_notifications_total";
+    /// Webhook delivery attempts by `outcome`: `delivered` (2xx in time),
+    /// `retried` (failed; another attempt is due later), `dead` (failed
+    /// the last of `webhooks.max_attempts`).
+    WEBHOOK_ATTEMPTS_TOTAL: Counter = "flashgate_webhook_attempts_total";
+    /// Deliveries that ran out of attempts and wait for an operator's retry
+    /// (over every webhook, read from Postgres).
+    WEBHOOK_DEAD_DELIVERIES: Gauge = "flashgate_webhook_dead_deliveries";
+    /// Age of the oldest delivery still pending (0 when none is): how far
+    /// behind receivers are.
+    WEBHOOK_OLDEST_PENDING_SECONDS: Gauge = "flashgate_webhook_oldest_pending_seconds";
+    /// From a status change to its receiver's 2xx.
+    WEBHOOK_DELIVERY_LAG_SECONDS: Histogram = "flashgate_webhook_delivery_lag_seconds";
     /// SKUs found to have lost writes in Redis: the journal held a newer
     /// version than Redis (a failover rolled back acknowledged writes, or
     /// Redis restarted without them). Each is fenced, then rebuilt.
@@ -221,6 +237,12 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 const EXPIRY_LAG_BUCKETS_SECONDS: &[f64] =
     &[0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
+/// Webhook delivery lag buckets (seconds): under a second when receivers
+/// answer, minutes to hours when they retry through backoff.
+const DELIVERY_LAG_BUCKETS_SECONDS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
+];
+
 const BATCH_BUCKETS_EVENTS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
 ];
@@ -235,6 +257,10 @@ fn builder() -> PrometheusBuilder {
         (
             Matcher::Full(EXPIRY_LAG_SECONDS.into()),
             EXPIRY_LAG_BUCKETS_SECONDS,
+        ),
+        (
+            Matcher::Full(WEBHOOK_DELIVERY_LAG_SECONDS.into()),
+            DELIVERY_LAG_BUCKETS_SECONDS,
         ),
         (Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS),
         (

@@ -16,15 +16,15 @@ pub mod problem;
 pub mod reservations;
 pub mod serve;
 pub mod state;
+pub mod webhooks;
 
 use std::time::Duration;
 
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use problem::ApiError;
 pub use state::AppState;
@@ -48,6 +48,19 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
             post(admin::adjust),
         )
         .route("/v1/admin/events", get(feed::list))
+        .route(
+            "/v1/admin/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route("/v1/admin/webhooks/{id}", delete(webhooks::delete))
+        .route(
+            "/v1/admin/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/v1/admin/webhook-deliveries/{id}/retry",
+            post(webhooks::retry),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -77,19 +90,7 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC.
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-/// An RFC 3339 timestamp as milliseconds since the epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
+pub use crate::clock::{parse_rfc3339, rfc3339};
 
 #[cfg(test)]
 mod tests {

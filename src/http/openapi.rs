@@ -14,7 +14,7 @@ use utoipa::{
     },
 };
 
-use super::{admin, feed, inventory, live, ops, problem::Problem, reservations};
+use super::{admin, feed, inventory, live, ops, problem::Problem, reservations, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,6 +36,11 @@ use super::{admin, feed, inventory, live, ops, problem::Problem, reservations};
         admin::set_policy,
         admin::adjust,
         feed::list,
+        webhooks::create,
+        webhooks::list,
+        webhooks::delete,
+        webhooks::deliveries,
+        webhooks::retry,
         ops::healthz,
         ops::readyz,
         ops::metrics,

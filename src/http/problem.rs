@@ -73,6 +73,12 @@ pub enum ApiError {
     UnknownLocation,
     #[error("no such reservation")]
     ReservationNotFound,
+    #[error("no such webhook")]
+    UnknownWebhook,
+    #[error("no such webhook delivery")]
+    UnknownDelivery,
+    #[error("{0}")]
+    WebhookLimit(String),
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed on this route")]
@@ -126,6 +132,9 @@ impl ApiError {
             UnknownSku => ("unknown-sku", StatusCode::NOT_FOUND),
             UnknownLocation => ("unknown-location", StatusCode::NOT_FOUND),
             ReservationNotFound => ("reservation-not-found", StatusCode::NOT_FOUND),
+            UnknownWebhook => ("unknown-webhook", StatusCode::NOT_FOUND),
+            UnknownDelivery => ("unknown-delivery", StatusCode::NOT_FOUND),
+            WebhookLimit(_) => ("webhook-limit", StatusCode::CONFLICT),
             RouteNotFound => ("not-found", StatusCode::NOT_FOUND),
             MethodNotAllowed => ("method-not-allowed", StatusCode::METHOD_NOT_ALLOWED),
             InsufficientStock { .. } => ("insufficient-stock", StatusCode::CONFLICT),

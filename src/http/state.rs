@@ -8,7 +8,11 @@ use std::sync::{
 };
 
 use crate::{
-    auth::Auth, journal::JournalAccess, limits::Admission, live::feed::Feed, service::Inventory,
+    auth::Auth,
+    journal::JournalAccess,
+    limits::Admission,
+    live::{feed::Feed, webhooks::Webhooks},
+    service::Inventory,
 };
 
 /// Cloned by every extractor of every request: one reference count, not
@@ -39,6 +43,8 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// SSE stock streams.
     pub live: Arc<Feed>,
+    /// Stock webhooks' registrations and deliveries.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// Request-shape limits, from `Settings`.

@@ -330,7 +330,9 @@ async fn insert(
         )
         .await?
         .try_get(0)?;
-    Ok(u64::try_from(new).unwrap_or(0))
+    let new = u64::try_from(new).unwrap_or(0);
+    metrics::counter!(crate::metrics::WEBHOOK_NOTIFICATIONS_TOTAL).increment(new);
+    Ok(new)
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ CREATE INDEX stock_notifications_sku ON stock_notifications (sku, version);
 -- Registered receivers.
 CREATE TABLE webhooks (
     id         text PRIMARY KEY,
+    -- Listing order and cursor.
+    seq        bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     url        text        NOT NULL,
     events     text[]      NOT NULL,
     -- NULL: every SKU.
@@ -64,6 +66,8 @@ CREATE TABLE webhooks (
 -- One delivery of one notification to one webhook.
 CREATE TABLE webhook_deliveries (
     id              text PRIMARY KEY,
+    -- Listing order and cursor.
+    seq             bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     webhook_id      text        NOT NULL REFERENCES webhooks (id),
     notification_id text        NOT NULL REFERENCES stock_notifications (id),
     status          text        NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
@@ -79,4 +83,4 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
     WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, status, created_at);
+CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, seq);
