@@ -746,9 +746,7 @@ impl Settings {
         self.validate_http_and_limits()?;
         let w = &self.webhooks;
         if w.timeout_ms == 0 || w.backoff_initial_ms == 0 || w.poll_interval_ms == 0 {
-            bail!(
-                "webhooks.timeout_ms, backoff_initial_ms and poll_interval_ms must be positive"
-            );
+            bail!("webhooks.timeout_ms, backoff_initial_ms and poll_interval_ms must be positive");
         }
         if w.backoff_max_ms < w.backoff_initial_ms {
             bail!("webhooks.backoff_max_ms must be at least webhooks.backoff_initial_ms");

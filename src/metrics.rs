@@ -316,6 +316,7 @@ fn describe() {
     // Exported from the start, so dashboards and alerts read 0, not nothing.
     metrics::counter!(OVERSOLD_TOTAL).absolute(0);
     metrics::counter!(LOST_WRITE_SKUS_TOTAL).absolute(0);
+    metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "outcome" => "dead").absolute(0);
 }
 
 /// Installs the recorder; call before any metric is registered.

@@ -350,7 +350,7 @@ mod tests {
             else {
                 continue;
             };
-            for method in ["GET", "PUT", "POST"] {
+            for method in ["GET", "PUT", "POST", "DELETE"] {
                 if !named.starts_with(&format!("`{method} /")) {
                     continue;
                 }
@@ -407,6 +407,10 @@ mod tests {
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
             "/v1/admin/events",
+            "/v1/admin/webhooks",
+            "/v1/admin/webhooks/{id}",
+            "/v1/admin/webhooks/{id}/deliveries",
+            "/v1/admin/webhook-deliveries/{id}/retry",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -414,7 +418,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 15);
+        assert_eq!(doc.paths.paths.len(), 19);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

@@ -167,14 +167,13 @@ pub struct DeliveryQuery {
 
 /// `(after, limit)` of a page request; cursors are the last item's `seq`.
 fn page(cursor: Option<&str>, limit: Option<i64>) -> Result<(i64, i64), ApiError> {
-    let after = match cursor {
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|c| *c >= 0)
-            .ok_or_else(|| ApiError::Validation("cursor must be a `next` from a page".into()))?,
-        None => 0,
-    };
+    let after =
+        match cursor {
+            Some(raw) => raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
+                ApiError::Validation("cursor must be a `next` from a page".into())
+            })?,
+            None => 0,
+        };
     let limit = limit.unwrap_or(LIMIT_DEFAULT);
     if !(1..=LIMIT_MAX).contains(&limit) {
         return Err(ApiError::Validation(format!(

@@ -598,12 +598,21 @@ async fn prometheus_scrapes_a_gateway_under_load_and_every_panel_and_alert_evalu
             ("FLASHGATE_JOURNAL__RECONCILE_INTERVAL_MS", "200"),
             ("FLASHGATE_JOURNAL__DRIFT_CHECK_EVERY_PASSES", "1"),
             ("FLASHGATE_EXPIRY__SWEEP_INTERVAL_MS", "200"),
+            ("FLASHGATE_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
         ],
     )
     .await;
     let prometheus = Prometheus::start(&o.metrics_addr);
     let http = reqwest::Client::new();
+    // The sale sells out and comes back: webhook deliveries for the panels.
+    let receiver = crate::webhooks::Receiver::start(200).await;
+    let hook = json!({"url": receiver.url(), "events": ["stock.out", "stock.back_in"]});
+    let status = o
+        .admin(reqwest::Method::POST, "/v1/admin/webhooks", hook)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     a_little_load(&o).await;
+    receiver.wait_for(1, Duration::from_secs(20)).await;
 
     // Wait until Prometheus holds enough scrapes for a rate, the expiry
     // sweeper has given the idle holds back, and a drift check has run.

@@ -62,7 +62,10 @@ pub async fn follow(
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let (mut buffer, mut events, mut retry) = (String::new(), Vec::new(), false);
     loop {
-        if until.borrow().reached(events.last().and_then(|e: &Received| e.id)) {
+        if until
+            .borrow()
+            .reached(events.last().and_then(|e: &Received| e.id))
+        {
             break;
         }
         let chunk = tokio::select! {
@@ -91,10 +94,7 @@ pub async fn follow(
                 }
             }
             if event == "stock" {
-                events.push(Received {
-                    id,
-                    data,
-                });
+                events.push(Received { id, data });
             }
         }
     }
@@ -216,12 +216,9 @@ async fn a_thousand_streams_follow_five_hundred_reservations(backend: Backend) {
     // Each client reads until the final view arrives; on a loaded machine
     // that can take a while, but it must come.
     until.send(Until::Version(final_version)).unwrap();
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures::future::join_all(clients),
-    )
-    .await
-    .expect("every stream receives the final view");
+    let results = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(clients))
+        .await
+        .expect("every stream receives the final view");
     let window = started.elapsed();
 
     let mut delivered = 0;

@@ -26,7 +26,7 @@ use crate::harness::{
 
 /// One request a receiver got.
 #[derive(Debug, Clone)]
-struct Delivered {
+pub struct Delivered {
     at: Instant,
     headers: HeaderMap,
     body: Bytes,
@@ -57,7 +57,11 @@ impl Delivered {
         mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(&self.body);
         let want = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
-        assert_eq!(self.header("webhook-signature"), want, "the signature verifies");
+        assert_eq!(
+            self.header("webhook-signature"),
+            want,
+            "the signature verifies"
+        );
         let sent: i64 = timestamp.parse().unwrap();
         let now = flashgate::clock::now_ms() / 1000;
         assert!((now - sent).abs() < 300, "a current timestamp");
@@ -67,14 +71,14 @@ impl Delivered {
 /// A webhook receiver on loopback that records every request and answers
 /// with the status it is told.
 #[derive(Clone)]
-struct Receiver {
+pub struct Receiver {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Delivered>>>,
     status: Arc<AtomicU16>,
 }
 
 impl Receiver {
-    async fn start(status: u16) -> Self {
+    pub async fn start(status: u16) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receiver = Self {
             addr: listener.local_addr().unwrap(),
@@ -103,7 +107,7 @@ impl Receiver {
         self.status.store(status, Ordering::SeqCst);
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}/hooks/stock", self.addr)
     }
 
@@ -113,7 +117,7 @@ impl Receiver {
 
     /// Waits until `n` requests have arrived, then a little longer for any
     /// that should not come; all of them.
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivered> {
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivered> {
         let started = Instant::now();
         while self.seen().len() < n {
             assert!(
@@ -337,7 +341,10 @@ async fn a_failing_receiver_gets_growing_waits_then_dead_and_a_retry_delivers() 
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (id, secret) = (hook["id"].as_str().unwrap(), hook["secret"].as_str().unwrap());
+    let (id, secret) = (
+        hook["id"].as_str().unwrap(),
+        hook["secret"].as_str().unwrap(),
+    );
     // Another SKU's change is not this webhook's.
     sell_out(&gateway, "HOOK-OTHER").await;
     sell_out(&gateway, "HOOK-2").await;
@@ -380,23 +387,46 @@ async fn a_failing_receiver_gets_growing_waits_then_dead_and_a_retry_delivers() 
 
     // Once the receiver answers again, an operator's retry delivers it.
     receiver.answer(200);
-    let retry = format!("/v1/admin/webhook-deliveries/{}/retry", dead["id"].as_str().unwrap());
+    let retry = format!(
+        "/v1/admin/webhook-deliveries/{}/retry",
+        dead["id"].as_str().unwrap()
+    );
     let (status, retried) = admin_call(&gateway, Method::POST, &retry, None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(retried["status"], "pending");
     let tries = receiver.wait_for(5, Duration::from_secs(10)).await;
     assert_eq!(tries.len(), 5);
-    assert_eq!((tries[4].answered, tries[4].header("webhook-id")), (200, first_id.as_str()));
+    assert_eq!(
+        (tries[4].answered, tries[4].header("webhook-id")),
+        (200, first_id.as_str())
+    );
     let path = format!("/v1/admin/webhooks/{id}/deliveries?status=delivered");
     let (_, page) = admin_call(&gateway, Method::GET, &path, None).await;
     assert_eq!(page["deliveries"].as_array().unwrap().len(), 1);
     assert_eq!(page["deliveries"][0]["attempts"], 1);
     assert!(page["deliveries"][0]["delivered_at"].is_string());
 
-    let metrics = reqwest::get(gateway.url("/metrics")).await.unwrap().text().await.unwrap();
-    let attempts = |outcome| metric_value(&metrics, "flashgate_webhook_attempts_total", &[("outcome", outcome)]);
-    assert_eq!((attempts("retried"), attempts("dead"), attempts("delivered")), (3.0, 1.0, 1.0));
-    assert_eq!(metric_value(&metrics, "flashgate_webhook_notifications_total", &[]), 2.0);
+    let metrics = reqwest::get(gateway.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let attempts = |outcome| {
+        metric_value(
+            &metrics,
+            "flashgate_webhook_attempts_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (attempts("retried"), attempts("dead"), attempts("delivered")),
+        (3.0, 1.0, 1.0)
+    );
+    assert_eq!(
+        metric_value(&metrics, "flashgate_webhook_notifications_total", &[]),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -436,7 +466,11 @@ async fn deliveries_pending_when_a_gateway_is_killed_are_sent_after_it_restarts(
         .map(|d| d.json()["data"]["sku"].as_str().unwrap().to_owned())
         .collect();
     delivered.sort();
-    assert_eq!(delivered, ["HOOK-K1", "HOOK-K2", "HOOK-K3"], "each delivered once");
+    assert_eq!(
+        delivered,
+        ["HOOK-K1", "HOOK-K2", "HOOK-K3"],
+        "each delivered once"
+    );
 }
 
 #[tokio::test]
@@ -455,9 +489,18 @@ async fn webhook_targets_inside_the_network_are_refused_unless_allowed() {
         "not a url",
     ] {
         let r = app
-            .admin(Method::POST, "/v1/admin/webhooks", json!({"url": url, "events": ["stock.out"]}))
+            .admin(
+                Method::POST,
+                "/v1/admin/webhooks",
+                json!({"url": url, "events": ["stock.out"]}),
+            )
             .await;
-        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"), "{url}: {:?}", r.body);
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"),
+            "{url}: {:?}",
+            r.body
+        );
     }
     // The rest of the body is checked too.
     let mut allowed = settings.clone();
@@ -471,8 +514,15 @@ async fn webhook_targets_inside_the_network_are_refused_unless_allowed() {
         json!({"url": "http://127.0.0.1:9/hook", "events": ["stock.out"], "secret": "hunter2"}),
         json!({"url": "http://127.0.0.1:9/hook", "events": ["stock.out"], "extra": 1}),
     ] {
-        let r = app.admin(Method::POST, "/v1/admin/webhooks", body.clone()).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {:?}", r.body);
+        let r = app
+            .admin(Method::POST, "/v1/admin/webhooks", body.clone())
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {:?}",
+            r.body
+        );
     }
     let given = format!("whsec_{}", STANDARD.encode([7u8; 32]));
     let r = app
@@ -487,33 +537,91 @@ async fn webhook_targets_inside_the_network_are_refused_unless_allowed() {
     assert_eq!(r.body["secret"], given.as_str());
     assert_eq!(r.body["events"], json!(["stock.out", "stock.low"]));
     let id = r.body["id"].as_str().unwrap().to_owned();
-    let (_, generated) = register(&app, json!({"url": "http://127.0.0.1:9/other", "events": ["stock.low"]})).await;
+    let (_, generated) = register(
+        &app,
+        json!({"url": "http://127.0.0.1:9/other", "events": ["stock.low"]}),
+    )
+    .await;
     assert!(generated.starts_with("whsec_") && generated.len() > 40);
 
     // Listed without their secrets, page by page.
-    let r = app.send(Method::GET, "/v1/admin/webhooks?limit=1", Some(&admin_token()), &[], None).await;
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/webhooks?limit=1",
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["webhooks"][0]["id"], id.as_str());
     assert!(r.body["webhooks"][0].get("secret").is_none());
     let next = r.body["next"].as_str().unwrap().to_owned();
     let r = app
-        .send(Method::GET, &format!("/v1/admin/webhooks?limit=1&cursor={next}"), Some(&admin_token()), &[], None)
+        .send(
+            Method::GET,
+            &format!("/v1/admin/webhooks?limit=1&cursor={next}"),
+            Some(&admin_token()),
+            &[],
+            None,
+        )
         .await;
     assert_eq!(r.body["webhooks"].as_array().unwrap().len(), 1);
-    assert!(r.body["webhooks"][0]["url"].as_str().unwrap().ends_with("/other"));
+    assert!(
+        r.body["webhooks"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/other")
+    );
 
     // Shoppers reach none of it; unknown ids are 404.
-    let r = app.send(Method::GET, "/v1/admin/webhooks", Some(&token("shopper")), &[], None).await;
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/webhooks",
+            Some(&token("shopper")),
+            &[],
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let path = format!("/v1/admin/webhooks/{id}");
-    let r = app.send(Method::DELETE, &path, Some(&admin_token()), &[], None).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = app.send(Method::DELETE, &path, Some(&admin_token()), &[], None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "unknown-webhook"));
-    let r = app.send(Method::GET, &format!("{path}/deliveries"), Some(&admin_token()), &[], None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "unknown-webhook"));
     let r = app
-        .send(Method::POST, "/v1/admin/webhook-deliveries/nope/retry", Some(&admin_token()), &[], None)
+        .send(Method::DELETE, &path, Some(&admin_token()), &[], None)
         .await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "unknown-delivery"));
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = app
+        .send(Method::DELETE, &path, Some(&admin_token()), &[], None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "unknown-webhook")
+    );
+    let r = app
+        .send(
+            Method::GET,
+            &format!("{path}/deliveries"),
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "unknown-webhook")
+    );
+    let r = app
+        .send(
+            Method::POST,
+            "/v1/admin/webhook-deliveries/nope/retry",
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "unknown-delivery")
+    );
 }

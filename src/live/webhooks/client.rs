@@ -74,7 +74,10 @@ async fn send(
     let request = Request::post(&target.path_and_query)
         .header(header::HOST, &target.authority)
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::USER_AGENT, concat!("flashgate/", env!("CARGO_PKG_VERSION")))
+        .header(
+            header::USER_AGENT,
+            concat!("flashgate/", env!("CARGO_PKG_VERSION")),
+        )
         .header("webhook-id", message.id)
         .header("webhook-timestamp", message.timestamp)
         .header("webhook-signature", message.signature)

@@ -61,7 +61,11 @@ impl Deliverer {
 
     /// Runs until `stop`; `journaled` changes on each journal commit of this
     /// instance.
-    pub async fn run(self: Arc<Self>, mut journaled: watch::Receiver<u64>, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut journaled: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) {
         let mut in_flight = JoinSet::new();
         let mut housekeeping = Instant::now();
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
@@ -105,7 +109,7 @@ impl Deliverer {
             return Ok(Vec::new());
         }
         let lease = Duration::from_millis(self.settings.timeout_ms) + LEASE_GRACE;
-        Ok(store::claim(&self.pool, free as i64, lease).await?)
+        store::claim(&self.pool, free as i64, lease).await
     }
 
     async fn until_next_due(&self) -> Option<Duration> {
@@ -151,7 +155,9 @@ impl Deliverer {
         };
         let label = match &outcome {
             Outcome::Delivered { .. } => "delivered",
-            Outcome::Failed { retry_in: Some(_), .. } => "retried",
+            Outcome::Failed {
+                retry_in: Some(_), ..
+            } => "retried",
             Outcome::Failed { retry_in: None, .. } => "dead",
         };
         match store::finish(&self.pool, &claimed, outcome).await {
@@ -209,7 +215,9 @@ impl Deliverer {
     /// each wait is still at least the previous one's bound.
     fn backoff(&self, attempt: i32) -> Duration {
         let initial = self.settings.backoff_initial_ms;
-        let doublings = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(40);
+        let doublings = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(40);
         let full = initial
             .saturating_mul(1u64 << doublings)
             .min(self.settings.backoff_max_ms);

@@ -160,7 +160,9 @@ fn events(asked: Vec<String>) -> Result<Vec<String>, WebhookError> {
         }
     }
     if events.is_empty() {
-        return Err(WebhookError::Invalid("events must name at least one event".into()));
+        return Err(WebhookError::Invalid(
+            "events must name at least one event".into(),
+        ));
     }
     Ok(events)
 }

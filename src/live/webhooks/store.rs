@@ -87,7 +87,10 @@ fn ms(column: &str) -> String {
 pub async fn count_live(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT count(*) FROM webhooks WHERE deleted_at IS NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM webhooks WHERE deleted_at IS NULL",
+            &[],
+        )
         .await?;
     Ok(row.try_get(0)?)
 }
@@ -299,9 +302,9 @@ pub async fn finish(
     outcome: Outcome<'_>,
 ) -> Result<Option<f64>, StoreError> {
     let client = pool.get().await?;
-    let row = match outcome {
-        Outcome::Delivered { status } => {
-            client
+    let row =
+        match outcome {
+            Outcome::Delivered { status } => client
                 .query_opt(
                     "UPDATE webhook_deliveries d SET status = 'delivered', delivered_at = now(),
                          last_status = $3, last_error = NULL
@@ -311,35 +314,34 @@ pub async fn finish(
                      RETURNING extract(epoch FROM now() - n.occurred_at)::float8",
                     &[&claimed.id, &claimed.attempt, &i32::from(status)],
                 )
-                .await?
-        }
-        Outcome::Failed {
-            status,
-            error,
-            retry_in,
-        } => {
-            let (next, retry) = match retry_in {
-                Some(wait) => ("pending", wait.as_secs_f64()),
-                None => ("dead", 0.0),
-            };
-            client
-                .query_opt(
-                    "UPDATE webhook_deliveries SET status = $3, last_status = $4,
+                .await?,
+            Outcome::Failed {
+                status,
+                error,
+                retry_in,
+            } => {
+                let (next, retry) = match retry_in {
+                    Some(wait) => ("pending", wait.as_secs_f64()),
+                    None => ("dead", 0.0),
+                };
+                client
+                    .query_opt(
+                        "UPDATE webhook_deliveries SET status = $3, last_status = $4,
                          last_error = $5, next_attempt_at = now() + make_interval(secs => $6)
                      WHERE id = $1 AND attempts = $2 AND status = 'pending'
                      RETURNING NULL::float8",
-                    &[
-                        &claimed.id,
-                        &claimed.attempt,
-                        &next,
-                        &status.map(i32::from),
-                        &error,
-                        &retry,
-                    ],
-                )
-                .await?
-        }
-    };
+                        &[
+                            &claimed.id,
+                            &claimed.attempt,
+                            &next,
+                            &status.map(i32::from),
+                            &error,
+                            &retry,
+                        ],
+                    )
+                    .await?
+            }
+        };
     Ok(row.and_then(|r| r.get::<_, Option<f64>>(0)))
 }
 

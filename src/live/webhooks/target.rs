@@ -70,7 +70,10 @@ impl Target {
         if authority.as_str().contains('@') {
             return Err(TargetError::Credentials);
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(TargetError::Malformed);
         }
@@ -169,12 +172,22 @@ mod tests {
         assert_eq!(t.path_and_query, "/stock?team=7");
         let t = Target::parse("http://[2001:4860::8888]:8080").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("2001:4860::8888", 8080));
-        assert_eq!((t.authority.as_str(), t.path_and_query.as_str()), ("[2001:4860::8888]:8080", "/"));
+        assert_eq!(
+            (t.authority.as_str(), t.path_and_query.as_str()),
+            ("[2001:4860::8888]:8080", "/")
+        );
     }
 
     #[test]
     fn other_schemes_credentials_and_fragments_are_refused() {
-        for raw in ["ftp://example.com/", "example.com/hook", "/hook", "http:///x", "https://a.example/#f", ""] {
+        for raw in [
+            "ftp://example.com/",
+            "example.com/hook",
+            "/hook",
+            "http:///x",
+            "https://a.example/#f",
+            "",
+        ] {
             assert_eq!(Target::parse(raw), Err(TargetError::Malformed), "{raw}");
         }
         assert_eq!(
@@ -182,7 +195,10 @@ mod tests {
             Err(TargetError::Credentials)
         );
         assert_eq!(
-            Target::parse(&format!("https://example.com/{}", "a".repeat(URL_BYTES_MAX))),
+            Target::parse(&format!(
+                "https://example.com/{}",
+                "a".repeat(URL_BYTES_MAX)
+            )),
             Err(TargetError::Malformed)
         );
     }
@@ -190,14 +206,40 @@ mod tests {
     #[test]
     fn inward_addresses_are_not_public() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "0.1.2.3", "224.0.0.1", "255.255.255.255", "240.0.0.1", "192.0.2.1",
-            "::1", "::", "fe80::1", "fc00::1", "fd12::1", "ff02::1", "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1", "2001:db8::1", "fec0::1", "64:ff9b:1::1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+            "fec0::1",
+            "64:ff9b:1::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} is inward");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "100.128.0.1", "172.32.0.1", "2001:4860:4860::8888", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip} is public");
         }
     }
@@ -205,9 +247,18 @@ mod tests {
     #[tokio::test]
     async fn a_loopback_host_is_refused_unless_reach_is_anywhere() {
         let t = Target::parse("http://127.0.0.1:9/hook").unwrap();
-        assert!(matches!(t.resolve(Reach::PublicOnly).await, Err(TargetError::Private(_))));
-        assert_eq!(t.resolve(Reach::Anywhere).await.unwrap(), vec!["127.0.0.1:9".parse().unwrap()]);
+        assert!(matches!(
+            t.resolve(Reach::PublicOnly).await,
+            Err(TargetError::Private(_))
+        ));
+        assert_eq!(
+            t.resolve(Reach::Anywhere).await.unwrap(),
+            vec!["127.0.0.1:9".parse().unwrap()]
+        );
         let t = Target::parse("http://localhost:9/hook").unwrap();
-        assert!(matches!(t.resolve(Reach::PublicOnly).await, Err(TargetError::Private(_))));
+        assert!(matches!(
+            t.resolve(Reach::PublicOnly).await,
+            Err(TargetError::Private(_))
+        ));
     }
 }
