@@ -223,7 +223,12 @@ struct CommonResponses;
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations = [&mut item.get, &mut item.put, &mut item.post];
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
             for operation in operations.into_iter().flatten() {
                 let body = operation.request_body.is_some();
                 for (status, name, takes) in COMMON {
@@ -255,7 +260,12 @@ impl Modify for ResponseHeaders {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let mut shared_status = std::collections::BTreeMap::new();
         for item in openapi.paths.paths.values_mut() {
-            let operations = [&mut item.get, &mut item.put, &mut item.post];
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
             for operation in operations.into_iter().flatten() {
                 let id = operation.operation_id.clone();
                 for (status, response) in operation.responses.responses.iter_mut() {

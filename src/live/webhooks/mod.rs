@@ -111,6 +111,9 @@ impl Webhooks {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), WebhookError> {
+        if !plausible_id(id) {
+            return Err(WebhookError::UnknownWebhook);
+        }
         match store::delete(&self.pool, id).await? {
             true => Ok(()),
             false => Err(WebhookError::UnknownWebhook),
@@ -124,17 +127,32 @@ impl Webhooks {
         after: i64,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, WebhookError> {
-        if !store::exists(&self.pool, webhook_id).await? {
+        if !plausible_id(webhook_id) || !store::exists(&self.pool, webhook_id).await? {
             return Err(WebhookError::UnknownWebhook);
         }
         Ok(store::deliveries(&self.pool, webhook_id, status, after, limit).await?)
     }
 
     pub async fn retry(&self, delivery_id: &str) -> Result<DeliveryRow, WebhookError> {
+        if !plausible_id(delivery_id) {
+            return Err(WebhookError::UnknownDelivery);
+        }
         store::retry(&self.pool, delivery_id)
             .await?
             .ok_or(WebhookError::UnknownDelivery)
     }
+}
+
+/// Longest id of a webhook or delivery (`wh_` and 32 hex digits; a UUID).
+const ID_LEN_MAX: usize = 64;
+
+/// Whether `id` could be one the gateway made: anything else names nothing
+/// and never reaches Postgres (which refuses some bytes, NUL among them).
+fn plausible_id(id: &str) -> bool {
+    (1..=ID_LEN_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 pub fn reach(settings: &WebhookSettings) -> Reach {
