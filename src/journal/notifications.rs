@@ -15,7 +15,7 @@
 //! advanced past the gap after `webhooks.gap_wait_seconds` by `sweep_gaps`.
 //! A SKU's first state is no transition (there is no status to leave).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use deadpool_postgres::GenericClient;
 
@@ -109,16 +109,25 @@ pub async fn advance(
             &[&skus],
         )
         .await?;
-    let mut transitions = Vec::new();
-    let mut updates: Vec<(String, Option<&'static str>, i64, String, bool)> = Vec::new();
+    let mut followed = Vec::with_capacity(rows.len());
     for row in &rows {
         let sku: String = row.try_get(0)?;
         let status: Option<String> = row.try_get(1)?;
-        let mut status = status.as_deref().and_then(StockStatus::parse);
-        let mut considered: i64 = row.try_get(2)?;
+        let considered: i64 = row.try_get(2)?;
         let locations: String = row.try_get(3)?;
+        followed.push((sku, status, considered, locations));
+    }
+    let places: Vec<(&str, i64)> = followed
+        .iter()
+        .map(|(sku, _, version, _)| (sku.as_str(), *version))
+        .collect();
+    let mut steps_of = steps_after(client, &places).await?;
+    let mut transitions = Vec::new();
+    let mut updates: Vec<(String, Option<&'static str>, i64, String, bool)> = Vec::new();
+    for (sku, status, mut considered, locations) in followed {
+        let mut status = status.as_deref().and_then(StockStatus::parse);
         let mut locations = parse_locations(&locations);
-        let steps = steps_after(client, &sku, considered).await?;
+        let steps = steps_of.remove(&sku).unwrap_or_default();
         let mut waiting = steps.len() as i64 >= EVENTS_PER_SKU_MAX;
         for step in steps {
             if step.version <= considered {
@@ -184,37 +193,45 @@ pub async fn advance(
     insert(client, &transitions).await
 }
 
-/// The SKU's journaled events past `version`, in version order.
+/// Each SKU's journaled events past its version, in version order (at
+/// most `EVENTS_PER_SKU_MAX` each), in one statement.
 async fn steps_after(
     client: &impl GenericClient,
-    sku: &str,
-    version: i64,
-) -> Result<Vec<Step>, StoreError> {
+    places: &[(&str, i64)],
+) -> Result<HashMap<String, Vec<Step>>, StoreError> {
+    let skus: Vec<&str> = places.iter().map(|p| p.0).collect();
+    let versions: Vec<i64> = places.iter().map(|p| p.1).collect();
     let rows = client
         .query(
-            "SELECT location, version, on_hand_after, reserved_after, safety_stock_after,
-                 low_stock_threshold_after, backorder_limit_after,
-                 (extract(epoch FROM occurred_at) * 1000)::int8
-             FROM inventory_events WHERE sku = $1 AND version > $2
-             ORDER BY version LIMIT $3",
-            &[&sku, &version, &EVENTS_PER_SKU_MAX],
+            "SELECT t.sku, e.location, e.version, e.on_hand_after, e.reserved_after,
+                 e.safety_stock_after, e.low_stock_threshold_after, e.backorder_limit_after,
+                 (extract(epoch FROM e.occurred_at) * 1000)::int8
+             FROM unnest($1::text[], $2::int8[]) AS t(sku, version)
+             CROSS JOIN LATERAL (
+                 SELECT * FROM inventory_events i
+                 WHERE i.sku = t.sku AND i.version > t.version
+                 ORDER BY i.version LIMIT $3
+             ) e
+             ORDER BY t.sku, e.version",
+            &[&skus, &versions, &EVENTS_PER_SKU_MAX],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            let ss: Option<i64> = r.try_get(4)?;
-            let lt: Option<i64> = r.try_get(5)?;
-            let bl: Option<i64> = r.try_get(6)?;
-            Ok(Step {
-                location: r.try_get(0)?,
-                version: r.try_get(1)?,
-                on_hand: r.try_get(2)?,
-                reserved: r.try_get(3)?,
-                settings: ss.zip(lt).zip(bl).map(|((ss, lt), bl)| (ss, lt, bl)),
-                occurred_at_ms: r.try_get(7)?,
-            })
-        })
-        .collect()
+    let mut steps: HashMap<String, Vec<Step>> = HashMap::with_capacity(places.len());
+    for r in &rows {
+        let ss: Option<i64> = r.try_get(5)?;
+        let lt: Option<i64> = r.try_get(6)?;
+        let bl: Option<i64> = r.try_get(7)?;
+        let step = Step {
+            location: r.try_get(1)?,
+            version: r.try_get(2)?,
+            on_hand: r.try_get(3)?,
+            reserved: r.try_get(4)?,
+            settings: ss.zip(lt).zip(bl).map(|((ss, lt), bl)| (ss, lt, bl)),
+            occurred_at_ms: r.try_get(8)?,
+        };
+        steps.entry(r.try_get(0)?).or_default().push(step);
+    }
+    Ok(steps)
 }
 
 /// `{"<location>": [on_hand, reserved, safety_stock, low_stock_threshold,

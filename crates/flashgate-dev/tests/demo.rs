@@ -272,10 +272,19 @@ fn bench_reports_each_scenario_as_json() {
             "many",
             "rate-limited",
             "overloaded",
-            "cached-read"
+            "cached-read",
+            "sse-fanout"
         ]
     );
-    for r in &reports {
+    let (fanout, reports) = reports.split_last().unwrap();
+    assert_eq!(fanout["streams"], 1000, "{fanout}");
+    // Every stream had news in every interval of the run.
+    assert!(
+        fanout["events_delivered"].as_u64().unwrap() >= 1000,
+        "{fanout}"
+    );
+    assert!(fanout["gateway_cpu_us_per_event"].is_number(), "{fanout}");
+    for r in reports {
         assert_eq!(r["offered_per_s"], 200.0);
         assert_eq!(r["sent"], 200, "{r}");
         assert_eq!(r["failed"], 0, "{r}");

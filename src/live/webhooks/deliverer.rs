@@ -35,6 +35,9 @@ use crate::{config::WebhookSettings, journal::notifications, metrics as names};
 const LEASE_GRACE: Duration = Duration::from_secs(10);
 /// How often the backlog gauges are refreshed and waiting gaps swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest rest between two looks: a delivery that is due but that
+/// another instance holds does not make this one spin.
+const WAIT_MIN: Duration = Duration::from_millis(20);
 /// After Postgres failed, the next look waits this long.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// Characters of an error kept in a delivery's `last_error`.
@@ -69,6 +72,8 @@ impl Deliverer {
         let mut in_flight = JoinSet::new();
         let mut housekeeping = Instant::now();
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        // Until the store goes (at shutdown), its commits wake the deliverer.
+        let mut journal_open = true;
         loop {
             if housekeeping <= Instant::now() {
                 self.housekeep().await;
@@ -93,10 +98,10 @@ impl Deliverer {
                     ERROR_PAUSE
                 }
             };
-            let wake = (Instant::now() + wait).min(housekeeping);
+            let wake = (Instant::now() + wait.max(WAIT_MIN)).min(housekeeping);
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = journaled.changed() => {}
+                changed = journaled.changed(), if journal_open => journal_open = changed.is_ok(),
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }

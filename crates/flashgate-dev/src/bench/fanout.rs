@@ -80,6 +80,12 @@ async fn follow(
 }
 
 pub async fn measure(target: &Target, duration: Duration) -> anyhow::Result<FanOut> {
+    // One descriptor per stream, past the usual soft limit of 1,024.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-files limit")?;
+    anyhow::ensure!(
+        limit >= STREAMS as u64 + 256,
+        "the open-files limit ({limit}) is too low for {STREAMS} streams"
+    );
     let plan = Plan {
         pace: Pace::Rate(RESERVATIONS_PER_S),
         duration,
