@@ -76,15 +76,55 @@ struct Step {
     occurred_at_ms: i64,
 }
 
-/// Follows the statuses of the SKUs `events` touched, inside the caller's
-/// transaction (which has just inserted them); returns how many
-/// notifications were new.
-pub async fn record(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
-    let skus: BTreeSet<&str> = events.iter().map(|e| e.sku.as_str()).collect();
+/// Follows the statuses of the SKUs that `inserted` (the events the
+/// caller's transaction has just inserted, none of them there before)
+/// touched; returns how many notifications were new.
+pub async fn record(client: &impl GenericClient, inserted: &[&Event]) -> Result<u64, StoreError> {
+    let skus: BTreeSet<&str> = inserted.iter().map(|e| e.sku.as_str()).collect();
     if skus.is_empty() {
         return Ok(0);
     }
-    advance(client, &skus.into_iter().collect::<Vec<_>>(), Gaps::Wait).await
+    let skus: Vec<&str> = skus.into_iter().collect();
+    advance(client, &skus, Gaps::Wait, Source::Inserted(inserted)).await
+}
+
+/// Where the events past a SKU's considered version are read from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The journal table.
+    Journal,
+    /// These events, just inserted by the caller's transaction, where they
+    /// are all there is: the SKU waits at no gap (so every event journaled
+    /// before was considered) and they continue its considered version
+    /// without a break. Otherwise the journal table.
+    Inserted(&'a [&'a Event]),
+}
+
+/// The steps of `sku` in `inserted` if they are exactly the versions after
+/// `considered`, in order; `None` when the journal must be read.
+fn steps_in(inserted: &[&Event], sku: &str, considered: i64) -> Option<Vec<Step>> {
+    let mut mine: Vec<&Event> = inserted
+        .iter()
+        .copied()
+        .filter(|e| e.sku == sku && e.version > considered)
+        .collect();
+    mine.sort_by_key(|e| e.version);
+    let contiguous = mine
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.version == considered + 1 + i as i64);
+    contiguous.then(|| {
+        mine.iter()
+            .map(|e| Step {
+                location: e.location.clone(),
+                version: e.version,
+                on_hand: e.on_hand,
+                reserved: e.reserved,
+                settings: Some((e.safety_stock, e.low_stock_threshold, e.backorder_limit)),
+                occurred_at_ms: e.occurred_at_ms,
+            })
+            .collect()
+    })
 }
 
 /// Advances each of `skus` (sorted) through its journaled events.
@@ -92,42 +132,66 @@ pub async fn advance(
     client: &impl GenericClient,
     skus: &[&str],
     gaps: Gaps,
+    source: Source<'_>,
 ) -> Result<u64, StoreError> {
-    client
-        .execute(
-            "INSERT INTO sku_status (sku, status, version, locations, updated_at)
-             SELECT sku, NULL, 0, '{}', now() FROM unnest($1::text[]) AS t(sku)
-             ON CONFLICT DO NOTHING",
-            &[&skus],
-        )
-        .await?;
+    const LOCK: &str = "SELECT sku, status, version, locations::text, gap_since IS NOT NULL
+         FROM sku_status WHERE sku = ANY($1) ORDER BY sku FOR UPDATE";
     // Sorted, so that writers lock in one order.
-    let rows = client
-        .query(
-            "SELECT sku, status, version, locations::text FROM sku_status
-             WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-            &[&skus],
-        )
-        .await?;
+    let mut rows = client.query(LOCK, &[&skus]).await?;
+    if rows.len() < skus.len() {
+        // SKUs seen for the first time (a statement only then, not per write).
+        let known: BTreeSet<String> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let new: Vec<&str> = skus
+            .iter()
+            .copied()
+            .filter(|s| !known.contains(*s))
+            .collect();
+        client
+            .execute(
+                "INSERT INTO sku_status (sku, status, version, locations, updated_at)
+                 SELECT sku, NULL, 0, '{}', now() FROM unnest($1::text[]) AS t(sku)
+                 ON CONFLICT DO NOTHING",
+                &[&new],
+            )
+            .await?;
+        rows.extend(client.query(LOCK, &[&new]).await?);
+    }
     let mut followed = Vec::with_capacity(rows.len());
     for row in &rows {
         let sku: String = row.try_get(0)?;
         let status: Option<String> = row.try_get(1)?;
         let considered: i64 = row.try_get(2)?;
         let locations: String = row.try_get(3)?;
-        followed.push((sku, status, considered, locations));
+        let waited: bool = row.try_get(4)?;
+        let steps = match source {
+            Source::Inserted(inserted) if !waited => steps_in(inserted, &sku, considered),
+            _ => None,
+        };
+        followed.push((sku, status, considered, locations, steps));
     }
+    // One read of the journal for every SKU its batch does not settle.
     let places: Vec<(&str, i64)> = followed
         .iter()
-        .map(|(sku, _, version, _)| (sku.as_str(), *version))
+        .filter(|f| f.4.is_none())
+        .map(|(sku, _, version, _, _)| (sku.as_str(), *version))
         .collect();
-    let mut steps_of = steps_after(client, &places).await?;
+    let mut read = if places.is_empty() {
+        HashMap::new()
+    } else {
+        steps_after(client, &places).await?
+    };
     let mut transitions = Vec::new();
     let mut updates: Vec<(String, Option<&'static str>, i64, String, bool)> = Vec::new();
-    for (sku, status, mut considered, locations) in followed {
+    for (sku, status, mut considered, locations, steps) in followed {
+        let steps = match steps {
+            Some(steps) => steps,
+            None => read.remove(&sku).unwrap_or_default(),
+        };
         let mut status = status.as_deref().and_then(StockStatus::parse);
         let mut locations = parse_locations(&locations);
-        let steps = steps_of.remove(&sku).unwrap_or_default();
         let mut waiting = steps.len() as i64 >= EVENTS_PER_SKU_MAX;
         for step in steps {
             if step.version <= considered {
@@ -290,7 +354,7 @@ pub async fn sweep_gaps(
         let stale: bool = row.try_get(1)?;
         let gaps = if stale { Gaps::Skip } else { Gaps::Wait };
         let tx = client.transaction().await?;
-        made += advance(&tx, &[sku.as_str()], gaps).await?;
+        made += advance(&tx, &[sku.as_str()], gaps, Source::Journal).await?;
         tx.commit().await?;
         if stale {
             tracing::warn!(

@@ -500,10 +500,9 @@ fn feed_row(r: &tokio_postgres::Row) -> Result<FeedRow, StoreError> {
 pub async fn apply_in(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
     let inserted = insert_events(client, events).await?;
     upsert_reservations(client, events).await?;
-    // Reads the events just inserted back, with any that waited for them.
-    super::notifications::record(client, events).await?;
+    super::notifications::record(client, &inserted).await?;
     upsert_stock(client, events).await?;
-    Ok(inserted)
+    Ok(inserted.len() as u64)
 }
 
 /// A partition as the journal tables store it. `redis.partitions` is at
@@ -516,7 +515,11 @@ fn clamp_i32(v: i64) -> i32 {
     i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX })
 }
 
-async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
+/// Inserts the events not journaled yet; returns those it inserted.
+async fn insert_events<'e>(
+    client: &impl GenericClient,
+    events: &'e [Event],
+) -> Result<Vec<&'e Event>, StoreError> {
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by(|a, b| (a.partition.0, &a.stream_id).cmp(&(b.partition.0, &b.stream_id)));
     let col = |f: fn(&Event) -> i64| sorted.iter().map(|e| f(e)).collect::<Vec<i64>>();
@@ -536,8 +539,8 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
     let qtys: Vec<i32> = sorted.iter().map(|e| clamp_i32(e.qty())).collect();
     let reasons: Vec<Option<&str>> = sorted.iter().map(|e| e.reason.as_deref()).collect();
     let refs: Vec<Option<&str>> = sorted.iter().map(|e| e.reference.as_deref()).collect();
-    let n = client
-        .execute(
+    let rows = client
+        .query(
             "INSERT INTO inventory_events (partition, stream_id, kind, sku, location,
                  reservation_id, account_id, qty, on_hand_after, reserved_after, version,
                  occurred_at, reason, reference, safety_stock_after, low_stock_threshold_after,
@@ -548,7 +551,8 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
                  $7::text[], $8::int[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
                  $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[])
                  AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref, ss, lt, bl)
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING
+             RETURNING partition, stream_id",
             &[
                 &partitions,
                 &ids,
@@ -570,7 +574,17 @@ async fn insert_events(client: &impl GenericClient, events: &[Event]) -> Result<
             ],
         )
         .await?;
-    Ok(n)
+    let mut new = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        let partition: i32 = row.try_get(0)?;
+        let stream_id: String = row.try_get(1)?;
+        new.insert((partition, stream_id));
+    }
+    // `remove`: an event given twice was inserted once.
+    Ok(sorted
+        .into_iter()
+        .filter(|e| new.remove(&(pg_partition(e.partition), e.stream_id.clone())))
+        .collect())
 }
 
 /// The newest state of each reservation in the batch, with whatever creation
