@@ -7,14 +7,16 @@
 //! - `app`: builds the gateway (connect, load scripts, bind) and runs it until stopped.
 //! - `cli`: the command line (`serve`, `token`, `migrate`, `reconcile`, `rebuild`).
 //! - `clock`: the gateway's wall clock.
-//! - `auth`: HS256 tokens, shopper and admin roles.
+//! - `auth`: bearer tokens (HS256, or RS256/ES256 from a JWKS), shopper and admin roles.
 //! - `inventory`: domain types parsed at the edge, and the inventory view.
 //! - `events`: the inventory event both the Redis layer and the journal speak.
 //! - `service`: the use cases handlers call: Redis, then the journal and the sold-out cache.
 //! - `redis`: client, key layout, Lua script registry, per-partition batcher, typed calls
 //!   and the parsing of their replies.
 //! - `journal`: bounded queue, batch writer, reconciler, Postgres store, rebuild.
-//! - `live`: live stock for shoppers' pages: cached inventory views.
+//! - `live`: live stock: cached inventory views, SSE streams, stock webhooks.
+//! - `outbound`: the HTTP client for other services (webhook receivers, a JWKS), with its
+//!   address checks.
 //! - `limits`: admission control: rate limits, load shedding, the sold-out short-circuit.
 //! - `metrics`: every metric name, the Prometheus recorder.
 //! - `http`: router, accept loop, middleware, extractors, problem errors, OpenAPI, one file per route area.
@@ -34,6 +36,7 @@ pub mod journal;
 pub mod limits;
 pub mod live;
 pub mod metrics;
+pub mod outbound;
 pub mod redis;
 pub mod secret;
 pub mod service;

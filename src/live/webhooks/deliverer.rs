@@ -22,12 +22,11 @@ use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    client::{self, Message, SendError},
     reach,
     signature::Secret,
     store::{self, Claimed, Outcome},
-    target::Reach,
 };
+use crate::outbound::{self, Outbound, SendError, target::Reach};
 use crate::{config::WebhookSettings, journal::notifications, metrics as names};
 
 /// How long past an attempt's timeout its claim lasts before the delivery
@@ -40,6 +39,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 const WAIT_MIN: Duration = Duration::from_millis(20);
 /// After Postgres failed, the next look waits this long.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Bytes of a receiver's answer read at most (the rest is dropped).
+const RESPONSE_BYTES_MAX: usize = 4096;
 /// Characters of an error kept in a delivery's `last_error`.
 const ERROR_CHARS_MAX: usize = 500;
 
@@ -192,15 +193,20 @@ impl Deliverer {
             .map_err(|e| SendError::Http(format!("the webhook's secret: {e}")))?;
         let timestamp = crate::clock::now_ms() / 1000;
         let signature = secret.sign(&claimed.notification_id, timestamp, &body);
-        let message = Message {
-            id: &claimed.notification_id,
-            timestamp,
-            signature: &signature,
-            body,
+        let request = Outbound {
+            method: axum::http::Method::POST,
+            url: &claimed.url,
+            headers: vec![
+                ("webhook-id", claimed.notification_id.clone()),
+                ("webhook-timestamp", timestamp.to_string()),
+                ("webhook-signature", signature),
+            ],
+            json: Some(body),
+            body_bytes_max: RESPONSE_BYTES_MAX,
         };
         let tls = || self.tls_config();
         let timeout = Duration::from_millis(self.settings.timeout_ms);
-        let answer = client::post(&claimed.url, self.reach, &tls, message, timeout).await?;
+        let answer = outbound::send(request, self.reach, &tls, timeout).await?;
         Ok(answer.status)
     }
 

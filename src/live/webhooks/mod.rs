@@ -1,26 +1,28 @@
 //! Stock webhooks: registration, delivery history and retries (this file),
-//! the signed POST (`client`, `signature`), which targets may be reached
-//! (`target`), the Postgres statements (`store`) and the deliverer task
-//! that every instance runs (`deliverer`).
+//! the signature (`signature`), the Postgres statements (`store`) and the
+//! deliverer task that every instance runs (`deliverer`). Which targets may
+//! be reached, and the POST itself, are `crate::outbound`.
 //!
 //! Notifications are made by the journal (`journal::notifications`), once
 //! per status change; here each is delivered at least once to every webhook
 //! that wants it, with a stable `webhook-id` for receivers to deduplicate.
 
-pub mod client;
 pub mod deliverer;
 pub mod signature;
 pub mod store;
-pub mod target;
 
 use deadpool_postgres::Pool;
 
 use self::{
     signature::Secret,
     store::{DeliveryRow, NewWebhook, WebhookRow},
-    target::{Reach, Target},
 };
-use crate::{config::WebhookSettings, inventory::Sku, journal::store::StoreError};
+use crate::{
+    config::WebhookSettings,
+    inventory::Sku,
+    journal::store::StoreError,
+    outbound::target::{Reach, Target},
+};
 
 /// The events a webhook may ask for.
 pub const EVENT_TYPES: &[&str] = &["stock.low", "stock.out", "stock.back_in", "stock.backorder"];

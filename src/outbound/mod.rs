@@ -1,11 +1,16 @@
-//! One webhook POST: resolve the target, refuse inward addresses, connect
-//! (TLS for `https`), send, read the status. A connection per delivery:
-//! deliveries follow status changes, a handful a minute, so nothing is worth
-//! pooling, and each connection is checked against the address it reached.
+//! Outbound HTTP: the one client the gateway uses to reach other services
+//! (webhook receivers, an identity provider's JWKS). Resolve the target,
+//! refuse inward addresses where asked (`target`), connect (TLS for
+//! `https`), send one request, read the status and at most a bounded body.
+//! A connection per request: these calls are rare (a few a minute), so
+//! nothing is worth pooling, and each connection is checked against the
+//! address it reached.
+
+pub mod target;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::http::{Request, header};
+use axum::http::{Method, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -15,15 +20,18 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::target::{Reach, Scheme, Target, TargetError};
+use self::target::{Reach, Scheme, Target, TargetError};
 
-/// Bytes of a receiver's answer read at most (the rest is dropped).
-const RESPONSE_BYTES_MAX: usize = 4096;
+/// Where `https` certificates are checked: a client configuration, built
+/// when first needed (or the reason it cannot be).
+pub type TlsSource<'a> = &'a (dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Sync);
 
-/// What a receiver answered.
+/// What a server answered.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// At most the request's `body_bytes_max`; `None` when it was longer.
+    pub body: Option<Bytes>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,51 +48,59 @@ pub enum SendError {
     Timeout,
 }
 
-/// The headers and body of one message.
-pub struct Message<'a> {
-    pub id: &'a str,
-    pub timestamp: i64,
-    pub signature: &'a str,
-    pub body: Bytes,
+/// One request.
+pub struct Outbound<'a> {
+    pub method: Method,
+    pub url: &'a str,
+    pub headers: Vec<(&'static str, String)>,
+    /// Sent as `application/json` when present.
+    pub json: Option<Bytes>,
+    /// Bytes of the answer read at most.
+    pub body_bytes_max: usize,
 }
 
-/// Sends `message` to `url`, all of it within `timeout`.
-pub async fn post(
-    url: &str,
+/// Sends `request`, all of it within `timeout`.
+pub async fn send(
+    request: Outbound<'_>,
     reach: Reach,
-    tls: &(dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Sync),
-    message: Message<'_>,
+    tls: TlsSource<'_>,
     timeout: Duration,
 ) -> Result<Answer, SendError> {
-    let target = Target::parse(url)?;
-    match tokio::time::timeout(timeout, send(&target, reach, tls, message)).await {
+    let target = Target::parse(request.url)?;
+    match tokio::time::timeout(timeout, exchange_with(&target, reach, tls, request)).await {
         Ok(result) => result,
         Err(_) => Err(SendError::Timeout),
     }
 }
 
-async fn send(
+async fn exchange_with(
     target: &Target,
     reach: Reach,
-    tls: &(dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Sync),
-    message: Message<'_>,
+    tls: TlsSource<'_>,
+    outbound: Outbound<'_>,
 ) -> Result<Answer, SendError> {
     let addresses = target.resolve(reach).await?;
     let tcp = connect(&addresses).await?;
-    let request = Request::post(&target.path_and_query)
+    let mut request = Request::builder()
+        .method(outbound.method)
+        .uri(&target.path_and_query)
         .header(header::HOST, &target.authority)
-        .header(header::CONTENT_TYPE, "application/json")
         .header(
             header::USER_AGENT,
             concat!("flashgate/", env!("CARGO_PKG_VERSION")),
-        )
-        .header("webhook-id", message.id)
-        .header("webhook-timestamp", message.timestamp)
-        .header("webhook-signature", message.signature)
-        .body(Full::new(message.body))
+        );
+    for (name, value) in &outbound.headers {
+        request = request.header(*name, value);
+    }
+    if outbound.json.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(Full::new(outbound.json.unwrap_or_default()))
         .map_err(|e| SendError::Http(e.to_string()))?;
+    let limit = outbound.body_bytes_max;
     match target.scheme {
-        Scheme::Http => exchange(tcp, request).await,
+        Scheme::Http => exchange(tcp, request, limit).await,
         Scheme::Https => {
             let name = ServerName::try_from(target.host.clone())
                 .map_err(|e| SendError::Tls(e.to_string()))?;
@@ -93,7 +109,7 @@ async fn send(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| SendError::Tls(e.to_string()))?;
-            exchange(stream, request).await
+            exchange(stream, request, limit).await
         }
     }
 }
@@ -113,7 +129,11 @@ async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, SendError> {
     Err(SendError::Connect(last))
 }
 
-async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> Result<Answer, SendError>
+async fn exchange<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+    body_bytes_max: usize,
+) -> Result<Answer, SendError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -123,18 +143,19 @@ where
         .map_err(http)?;
     // The connection ends with this exchange; the task with it.
     let driver = tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(http);
-    let answer = match response {
+    let answer = match sender.send_request(request).await {
         Ok(response) => {
             let status = response.status().as_u16();
-            // Read a little of the answer, so a receiver that writes its
+            // Read the answer up to the bound, so a server that writes its
             // body before closing is not cut mid-way; never more.
-            let _ = http_body_util::Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+            let body = http_body_util::Limited::new(response.into_body(), body_bytes_max)
                 .collect()
-                .await;
-            Ok(Answer { status })
+                .await
+                .ok()
+                .map(|b| b.to_bytes());
+            Ok(Answer { status, body })
         }
-        Err(e) => Err(e),
+        Err(e) => Err(http(e)),
     };
     driver.abort();
     answer

@@ -1,7 +1,8 @@
-//! Where a webhook is delivered, and whether it may be reached.
+//! Where an outbound request goes, and whether it may be reached.
 //!
-//! A target is an `http` or `https` URL with a host and no user name. Unless
-//! `webhooks.allow_private_targets` is set, every address its host resolves
+//! A target is an `http` or `https` URL with a host and no user name. Where
+//! the caller asks (webhook URLs, unless `webhooks.allow_private_targets`),
+//! every address its host resolves
 //! to must be public: loopback, link-local (cloud metadata lives there),
 //! private, shared (CGNAT), multicast and unspecified addresses are refused,
 //! IPv4-mapped IPv6 included. The check runs at registration, and again on
@@ -25,7 +26,8 @@ pub enum Scheme {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reach {
     PublicOnly,
-    /// `webhooks.allow_private_targets`: for receivers inside the network.
+    /// Operators' own services (a JWKS URL), or webhook receivers inside the
+    /// network with `webhooks.allow_private_targets`.
     Anywhere,
 }
 
