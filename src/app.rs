@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use fred::clients::SubscriberClient;
 
 use crate::{
-    auth::Auth,
+    auth::{Auth, jwks},
     config::Settings,
     events::Event,
     http::{
@@ -155,12 +155,24 @@ impl App {
             orphans: Arc::default(),
             views,
         };
+        let mut auth = Auth::new(settings.auth.secret_or_development())
+            .with_max_lifetime(settings.auth.max_token_lifetime_seconds);
+        let jwks_source = match (&settings.auth.jwks_file, &settings.auth.jwks_url) {
+            (Some(path), _) => Some(jwks::Source::File(path.clone())),
+            (None, Some(url)) => Some(jwks::Source::Url(url.clone())),
+            (None, None) => None,
+        };
+        if let Some(source) = jwks_source {
+            let keys = jwks::Jwks::load(source).await?;
+            auth = auth.with_provider(
+                keys,
+                settings.auth.issuer.as_deref(),
+                settings.auth.audience.as_deref(),
+            );
+        }
         let state = AppState::new(Shared {
             inventory,
-            auth: Arc::new(
-                Auth::new(settings.auth.secret_or_development())
-                    .with_max_lifetime(settings.auth.max_token_lifetime_seconds),
-            ),
+            auth: Arc::new(auth),
             limits: Arc::new(RequestLimits {
                 max_qty_per_request: settings.reservation.max_qty_per_request,
             }),
@@ -255,6 +267,10 @@ impl App {
             Deliverer::new(state.journal.store.pool().clone(), &settings.webhooks)
                 .run(state.journal.store.journaled(), background.clone()),
         );
+        if let Some(keys) = state.auth.jwks() {
+            let every = Duration::from_secs(settings.auth.jwks_refresh_seconds);
+            tokio::spawn(keys.clone().run(every, background.clone()));
+        }
         tokio::spawn(state.admission.clone().housekeep(background.clone()));
         tokio::spawn(crate::metrics::upkeep(background.clone()));
         let router = http::router(

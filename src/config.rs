@@ -393,6 +393,18 @@ pub struct AuthSettings {
     /// Longest lifetime a token may have (`exp` minus `iat`, or minus now
     /// without `iat`); longer ones get 401. 0: no limit.
     pub max_token_lifetime_seconds: u64,
+    /// An identity provider's keys (a JWKS document) for RS256 and ES256
+    /// tokens, read from this file...
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// ...or fetched from this `http`/`https` URL (not both).
+    pub jwks_url: Option<String>,
+    /// The keys are read again this often, and at most every few seconds
+    /// when a token names a key the gateway does not know (a rotation).
+    pub jwks_refresh_seconds: u64,
+    /// RS256/ES256 tokens must carry this `iss` (unset: not checked).
+    pub issuer: Option<String>,
+    /// RS256/ES256 tokens must name this `aud` (unset: not checked).
+    pub audience: Option<String>,
 }
 
 impl Default for AuthSettings {
@@ -400,6 +412,11 @@ impl Default for AuthSettings {
         Self {
             secret: None,
             max_token_lifetime_seconds: 86_400,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_seconds: 300,
+            issuer: None,
+            audience: None,
         }
     }
 }
@@ -744,6 +761,16 @@ impl Settings {
             bail!("live.heartbeat_seconds and live.max_subscribers must be positive");
         }
         self.validate_http_and_limits()?;
+        if self.auth.jwks_file.is_some() && self.auth.jwks_url.is_some() {
+            bail!("set auth.jwks_file or auth.jwks_url, not both");
+        }
+        if self.auth.jwks_refresh_seconds == 0 {
+            bail!("auth.jwks_refresh_seconds must be positive");
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            crate::outbound::target::Target::parse(url)
+                .map_err(|e| anyhow::anyhow!("auth.jwks_url: {e}"))?;
+        }
         let w = &self.webhooks;
         if w.timeout_ms == 0 || w.backoff_initial_ms == 0 || w.poll_interval_ms == 0 {
             bail!("webhooks.timeout_ms, backoff_initial_ms and poll_interval_ms must be positive");

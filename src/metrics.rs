@@ -185,6 +185,11 @@ metric_table! {
     WEBHOOK_OLDEST_PENDING_SECONDS: Gauge = "flashgate_webhook_oldest_pending_seconds";
     /// From a status change to its receiver's 2xx.
     WEBHOOK_DELIVERY_LAG_SECONDS: Histogram = "flashgate_webhook_delivery_lag_seconds";
+    /// Signing keys of the identity provider's JWKS in use (RS256/ES256).
+    AUTH_JWKS_KEYS: Gauge = "flashgate_auth_jwks_keys";
+    /// Reads of the JWKS after the first, by `outcome` (`ok`, `error`: the
+    /// keys in use were kept).
+    AUTH_JWKS_REFRESHES_TOTAL: Counter = "flashgate_auth_jwks_refreshes_total";
     /// SKUs found to have lost writes in Redis: the journal held a newer
     /// version than Redis (a failover rolled back acknowledged writes, or
     /// Redis restarted without them). Each is fenced, then rebuilt.

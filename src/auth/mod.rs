@@ -1,11 +1,17 @@
-//! Identity: HS256 JWTs whose `sub` is the account and whose `scope` may
-//! grant `inventory:admin`.
+//! Identity: JWTs whose `sub` is the account and whose `scope` may grant
+//! `inventory:admin`.
 //!
-//! Only HS256 is accepted: a token signed with another algorithm (`none`
-//! included) or another key is refused, as is one without `exp`, one whose
-//! `nbf` is still ahead, and one that lives longer than
-//! `auth.max_token_lifetime_seconds` (from its `iat`, or from now when it
-//! has none).
+//! HS256 tokens are signed with `auth.secret`; RS256 and ES256 tokens by an
+//! identity provider whose keys are in `auth.jwks_file` or at
+//! `auth.jwks_url` (`jwks`), and carry `auth.issuer` and `auth.audience`
+//! when those are set. Any other algorithm (`none` included) or key is
+//! refused, as is a token without `exp`, one whose `nbf` is still ahead, and
+//! one that lives longer than `auth.max_token_lifetime_seconds` (from its
+//! `iat`, or from now when it has none).
+
+pub mod jwks;
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -56,6 +62,24 @@ pub struct Auth {
     validation: Validation,
     /// Longest a token may live, in seconds; `None`: no limit.
     max_lifetime_seconds: Option<u64>,
+    /// The identity provider's keys, when configured.
+    provider: Option<Provider>,
+}
+
+/// RS256/ES256 tokens: the keys and what their claims must say.
+struct Provider {
+    jwks: Arc<jwks::Jwks>,
+    rs256: Validation,
+    es256: Validation,
+}
+
+/// The checks every token gets, for one algorithm.
+fn validation(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = LEEWAY_SECONDS;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation
 }
 
 fn now_seconds() -> u64 {
@@ -65,16 +89,75 @@ fn now_seconds() -> u64 {
 impl Auth {
     /// Tokens signed with `secret`, of any lifetime.
     pub fn new(secret: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+            validation: validation(Algorithm::HS256),
             max_lifetime_seconds: None,
+            provider: None,
         }
+    }
+
+    /// Also accepts RS256 and ES256 tokens signed by a key of `jwks`, with
+    /// this `iss` and `aud` when given.
+    pub fn with_provider(
+        mut self,
+        jwks: Arc<jwks::Jwks>,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Self {
+        let checks = |algorithm| {
+            let mut v = validation(algorithm);
+            if let Some(issuer) = issuer {
+                v.set_issuer(&[issuer]);
+                v.set_required_spec_claims(&["exp", "sub", "iss"]);
+            }
+            match audience {
+                Some(audience) => v.set_audience(&[audience]),
+                // Not configured: a token's `aud`, if any, is not checked.
+                None => v.validate_aud = false,
+            }
+            v
+        };
+        self.provider = Some(Provider {
+            jwks,
+            rs256: checks(Algorithm::RS256),
+            es256: checks(Algorithm::ES256),
+        });
+        self
+    }
+
+    /// The identity provider's keys, when configured (for their refresher).
+    pub fn jwks(&self) -> Option<&Arc<jwks::Jwks>> {
+        self.provider.as_ref().map(|p| &p.jwks)
+    }
+
+    /// The claims of a token that checks out.
+    fn claims(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let decode = |key: &DecodingKey, validation: &Validation| {
+            jsonwebtoken::decode::<Claims>(token, key, validation).map(|d| d.claims)
+        };
+        let (provider, validation) = match (header.alg, &self.provider) {
+            (Algorithm::HS256, _) => {
+                return decode(&self.decoding, &self.validation).map_err(|_| AuthError::Invalid);
+            }
+            (Algorithm::RS256, Some(p)) => (p, &p.rs256),
+            (Algorithm::ES256, Some(p)) => (p, &p.es256),
+            _ => return Err(AuthError::Invalid),
+        };
+        let keys = provider.jwks.current();
+        let mut known = false;
+        for key in keys.candidates(header.kid.as_deref(), header.alg) {
+            known = true;
+            if let Ok(claims) = decode(key, validation) {
+                return Ok(claims);
+            }
+        }
+        if !known {
+            provider.jwks.unknown_key();
+        }
+        Err(AuthError::Invalid)
     }
 
     /// Refuses tokens that live longer than `seconds` (0: no limit).
@@ -98,9 +181,7 @@ impl Auth {
         let token = header
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthError::Missing)?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| AuthError::Invalid)?
-            .claims;
+        let claims = self.claims(token)?;
         if self.lives_too_long(claims.exp, claims.iat) {
             return Err(AuthError::Invalid);
         }

@@ -98,7 +98,7 @@ problem_responses! {
     Unavailable: "`overloaded`, `unavailable`, or `sku-recovering` (Redis lost writes of the SKU, which is being rebuilt from the journal); retry after `Retry-After`";
 }
 
-/// Adds the HS256 bearer token scheme the `security` entries name.
+/// Adds the bearer token scheme the `security` entries name.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -110,7 +110,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("HS256, signed with `auth.secret`; `exp` is required"))
+                    .description(Some("HS256 signed with `auth.secret`, or RS256/ES256 signed by a key of `auth.jwks_file` / `auth.jwks_url`; `exp` is required"))
                     .build(),
             ),
         );

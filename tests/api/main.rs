@@ -14,6 +14,7 @@ mod failover;
 mod feed;
 mod fuzz;
 mod idempotency;
+mod identity;
 mod journal;
 mod lifecycle;
 mod live;
