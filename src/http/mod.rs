@@ -8,6 +8,7 @@ pub mod admin;
 pub mod extract;
 pub mod feed;
 pub mod inventory;
+pub mod listings;
 pub mod live;
 pub mod middleware;
 pub mod openapi;
@@ -34,7 +35,12 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .route("/v1/inventory/{sku}", get(inventory::get))
         .route("/v1/inventory/{sku}/events", get(live::events))
         .route("/live/{sku}", get(live::page))
-        .route("/v1/reservations", post(reservations::create))
+        .route(
+            "/v1/reservations",
+            post(reservations::create).get(listings::mine),
+        )
+        .route("/v1/admin/reservations", get(listings::all))
+        .route("/v1/admin/inventory", get(listings::skus))
         .route("/v1/reservations/{id}", get(reservations::get))
         .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
         .route("/v1/reservations/{id}/release", post(reservations::release))

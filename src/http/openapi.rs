@@ -14,7 +14,9 @@ use utoipa::{
     },
 };
 
-use super::{admin, feed, inventory, live, ops, problem::Problem, reservations, webhooks};
+use super::{
+    admin, feed, inventory, listings, live, ops, problem::Problem, reservations, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +31,9 @@ use super::{admin, feed, inventory, live, ops, problem::Problem, reservations, w
         live::events,
         live::page,
         reservations::create,
+        listings::mine,
+        listings::all,
+        listings::skus,
         reservations::get,
         reservations::confirm,
         reservations::release,
@@ -417,6 +422,8 @@ mod tests {
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
             "/v1/admin/events",
+            "/v1/admin/reservations",
+            "/v1/admin/inventory",
             "/v1/admin/webhooks",
             "/v1/admin/webhooks/{id}",
             "/v1/admin/webhooks/{id}/deliveries",
@@ -428,7 +435,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 19);
+        assert_eq!(doc.paths.paths.len(), 21);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

@@ -12,6 +12,7 @@
 
 pub mod commits;
 pub mod committed;
+pub mod listings;
 pub mod notifications;
 pub mod queue;
 pub mod rebuild;

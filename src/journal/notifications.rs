@@ -298,6 +298,16 @@ async fn steps_after(
     Ok(steps)
 }
 
+/// The inventory view of `sku` at `version` from `sku_status.locations`.
+pub fn view_at(sku: &str, version: i64, locations: &str) -> InventoryView {
+    let locations = parse_locations(locations);
+    InventoryView::from_locations(
+        sku,
+        u64::try_from(version).unwrap_or(0),
+        locations.iter().map(|(name, c)| (name.as_str(), *c)),
+    )
+}
+
 /// `{"<location>": [on_hand, reserved, safety_stock, low_stock_threshold,
 /// backorder_limit]}`, as `sku_status.locations` stores them.
 fn parse_locations(text: &str) -> Locations {

@@ -17,6 +17,7 @@ mod idempotency;
 mod identity;
 mod journal;
 mod lifecycle;
+mod listings;
 mod live;
 mod live_page;
 mod observability;

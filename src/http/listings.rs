@@ -1,0 +1,297 @@
+//! Listings from the journal: a shopper's own reservations, an operator's
+//! reservations by SKU, status and account, and SKUs by stock status (the
+//! low-stock report). Postgres answers them (`journal::listings`), so they
+//! are as fresh as the journal, and a listing storm costs Redis nothing.
+
+use axum::{
+    Json,
+    extract::{Query, State},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    extract::{Admin, Authenticated},
+    openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
+    problem::ApiError,
+    rfc3339,
+    state::AppState,
+};
+use crate::{
+    inventory::{AccountId, Sku, view::InventoryView},
+    journal::{
+        listings::{self, ListedReservation, ReservationFilter},
+        notifications::view_at,
+    },
+};
+
+/// Items per page: `limit` is 1 to this, 100 when absent.
+const LIMIT_MAX: i64 = 1000;
+const LIMIT_DEFAULT: i64 = 100;
+const RESERVATION_STATUSES: &[&str] = &["held", "confirmed", "released", "expired"];
+const STOCK_STATUSES: &[&str] = &["IN_STOCK", "LOW_STOCK", "OUT_OF_STOCK", "BACKORDER"];
+
+fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
+    let limit = raw.unwrap_or(LIMIT_DEFAULT);
+    if !(1..=LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be from 1 to {LIMIT_MAX}"
+        )));
+    }
+    Ok(limit)
+}
+
+fn one_of<'a>(
+    name: &str,
+    value: Option<&'a str>,
+    allowed: &[&str],
+) -> Result<Option<&'a str>, ApiError> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(ApiError::Validation(format!(
+            "{name} must be one of {}",
+            allowed.join(", ")
+        ))),
+        v => Ok(v),
+    }
+}
+
+fn unavailable(e: crate::journal::store::StoreError) -> ApiError {
+    ApiError::Unavailable(format!("the journal cannot be read: {e}"))
+}
+
+/// One reservation of a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedReservationView {
+    reservation_id: String,
+    sku: String,
+    location: String,
+    qty: i32,
+    /// `held`, `confirmed`, `released` or `expired`.
+    status: String,
+    account_id: String,
+    backorder: bool,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+    updated_at: String,
+}
+
+impl From<ListedReservation> for ListedReservationView {
+    fn from(r: ListedReservation) -> Self {
+        Self {
+            reservation_id: r.reservation_id,
+            sku: r.sku,
+            location: r.location,
+            qty: r.qty,
+            status: r.status,
+            account_id: r.account_id,
+            backorder: r.backorder,
+            created_at: r.created_at_ms.map(rfc3339),
+            expires_at: r.expires_at_ms.map(rfc3339),
+            updated_at: rfc3339(r.updated_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationPage {
+    reservations: Vec<ListedReservationView>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MineQuery {
+    /// Only reservations in this status: `held`, `confirmed`, `released` or `expired`.
+    status: Option<String>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AllQuery {
+    /// Only this SKU's reservations.
+    sku: Option<String>,
+    /// Only reservations in this status: `held`, `confirmed`, `released` or `expired`.
+    status: Option<String>,
+    /// Only this account's reservations.
+    account: Option<String>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<i64>,
+}
+
+async fn page(
+    state: &AppState,
+    filter: ReservationFilter<'_>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<ReservationPage, ApiError> {
+    let before = cursor
+        .map(|raw| {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| ApiError::Validation("cursor must be a `next` from a page".into()))
+        })
+        .transpose()?;
+    let rows = listings::reservations(state.journal.store.pool(), filter, before, limit)
+        .await
+        .map_err(unavailable)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.seq.to_string()))
+        .flatten();
+    Ok(ReservationPage {
+        reservations: rows.into_iter().map(Into::into).collect(),
+        next,
+    })
+}
+
+/// `GET /v1/reservations`
+#[utoipa::path(get, path = "/v1/reservations", operation_id = "listReservations", tag = "shopper",
+    summary = "The caller's own reservations, newest first",
+    description = "Read from the journal: a change shows once it is journaled (under steady load \
+        within a second).",
+    params(MineQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of reservations", body = ReservationPage),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn mine(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<MineQuery>,
+) -> Result<Json<ReservationPage>, ApiError> {
+    let status = one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
+    let filter = ReservationFilter {
+        account: Some(caller.account.as_str()),
+        sku: None,
+        status,
+    };
+    let limit = limit(query.limit)?;
+    Ok(Json(
+        page(&state, filter, query.cursor.as_deref(), limit).await?,
+    ))
+}
+
+/// `GET /v1/admin/reservations`
+#[utoipa::path(get, path = "/v1/admin/reservations", operation_id = "listAllReservations", tag = "admin",
+    summary = "Reservations by SKU, status and account, newest first",
+    description = "Read from the journal: a change shows once it is journaled (under steady load \
+        within a second).",
+    params(AllQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of reservations", body = ReservationPage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn all(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<AllQuery>,
+) -> Result<Json<ReservationPage>, ApiError> {
+    let status = one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
+    let sku = query.sku.as_deref().map(Sku::parse).transpose()?;
+    let account = query
+        .account
+        .as_deref()
+        .map(|a| {
+            AccountId::parse(a).map_err(|_| {
+                ApiError::Validation("account must be 1-64 characters of [A-Za-z0-9._:@-]".into())
+            })
+        })
+        .transpose()?;
+    let filter = ReservationFilter {
+        account: account.as_ref().map(AccountId::as_str),
+        sku: sku.as_ref().map(Sku::as_str),
+        status,
+    };
+    let limit = limit(query.limit)?;
+    Ok(Json(
+        page(&state, filter, query.cursor.as_deref(), limit).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// `IN_STOCK`, `LOW_STOCK`, `OUT_OF_STOCK` or `BACKORDER`.
+    status: String,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// One SKU of a status listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListedSkuView {
+    #[serde(flatten)]
+    view: InventoryView,
+    /// When the journal last moved this SKU's status follower.
+    updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkuPage {
+    skus: Vec<ListedSkuView>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// `GET /v1/admin/inventory`
+#[utoipa::path(get, path = "/v1/admin/inventory", operation_id = "listSkusByStatus", tag = "admin",
+    summary = "SKUs by stock status, in SKU order (the low-stock report)",
+    description = "Each SKU's view as the journal has it (the status the stock notifications \
+        follow), so as fresh as the journal.",
+    params(StatusQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of SKUs", body = SkuPage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn skus(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<StatusQuery>,
+) -> Result<Json<SkuPage>, ApiError> {
+    one_of("status", Some(&query.status), STOCK_STATUSES)?;
+    let after = query.cursor.as_deref().map(Sku::parse).transpose()?;
+    let limit = limit(query.limit)?;
+    let rows = listings::skus_by_status(
+        state.journal.store.pool(),
+        &query.status,
+        after.as_ref().map_or("", Sku::as_str),
+        limit,
+    )
+    .await
+    .map_err(unavailable)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.sku.clone()))
+        .flatten();
+    Ok(Json(SkuPage {
+        skus: rows
+            .into_iter()
+            .map(|r| ListedSkuView {
+                view: view_at(&r.sku, r.version, &r.locations),
+                updated_at: rfc3339(r.updated_at_ms),
+            })
+            .collect(),
+        next,
+    }))
+}
