@@ -318,11 +318,55 @@ pub async fn set_policy(
         ));
     }
     let policy: Policy = state.inventory.set_policy(&sku, &update).await?;
-    Ok(Json(PolicyView {
-        sku: sku.to_string(),
-        max_per_account: policy.max,
-        sale_opens_at: policy.open.map(rfc3339),
-        sale_closes_at: policy.close.map(rfc3339),
-        reservation_ttl_seconds: policy.ttl,
+    Ok(Json(PolicyView::of(&sku, policy)))
+}
+
+impl PolicyView {
+    fn of(sku: &Sku, policy: Policy) -> Self {
+        Self {
+            sku: sku.to_string(),
+            max_per_account: policy.max,
+            sale_opens_at: policy.open.map(rfc3339),
+            sale_closes_at: policy.close.map(rfc3339),
+            reservation_ttl_seconds: policy.ttl,
+        }
+    }
+}
+
+/// A SKU as an operator reads it: the view and the sale policy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminSkuView {
+    #[serde(flatten)]
+    view: InventoryView,
+    policy: PolicyView,
+}
+
+/// `GET /v1/admin/inventory/{sku}`
+#[utoipa::path(get, path = "/v1/admin/inventory/{sku}", operation_id = "getAdminInventory", tag = "admin",
+    summary = "A SKU's inventory view with its sale policy, as Redis has them now",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The view and the policy", body = AdminSkuView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = UnknownSku),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn get_sku(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Path(sku): Path<String>,
+) -> Result<Json<AdminSkuView>, ApiError> {
+    let sku = Sku::parse(&sku)?;
+    let (view, policy) = state
+        .inventory
+        .view_and_policy(&sku)
+        .await?
+        .ok_or(ApiError::UnknownSku)?;
+    Ok(Json(AdminSkuView {
+        view,
+        policy: PolicyView::of(&sku, policy),
     }))
 }

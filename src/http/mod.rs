@@ -48,7 +48,10 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
             "/v1/admin/inventory/{sku}/locations/{location}",
             put(admin::set_stock),
         )
-        .route("/v1/admin/inventory/{sku}", put(admin::set_policy))
+        .route(
+            "/v1/admin/inventory/{sku}",
+            put(admin::set_policy).get(admin::get_sku),
+        )
         .route(
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
             post(admin::adjust),

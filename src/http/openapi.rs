@@ -39,6 +39,7 @@ use super::{
         reservations::release,
         admin::set_stock,
         admin::set_policy,
+        admin::get_sku,
         admin::adjust,
         feed::list,
         webhooks::create,

@@ -220,6 +220,25 @@ pub struct Policy {
     pub ttl: Option<i64>,
 }
 
+impl Policy {
+    /// The policy fields of a SKU hash (`lua/prelude.lua`: `max`, `open`,
+    /// `close`, `ttl`).
+    pub fn from_hash<S: AsRef<str>>(fields: &[(S, S)]) -> Self {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k.as_ref() == name)
+                .and_then(|(_, v)| v.as_ref().parse().ok())
+        };
+        Self {
+            max: field("max"),
+            open: field("open"),
+            close: field("close"),
+            ttl: field("ttl"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
     pub id: ReservationId,
@@ -536,14 +555,33 @@ impl Redis {
         sku: &Sku,
         caller: Caller,
     ) -> Result<Option<InventoryView>, RedisError> {
+        let fields = self.sku_fields(sku, caller).await?;
+        Ok(InventoryView::from_hash(sku.as_str(), &fields))
+    }
+
+    /// The inventory view of a SKU with its policy, from one read; `None`
+    /// when it does not exist.
+    pub async fn inventory_and_policy(
+        &self,
+        sku: &Sku,
+    ) -> Result<Option<(InventoryView, Policy)>, RedisError> {
+        let fields = self.sku_fields(sku, Caller::Request).await?;
+        Ok(InventoryView::from_hash(sku.as_str(), &fields)
+            .map(|view| (view, Policy::from_hash(&fields))))
+    }
+
+    async fn sku_fields(
+        &self,
+        sku: &Sku,
+        caller: Caller,
+    ) -> Result<Vec<(String, String)>, RedisError> {
         let key = &self.keys().sku(self.keys().partition_of(sku), sku);
         let fields: HashMap<String, String> = self
             .command(key, "inventory", caller, |client| async move {
                 client.hgetall(key).await
             })
             .await?;
-        let fields: Vec<(String, String)> = fields.into_iter().collect();
-        Ok(InventoryView::from_hash(sku.as_str(), &fields))
+        Ok(fields.into_iter().collect())
     }
 
     pub async fn set_stock(

@@ -192,6 +192,21 @@ impl Inventory {
         self.views.get_or_read(sku, read).await
     }
 
+    /// The SKU's view and policy as Redis has them now (never cached: an
+    /// operator reads what the scripts see).
+    pub async fn view_and_policy(
+        &self,
+        sku: &Sku,
+    ) -> Result<
+        Option<(
+            crate::inventory::view::InventoryView,
+            crate::redis::calls::Policy,
+        )>,
+        RedisError,
+    > {
+        self.redis.inventory_and_policy(sku).await
+    }
+
     /// Sets or clears the SKU's sale policy. Policy is configuration, not
     /// an event: it is acknowledged only once the journal has it, so
     /// `flashgate rebuild` can restore caps and windows.

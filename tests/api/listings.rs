@@ -274,3 +274,66 @@ async fn skus_are_listed_by_stock_status(backend: Backend) {
 
 crate::on_both_topologies!(listings_page_through_thousands_without_repeats_or_gaps);
 crate::on_both_topologies!(skus_are_listed_by_stock_status);
+
+async fn an_operator_reads_a_sku_with_its_policy(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.stock("ADMIN-READ", 25).await;
+    let r = app
+        .policy(
+            "ADMIN-READ",
+            json!({"max_per_account": 2, "reservation_ttl_seconds": 120,
+                   "sale_opens_at": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = app
+        .reserve(
+            &token("reader"),
+            json!({"sku": "ADMIN-READ", "qty": 2}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/inventory/ADMIN-READ",
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        (r.body["available"].clone(), r.body["reserved"].clone()),
+        (json!(23), json!(2))
+    );
+    assert_eq!(
+        r.body["policy"],
+        json!({"sku": "ADMIN-READ", "max_per_account": 2, "reservation_ttl_seconds": 120,
+               "sale_opens_at": "2026-01-01T00:00:00Z", "sale_closes_at": null})
+    );
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/inventory/NO-SUCH-SKU",
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "unknown-sku"));
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/inventory/ADMIN-READ",
+            Some(&token("reader")),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+crate::on_both_topologies!(an_operator_reads_a_sku_with_its_policy);
