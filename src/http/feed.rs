@@ -24,9 +24,6 @@ use crate::{
 
 /// Longest `wait_ms` a long poll may ask for.
 pub const WAIT_MAX: Duration = Duration::from_secs(30);
-/// Events per page: `limit` is 1 to this, 100 when absent.
-const LIMIT_MAX: i64 = 1000;
-const LIMIT_DEFAULT: i64 = 100;
 /// A waiting long poll looks again this often even without local news:
 /// other instances' writes, and the reconciler's, reach it this way.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -126,12 +123,7 @@ pub async fn list(
                 .ok_or_else(|| ApiError::Validation("after must be a cursor from `next`".into()))
         })
         .transpose()?;
-    let limit = query.limit.unwrap_or(LIMIT_DEFAULT);
-    if !(1..=LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be from 1 to {LIMIT_MAX}"
-        )));
-    }
+    let limit = super::paging::limit(query.limit)?;
     let sku = query.sku.as_deref().map(Sku::parse).transpose()?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     if wait > WAIT_MAX {

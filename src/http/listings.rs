@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     extract::{Admin, Authenticated},
     openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
+    paging,
     problem::ApiError,
     rfc3339,
     state::AppState,
@@ -25,35 +26,8 @@ use crate::{
     },
 };
 
-/// Items per page: `limit` is 1 to this, 100 when absent.
-const LIMIT_MAX: i64 = 1000;
-const LIMIT_DEFAULT: i64 = 100;
 const RESERVATION_STATUSES: &[&str] = &["held", "confirmed", "released", "expired"];
 const STOCK_STATUSES: &[&str] = &["IN_STOCK", "LOW_STOCK", "OUT_OF_STOCK", "BACKORDER"];
-
-fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
-    let limit = raw.unwrap_or(LIMIT_DEFAULT);
-    if !(1..=LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be from 1 to {LIMIT_MAX}"
-        )));
-    }
-    Ok(limit)
-}
-
-fn one_of<'a>(
-    name: &str,
-    value: Option<&'a str>,
-    allowed: &[&str],
-) -> Result<Option<&'a str>, ApiError> {
-    match value {
-        Some(v) if !allowed.contains(&v) => Err(ApiError::Validation(format!(
-            "{name} must be one of {}",
-            allowed.join(", ")
-        ))),
-        v => Ok(v),
-    }
-}
 
 fn unavailable(e: crate::journal::store::StoreError) -> ApiError {
     ApiError::Unavailable(format!("the journal cannot be read: {e}"))
@@ -132,20 +106,11 @@ async fn page(
     cursor: Option<&str>,
     limit: i64,
 ) -> Result<ReservationPage, ApiError> {
-    let before = cursor
-        .map(|raw| {
-            raw.parse::<i64>()
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| ApiError::Validation("cursor must be a `next` from a page".into()))
-        })
-        .transpose()?;
+    let before = paging::seq_cursor(cursor)?;
     let rows = listings::reservations(state.journal.store.pool(), filter, before, limit)
         .await
         .map_err(unavailable)?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.seq.to_string()))
-        .flatten();
+    let next = paging::next(&rows, limit, |r| r.seq.to_string());
     Ok(ReservationPage {
         reservations: rows.into_iter().map(Into::into).collect(),
         next,
@@ -170,13 +135,13 @@ pub async fn mine(
     Authenticated(caller): Authenticated,
     Query(query): Query<MineQuery>,
 ) -> Result<Json<ReservationPage>, ApiError> {
-    let status = one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
+    let status = paging::one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
     let filter = ReservationFilter {
         account: Some(caller.account.as_str()),
         sku: None,
         status,
     };
-    let limit = limit(query.limit)?;
+    let limit = paging::limit(query.limit)?;
     Ok(Json(
         page(&state, filter, query.cursor.as_deref(), limit).await?,
     ))
@@ -201,7 +166,7 @@ pub async fn all(
     _admin: Admin,
     Query(query): Query<AllQuery>,
 ) -> Result<Json<ReservationPage>, ApiError> {
-    let status = one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
+    let status = paging::one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
     let sku = query.sku.as_deref().map(Sku::parse).transpose()?;
     let account = query
         .account
@@ -217,7 +182,7 @@ pub async fn all(
         sku: sku.as_ref().map(Sku::as_str),
         status,
     };
-    let limit = limit(query.limit)?;
+    let limit = paging::limit(query.limit)?;
     Ok(Json(
         page(&state, filter, query.cursor.as_deref(), limit).await?,
     ))
@@ -226,8 +191,8 @@ pub async fn all(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
-    /// `IN_STOCK`, `LOW_STOCK`, `OUT_OF_STOCK` or `BACKORDER`.
-    status: String,
+    /// `IN_STOCK`, `LOW_STOCK`, `OUT_OF_STOCK` or `BACKORDER` (required).
+    status: Option<String>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Items per page, 1-1000 (default 100).
@@ -270,20 +235,19 @@ pub async fn skus(
     _admin: Admin,
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<SkuPage>, ApiError> {
-    one_of("status", Some(&query.status), STOCK_STATUSES)?;
+    let status = paging::one_of("status", query.status.as_deref(), STOCK_STATUSES)?
+        .ok_or_else(|| ApiError::Validation("status is required".into()))?;
     let after = query.cursor.as_deref().map(Sku::parse).transpose()?;
-    let limit = limit(query.limit)?;
+    let limit = paging::limit(query.limit)?;
     let rows = listings::skus_by_status(
         state.journal.store.pool(),
-        &query.status,
+        status,
         after.as_ref().map_or("", Sku::as_str),
         limit,
     )
     .await
     .map_err(unavailable)?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.sku.clone()))
-        .flatten();
+    let next = paging::next(&rows, limit, |r| r.sku.clone());
     Ok(Json(SkuPage {
         skus: rows
             .into_iter()

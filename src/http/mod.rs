@@ -13,6 +13,7 @@ pub mod live;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod paging;
 pub mod problem;
 pub mod reservations;
 pub mod serve;

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     extract::{Admin, JsonBody},
     openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
+    paging,
     problem::{ApiError, Problem},
     rfc3339,
     state::AppState,
@@ -20,10 +21,6 @@ use crate::live::webhooks::{
     DELIVERY_STATUSES, Registration, WebhookError,
     store::{DeliveryRow, WebhookRow},
 };
-
-/// Items per page: `limit` is 1 to this, 100 when absent.
-const LIMIT_MAX: i64 = 1000;
-const LIMIT_DEFAULT: i64 = 100;
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
@@ -167,26 +164,10 @@ pub struct DeliveryQuery {
 
 /// `(after, limit)` of a page request; cursors are the last item's `seq`.
 fn page(cursor: Option<&str>, limit: Option<i64>) -> Result<(i64, i64), ApiError> {
-    let after =
-        match cursor {
-            Some(raw) => raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
-                ApiError::Validation("cursor must be a `next` from a page".into())
-            })?,
-            None => 0,
-        };
-    let limit = limit.unwrap_or(LIMIT_DEFAULT);
-    if !(1..=LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be from 1 to {LIMIT_MAX}"
-        )));
-    }
-    Ok((after, limit))
-}
-
-/// The next cursor: the last item's `seq` when the page is full.
-fn next(seqs: impl Iterator<Item = i64>, count: usize, limit: i64) -> Option<String> {
-    let last = seqs.last()?;
-    (count as i64 == limit).then(|| last.to_string())
+    Ok((
+        paging::seq_cursor(cursor)?.unwrap_or(0),
+        paging::limit(limit)?,
+    ))
 }
 
 /// `POST /v1/admin/webhooks`
@@ -245,7 +226,7 @@ pub async fn list(
 ) -> Result<Json<WebhookPage>, ApiError> {
     let (after, limit) = page(query.cursor.as_deref(), query.limit)?;
     let rows = state.webhooks.list(after, limit).await?;
-    let next = next(rows.iter().map(|r| r.seq), rows.len(), limit);
+    let next = paging::next(&rows, limit, |r| r.seq.to_string());
     Ok(Json(WebhookPage {
         webhooks: rows.into_iter().map(Webhook::from).collect(),
         next,
@@ -293,17 +274,9 @@ pub async fn deliveries(
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
     let (after, limit) = page(query.cursor.as_deref(), query.limit)?;
-    let status = query.status.as_deref();
-    if let Some(status) = status
-        && !DELIVERY_STATUSES.contains(&status)
-    {
-        return Err(ApiError::Validation(format!(
-            "status must be one of {}",
-            DELIVERY_STATUSES.join(", ")
-        )));
-    }
+    let status = paging::one_of("status", query.status.as_deref(), DELIVERY_STATUSES)?;
     let rows = state.webhooks.deliveries(&id, status, after, limit).await?;
-    let next = next(rows.iter().map(|r| r.seq), rows.len(), limit);
+    let next = paging::next(&rows, limit, |r| r.seq.to_string());
     Ok(Json(DeliveryPage {
         deliveries: rows.into_iter().map(Delivery::from).collect(),
         next,
