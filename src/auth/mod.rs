@@ -18,8 +18,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::inventory::AccountId;
 
-/// The scope that opens the admin endpoints.
+/// The scope that opens every admin endpoint.
 pub const ADMIN_SCOPE: &str = "inventory:admin";
+/// The scope that opens every admin `GET` and the change feed.
+pub const READ_SCOPE: &str = "inventory:read";
+/// `inventory:write:location:<location>`: stock writes and adjustments at
+/// that location only.
+pub const LOCATION_WRITE_SCOPE_PREFIX: &str = "inventory:write:location:";
+/// Location scopes one token may carry at most (the rest are ignored).
+const LOCATION_SCOPES_MAX: usize = 64;
 
 /// Clock skew tolerated on `exp`, `nbf` and the lifetime between the token
 /// issuer and the gateway.
@@ -45,7 +52,57 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub account: AccountId,
+    /// `Admin` with `inventory:admin`; everyone else is a shopper, whatever
+    /// narrower grants they hold.
     pub role: Role,
+    pub grants: Grants,
+}
+
+/// What a token's `scope` claim (space-separated, as in OAuth) grants
+/// beyond a shopper's own reservations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `inventory:admin`: everything.
+    pub admin: bool,
+    /// `inventory:read`: every admin `GET`, the change feed, any reservation.
+    pub read: bool,
+    /// `inventory:write:location:<location>`: stock writes and adjustments
+    /// at these locations.
+    pub write_locations: Vec<String>,
+}
+
+impl Grants {
+    pub fn parse(scope: Option<&str>) -> Self {
+        let mut grants = Self::default();
+        for scope in scope.unwrap_or_default().split(' ') {
+            if scope == ADMIN_SCOPE {
+                grants.admin = true;
+            } else if scope == READ_SCOPE {
+                grants.read = true;
+            } else if let Some(location) = scope.strip_prefix(LOCATION_WRITE_SCOPE_PREFIX)
+                && !location.is_empty()
+                && grants.write_locations.len() < LOCATION_SCOPES_MAX
+            {
+                grants.write_locations.push(location.to_owned());
+            }
+        }
+        grants
+    }
+
+    /// Whether the admin `GET`s are open to this token.
+    pub fn reads(&self) -> bool {
+        self.admin || self.read
+    }
+
+    /// Whether stock at `location` may be written with this token.
+    pub fn writes_location(&self, location: &str) -> bool {
+        self.admin || self.write_locations.iter().any(|l| l == location)
+    }
+
+    /// Whether some location's stock may be written with this token.
+    pub fn writes_stock(&self) -> bool {
+        self.admin || !self.write_locations.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -186,12 +243,17 @@ impl Auth {
             return Err(AuthError::Invalid);
         }
         let account = AccountId::parse(&claims.sub).map_err(|_| AuthError::Invalid)?;
-        let admin = claims
-            .scope
-            .as_deref()
-            .is_some_and(|s| s.split(' ').any(|scope| scope == ADMIN_SCOPE));
-        let role = if admin { Role::Admin } else { Role::Shopper };
-        Ok(Caller { account, role })
+        let grants = Grants::parse(claims.scope.as_deref());
+        let role = if grants.admin {
+            Role::Admin
+        } else {
+            Role::Shopper
+        };
+        Ok(Caller {
+            account,
+            role,
+            grants,
+        })
     }
 
     /// Signs a token for `account`, valid for `ttl_seconds`.
@@ -224,11 +286,28 @@ mod tests {
             caller,
             Caller {
                 account: acct.clone(),
-                role: Role::Shopper
+                role: Role::Shopper,
+                grants: Grants::default(),
             }
         );
         let caller = auth.verify(Some(&format!("Bearer {admin}"))).unwrap();
         assert_eq!(caller.role, Role::Admin);
+    }
+
+    #[test]
+    fn scopes_grant_reading_and_writing_at_named_locations() {
+        let g = Grants::parse(Some(
+            "openid inventory:read inventory:write:location:east inventory:write:location:",
+        ));
+        assert!(g.reads() && !g.admin);
+        assert!(g.writes_location("east") && !g.writes_location("west"));
+        assert_eq!(g.write_locations, ["east"]);
+        let admin = Grants::parse(Some("inventory:admin"));
+        assert!(admin.reads() && admin.writes_location("anywhere") && admin.writes_stock());
+        let none = Grants::parse(None);
+        assert!(!none.reads() && !none.writes_stock());
+        // A scope is a whole word: no prefix or suffix tricks.
+        assert!(!Grants::parse(Some("inventory:admin2 xinventory:read")).reads());
     }
 
     #[test]

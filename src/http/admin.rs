@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    extract::{Admin, JsonBody},
+    extract::{Admin, JsonBody, Reader, StockWriter},
     inventory::view_response,
     openapi::{Forbidden, Unauthorized, Unavailable, UnknownSku, ValidationFailed},
     parse_rfc3339,
@@ -20,6 +20,7 @@ use super::{
     state::AppState,
 };
 use crate::{
+    auth::Caller,
     inventory::{Location, Sku, view::InventoryView},
     redis::calls::{AdminReply, Policy, PolicyField, PolicyUpdate, StockCounts},
 };
@@ -38,6 +39,14 @@ fn count(name: &str, value: i64) -> Result<u64, ApiError> {
         .ok()
         .filter(|v| *v <= COUNT_MAX as u64)
         .ok_or_else(|| ApiError::Validation(format!("{name} must be from 0 to {COUNT_MAX}")))
+}
+
+/// 403 unless the caller may write stock at `location`.
+fn may_write(caller: &Caller, location: &Location) -> Result<(), ApiError> {
+    match caller.grants.writes_location(location.as_str()) {
+        true => Ok(()),
+        false => Err(ApiError::Forbidden),
+    }
 }
 
 fn sku_and_location(sku: &str, location: &str) -> Result<(Sku, Location), ApiError> {
@@ -112,12 +121,13 @@ pub struct StockBody {
     ))]
 pub async fn set_stock(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    StockWriter(caller): StockWriter,
     Path((sku, location)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<StockBody>,
 ) -> Result<Response, ApiError> {
     let (sku, location) = sku_and_location(&sku, &location)?;
+    may_write(&caller, &location)?;
     let counts = StockCounts {
         on_hand: count("on_hand", body.on_hand)?,
         safety_stock: count("safety_stock", body.safety_stock)?,
@@ -178,11 +188,12 @@ pub struct AdjustBody {
     ))]
 pub async fn adjust(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    StockWriter(caller): StockWriter,
     Path((sku, location)): Path<(String, String)>,
     JsonBody(body): JsonBody<AdjustBody>,
 ) -> Result<Response, ApiError> {
     let (sku, location) = sku_and_location(&sku, &location)?;
+    may_write(&caller, &location)?;
     if body.delta == 0 || body.delta.abs() > COUNT_MAX {
         return Err(ApiError::Validation(format!(
             "delta must be non-zero and at most {COUNT_MAX} in size"
@@ -356,7 +367,7 @@ pub struct AdminSkuView {
     ))]
 pub async fn get_sku(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    Reader(_): Reader,
     Path(sku): Path<String>,
 ) -> Result<Json<AdminSkuView>, ApiError> {
     let sku = Sku::parse(&sku)?;

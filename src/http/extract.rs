@@ -71,8 +71,41 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
-/// A caller with the `inventory:admin` scope; 403 for a valid shopper token.
+/// A caller with the `inventory:admin` scope; 403 for any other valid token.
 pub struct Admin(pub Caller);
+
+/// A caller that may read what admins read (`inventory:admin` or
+/// `inventory:read`); 403 for any other valid token.
+pub struct Reader(pub Caller);
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = caller(parts, state)?;
+        match caller.grants.reads() {
+            true => Ok(Reader(caller)),
+            false => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// A caller that may write some location's stock (`inventory:admin`, or an
+/// `inventory:write:location:<location>` scope; the handler checks the
+/// location); 403 for any other valid token.
+pub struct StockWriter(pub Caller);
+
+impl FromRequestParts<AppState> for StockWriter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = caller(parts, state)?;
+        match caller.grants.writes_stock() {
+            true => Ok(StockWriter(caller)),
+            false => Err(ApiError::Forbidden),
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    extract::Admin,
+    extract::Reader,
     openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
     problem::ApiError,
     rfc3339,
@@ -112,7 +112,7 @@ pub struct FeedPage {
     ))]
 pub async fn list(
     State(state): State<AppState>,
-    _admin: Admin,
+    _reader: Reader,
     Query(query): Query<FeedQuery>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let after = query

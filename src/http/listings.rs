@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    extract::{Admin, Authenticated},
+    extract::{Authenticated, Reader},
     openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
     paging,
     problem::ApiError,
@@ -163,7 +163,7 @@ pub async fn mine(
     ))]
 pub async fn all(
     State(state): State<AppState>,
-    _admin: Admin,
+    _reader: Reader,
     Query(query): Query<AllQuery>,
 ) -> Result<Json<ReservationPage>, ApiError> {
     let status = paging::one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
@@ -232,7 +232,7 @@ pub struct SkuPage {
     ))]
 pub async fn skus(
     State(state): State<AppState>,
-    _admin: Admin,
+    _reader: Reader,
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<SkuPage>, ApiError> {
     let status = paging::one_of("status", query.status.as_deref(), STOCK_STATUSES)?

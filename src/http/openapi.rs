@@ -96,7 +96,7 @@ problem_responses! {
     HeadersTooLarge: "More than 100 header fields or 32 KiB of them (`header-fields-too-large`)";
     Internal: "A fault in the gateway (`internal`); the body says nothing more, the log has the `request_id`";
     Unauthorized: "No valid token (`unauthorized`)";
-    Forbidden: "The token lacks the `inventory:admin` scope (`forbidden`)";
+    Forbidden: "The token's scopes do not allow this (`forbidden`): admin endpoints need `inventory:admin`; their GETs also take `inventory:read`, stock writes and adjustments at a location also take `inventory:write:location:<location>`";
     UnknownSku: "`unknown-sku`";
     ReservationNotFound: "No such reservation for this account (`reservation-not-found`)";
     ValidationFailed: "A field is out of range or unknown (`validation-failed`)";

@@ -65,7 +65,7 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error(transparent)]
     Unauthorized(#[from] AuthError),
-    #[error("this endpoint needs the inventory:admin scope")]
+    #[error("the token's scopes do not allow this")]
     Forbidden,
     #[error("unknown sku")]
     UnknownSku,

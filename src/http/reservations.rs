@@ -19,7 +19,7 @@ use super::{
     state::AppState,
 };
 use crate::{
-    auth::{Caller, Role},
+    auth::Caller,
     inventory::{IdempotencyKey, Location, Qty, ReservationId, Sku},
     limits::{RateReport, sold_out::Answer},
     metrics as names,
@@ -257,7 +257,8 @@ pub async fn get(
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = parse_id(&state, &raw)?;
     let _permit = state.admission.enter_redis()?;
-    let owner = (caller.role == Role::Shopper).then_some(&caller.account);
+    // Staff who read (`inventory:admin`, `inventory:read`) read anyone's.
+    let owner = (!caller.grants.reads()).then_some(&caller.account);
     reservation_response(state.inventory.reservation(&id, owner).await?)
 }
 

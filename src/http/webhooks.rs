@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    extract::{Admin, JsonBody},
+    extract::{Admin, JsonBody, Reader},
     openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
     paging,
     problem::{ApiError, Problem},
@@ -221,7 +221,7 @@ pub async fn create(
     ))]
 pub async fn list(
     State(state): State<AppState>,
-    _admin: Admin,
+    _reader: Reader,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<WebhookPage>, ApiError> {
     let (after, limit) = page(query.cursor.as_deref(), query.limit)?;
@@ -269,7 +269,7 @@ pub async fn delete(
     ))]
 pub async fn deliveries(
     State(state): State<AppState>,
-    _admin: Admin,
+    _reader: Reader,
     Path(id): Path<String>,
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Json<DeliveryPage>, ApiError> {

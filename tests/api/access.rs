@@ -158,3 +158,143 @@ on_both_topologies!(
     a_shopper_token_on_an_admin_route_is_forbidden,
     missing_expired_foreign_or_unsigned_tokens_get_401,
 );
+
+/// A token of the test secret for `account` with this `scope` claim.
+fn scoped(account: &str, scope: &str) -> String {
+    signed(
+        Algorithm::HS256,
+        TEST_SECRET,
+        json!({"sub": account, "exp": now() + 600, "scope": scope}),
+    )
+}
+
+async fn scoped_tokens_reach_only_what_their_scopes_grant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for location in ["east", "west"] {
+        let r = app
+            .set_stock("SCOPE-1", location, json!({"on_hand": 10}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let shopper = token("scoped-shopper");
+    let r = app
+        .reserve(&shopper, json!({"sku": "SCOPE-1", "qty": 1}), None)
+        .await;
+    let held = r.body["reservation_id"].as_str().unwrap().to_owned();
+
+    // A location's stock keeper writes there and nowhere else.
+    let east = scoped("keeper-east", "openid inventory:write:location:east");
+    let put = |location: &str| format!("/v1/admin/inventory/SCOPE-1/locations/{location}");
+    let body = Some(json!({"on_hand": 12}).to_string());
+    let r = app
+        .send(Method::PUT, &put("east"), Some(&east), &[], body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = app
+        .send(Method::PUT, &put("west"), Some(&east), &[], body.clone())
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"));
+    let adjust = |location: &str| format!("{}/adjustments", put(location));
+    let delta = Some(json!({"delta": -1, "reason": "shrinkage"}).to_string());
+    let r = app
+        .send(
+            Method::POST,
+            &adjust("east"),
+            Some(&east),
+            &[],
+            delta.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .send(
+            Method::POST,
+            &adjust("west"),
+            Some(&east),
+            &[],
+            delta.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // ...and is no operator otherwise.
+    let policy = Some(json!({"max_per_account": 1}).to_string());
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/admin/inventory/SCOPE-1",
+            Some(&east),
+            &[],
+            policy.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/inventory/SCOPE-1",
+            Some(&east),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // A read-only token reads every admin GET and any reservation, and
+    // writes nothing.
+    let reader = scoped("auditor", "inventory:read");
+    for path in [
+        "/v1/admin/inventory/SCOPE-1",
+        "/v1/admin/events?limit=5",
+        "/v1/admin/reservations?sku=SCOPE-1",
+        "/v1/admin/inventory?status=IN_STOCK",
+        "/v1/admin/webhooks",
+        &format!("/v1/reservations/{held}"),
+    ] {
+        let r = app.send(Method::GET, path, Some(&reader), &[], None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {:?}", r.body);
+    }
+    for (method, path, body) in [
+        (Method::PUT, put("east"), body.clone()),
+        (Method::POST, adjust("west"), delta.clone()),
+        (
+            Method::PUT,
+            "/v1/admin/inventory/SCOPE-1".to_owned(),
+            policy.clone(),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/webhooks".to_owned(),
+            Some(json!({"url": "https://hooks.example.com/", "events": ["stock.out"]}).to_string()),
+        ),
+    ] {
+        let r = app
+            .send(method.clone(), &path, Some(&reader), &[], body)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    // A read token cannot act on another's reservation either.
+    let r = app.reservation(&reader, &held, Some("release")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Shoppers still reach none of it.
+    let r = app
+        .send(Method::GET, "/v1/admin/events", Some(&shopper), &[], None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .send(Method::PUT, &put("east"), Some(&shopper), &[], body)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The admin scope still opens everything.
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/admin/inventory/SCOPE-1",
+            Some(&admin_token()),
+            &[],
+            policy,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+on_both_topologies!(scoped_tokens_reach_only_what_their_scopes_grant);
