@@ -78,6 +78,10 @@ pub enum Command {
         /// Grant the inventory:admin scope.
         #[arg(long)]
         admin: bool,
+        /// More scopes, space-separated, e.g. "inventory:read" or
+        /// "inventory:write:location:east".
+        #[arg(long)]
+        scope: Option<String>,
         /// How long the token is valid.
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,

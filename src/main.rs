@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use flashgate::{
     app::{App, shutdown_signal},
-    auth::{Auth, Role},
+    auth::{ADMIN_SCOPE, Auth},
     cli::{Cli, Command},
     config::Settings,
     inventory::AccountId,
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Token {
             account,
             admin,
+            scope,
             ttl_seconds,
         } => {
             let Ok(account) = AccountId::parse(&account) else {
@@ -51,9 +52,17 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
-            let role = if admin { Role::Admin } else { Role::Shopper };
+            let scopes: Vec<&str> = admin
+                .then_some(ADMIN_SCOPE)
+                .into_iter()
+                .chain(scope.as_deref().unwrap_or_default().split_whitespace())
+                .collect();
+            let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
             let auth = Auth::new(settings.auth.secret_or_development());
-            println!("{}", auth.issue(&account, role, ttl_seconds));
+            println!(
+                "{}",
+                auth.issue_scoped(&account, scope.as_deref(), ttl_seconds)
+            );
             ExitCode::SUCCESS
         }
         Command::Healthcheck { probe, timeout_ms } => run(async move {

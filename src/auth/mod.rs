@@ -258,12 +258,23 @@ impl Auth {
 
     /// Signs a token for `account`, valid for `ttl_seconds`.
     pub fn issue(&self, account: &AccountId, role: Role, ttl_seconds: u64) -> String {
+        let scope = (role == Role::Admin).then_some(ADMIN_SCOPE);
+        self.issue_scoped(account, scope, ttl_seconds)
+    }
+
+    /// Signs a token for `account` with this `scope` claim.
+    pub fn issue_scoped(
+        &self,
+        account: &AccountId,
+        scope: Option<&str>,
+        ttl_seconds: u64,
+    ) -> String {
         let now = now_seconds();
         let claims = Claims {
             sub: account.to_string(),
             exp: now + ttl_seconds,
             iat: Some(now),
-            scope: (role == Role::Admin).then(|| ADMIN_SCOPE.to_owned()),
+            scope: scope.map(str::to_owned),
         };
         // Encoding HS256 claims made of strings and integers cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
