@@ -80,6 +80,8 @@ fn synthetic_events(n: usize) -> Vec<Event> {
                 delta: None,
                 reason: None,
                 reference: None,
+                actor: None,
+                request_id: None,
             }
         })
         .collect()

@@ -22,7 +22,7 @@ use flashgate::{
     redis::{
         Redis, ScriptName,
         batch::BatchKind,
-        calls::{ReserveBatch, ReserveReply, ReserveRequest, StockCounts},
+        calls::{ReserveBatch, ReserveReply, ReserveRequest, Staff, StockCounts},
     },
 };
 use fred::{prelude::*, types::InfoKind};
@@ -71,8 +71,13 @@ async fn main() {
         backorder_limit: 0,
     };
     let location = Location::parse("default").unwrap();
+    let operator = AccountId::parse("bench-operator").unwrap();
+    let staff = Staff {
+        actor: &operator,
+        request_id: "bench-seed",
+    };
     redis
-        .set_stock(&sku, &location, counts, None, "seed")
+        .set_stock(&sku, &location, counts, None, &staff, "seed")
         .await
         .unwrap();
     let p = redis.keys().partition_of(&sku);

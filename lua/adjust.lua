@@ -5,7 +5,8 @@
 -- KEYS: the partition convention (prelude) with one SKU, then 6 the
 --   operation record
 -- ARGV: the partition convention, then 6 location, 7 delta (non-zero
---   integer), 8 reason, 9 reference ('' = none), 10 operation record TTL (ms)
+--   integer), 8 reason, 9 reference ('' = none), 10 operation record TTL (ms),
+--   11 actor (the operator's account id), 12 request id
 -- Returns the partition convention's array with one item, whose reply is JSON:
 --   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | unknown_sku | unknown_location | insufficient_stock {available, reserved}
@@ -28,5 +29,6 @@ if l.oh + delta - l.ss + l.bo < l.rs then
   return reply({outcome = 'insufficient_stock', available = available(l), reserved = l.rs})
 end
 l.oh = l.oh + delta
-commit(ctx, s, 'adjusted', loc, change_tail(ARGV[7], ARGV[8], ARGV[9]))
+commit(ctx, s, 'adjusted', loc, staff_tail(ARGV[7], ARGV[8], ARGV[9], ARGV[11], ARGV[12]),
+  STAFF_LAYOUT)
 return reply({outcome = 'ok', sku = flat_sku(s)})

@@ -39,8 +39,11 @@
 -- Event (the stream entry's one field `e`, and the reply's events):
 --   kind|sku|loc|ver|oh|rs|ss|lt|bl|ts|rid|acct|qty|bo|exp|created|delta|reason|ref
 --   (empty where a kind has no such value; `ref`, free text, comes last).
---   The last nine fields are the event's tail, built by `hold_tail` or
---   `change_tail`.
+--   The last nine fields are the event's tail, built by `hold_tail` (and
+--   `||||||delta|reason|ref` for a stock change journaled by an older
+--   gateway). An operator's stock change is laid out with who made it:
+--   v2|kind|sku|loc|ver|oh|rs|ss|lt|bl|ts|rid|acct|qty|bo|exp|created|delta|reason|actor|req|ref
+--   (`staff_tail`; actor and request id never hold a bar).
 --
 -- Within one call, the SKU hash, the accounts hash, the new holds, the due
 -- index and the stock announcement are written once per SKU, at `finish`;
@@ -135,23 +138,29 @@ local function hold_tail(rid, acct, qty, bo, exp, created)
   return rid .. '|' .. acct .. '|' .. qty .. '|' .. bo .. '|' .. exp .. '|' .. created .. '|||'
 end
 
--- The tail of a stock change's event: ||||||delta|reason|ref
-local function change_tail(delta, reason, ref)
-  return '||||||' .. delta .. '|' .. (reason or '') .. '|' .. (ref or '')
+-- The tail of an operator's stock change, for `commit`'s second layout:
+-- ||||||delta|reason|actor|req|ref
+local function staff_tail(delta, reason, ref, actor, req)
+  return '||||||' .. delta .. '|' .. (reason or '') .. '|' .. actor .. '|' .. req .. '|'
+    .. (ref or '')
 end
+
+-- The mark ahead of an event in the second layout (`staff_tail`).
+local STAFF_LAYOUT = 'v2|'
 
 -- Bumps the version and appends one event to the partition stream (the
 -- journal's outbox); the location's counts after the change ride along, so
 -- any single event can set `stock_levels`. The event also goes into the
 -- current request's item (`ctx.ev`), for the gateway's journal queue.
--- Returns the stream entry id. `tail` is the event's last nine fields.
-local function commit(ctx, s, kind, loc, tail)
+-- Returns the stream entry id. `tail` is the event's last nine fields, or
+-- eleven after `layout` STAFF_LAYOUT (nil: the first layout).
+local function commit(ctx, s, kind, loc, tail, layout)
   s.ver = s.ver + 1
   s.dirty[loc] = true
   s.changed = true
   s.ver_s = int_text(s.ver)
   local l = s.locs[loc]
-  local e = kind .. '|' .. s.name .. '|' .. loc .. '|' .. s.ver_s .. '|' .. text(l, 'oh') .. '|'
+  local e = (layout or '') .. kind .. '|' .. s.name .. '|' .. loc .. '|' .. s.ver_s .. '|' .. text(l, 'oh') .. '|'
     .. text(l, 'rs') .. '|' .. text(l, 'ss') .. '|' .. text(l, 'lt') .. '|' .. text(l, 'bo')
     .. '|' .. ctx.now_s .. '|' .. tail
   local id = redis.call('XADD', ctx.events, 'MAXLEN', '~', ctx.maxlen, '*', 'e', e)

@@ -7,7 +7,8 @@
 --   operation record
 -- ARGV: the partition convention, then 6 location, 7 on hand (integer >= 0),
 --   8 safety stock (>= 0), 9 low-stock threshold (>= 0), 10 backorder limit
---   (>= 0), 11 expected version ('' = any), 12 operation record TTL (ms)
+--   (>= 0), 11 expected version ('' = any), 12 operation record TTL (ms),
+--   13 actor (the operator's account id), 14 request id
 -- Returns the partition convention's array with one item, whose reply is JSON:
 --   {outcome='ok', sku=<SKU hash as a flat array>}
 --   | version_mismatch {version} | insufficient_stock {available, reserved}
@@ -32,5 +33,6 @@ if oh - ss + bo < l.rs then
 end
 local delta = oh - l.oh
 l.oh, l.ss, l.lt, l.bo = oh, ss, lt, bo
-commit(ctx, s, 'stock_set', loc, change_tail(tostring(delta)))
+commit(ctx, s, 'stock_set', loc, staff_tail(tostring(delta), nil, nil, ARGV[13], ARGV[14]),
+  STAFF_LAYOUT)
 return reply({outcome = 'ok', sku = flat_sku(s)})

@@ -96,14 +96,34 @@ pub struct Event {
     pub delta: Option<i64>,
     pub reason: Option<String>,
     pub reference: Option<String>,
+    /// Who made a stock change (the operator's token `sub`).
+    pub actor: Option<String>,
+    /// The request that made a stock change (its `X-Request-Id`).
+    pub request_id: Option<String>,
 }
 
-/// Every field an event carries, in the packed order (see the event line
-/// in lua/prelude.lua); `ref`, free text, comes last.
-const FIELDS: [&str; 19] = [
+/// Every field an event carries, in the packed order of the first layout
+/// (see the event line in lua/prelude.lua); `ref`, free text, comes last.
+/// `actor` and `req` only come in the second.
+const FIELDS: [&str; 21] = [
+    "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
+    "exp", "created", "delta", "reason", "ref", "actor", "req",
+];
+
+/// The first layout: `kind|…|delta|reason|ref`.
+const FIRST_LAYOUT: [&str; 19] = [
     "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
     "exp", "created", "delta", "reason", "ref",
 ];
+
+/// The second layout, an operator's stock change:
+/// `v2|kind|…|delta|reason|actor|req|ref`.
+const STAFF_LAYOUT: [&str; 21] = [
+    "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
+    "exp", "created", "delta", "reason", "actor", "req", "ref",
+];
+/// What starts an event of the second layout (no kind is called `v2`).
+const STAFF_MARK: &str = "v2|";
 
 /// An entry's values, indexed like `FIELDS`.
 struct Slots<'s, 'a>(&'s [Option<&'a str>; FIELDS.len()]);
@@ -196,18 +216,25 @@ impl Event {
             delta: opt_int("delta")?,
             reason: f.get("reason").map(str::to_owned),
             reference: f.get("ref").filter(|v| !v.is_empty()).map(str::to_owned),
+            actor: f.get("actor").map(str::to_owned),
+            request_id: f.get("req").map(str::to_owned),
         })
     }
 
-    /// Parses a packed event (`kind|sku|…|ref`); empty positions are absent.
+    /// Parses a packed event (`kind|sku|…|ref`, or `v2|kind|…|actor|req|ref`);
+    /// empty positions are absent.
     pub fn from_packed(
         partition: Partition,
         stream_id: &str,
         packed: &str,
     ) -> Result<Self, EventParseError> {
-        let pairs = FIELDS
+        let (layout, packed): (&[&str], &str) = match packed.strip_prefix(STAFF_MARK) {
+            Some(rest) => (&STAFF_LAYOUT, rest),
+            None => (&FIRST_LAYOUT, packed),
+        };
+        let pairs = layout
             .iter()
-            .zip(packed.splitn(FIELDS.len(), '|'))
+            .zip(packed.splitn(layout.len(), '|'))
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (*k, v));
         Self::from_entry(partition, stream_id, pairs)
@@ -305,6 +332,30 @@ mod tests {
         assert_eq!((e.delta, e.reason.as_deref()), (Some(2), Some("receipt")));
         assert_eq!(e.reference.as_deref(), Some("po|77|x"));
         assert!(e.reservation.is_none());
+    }
+
+    #[test]
+    fn an_operators_change_carries_its_actor_and_request() {
+        let packed =
+            "v2|adjusted|S|east|9|11|0|0|0|0|1763712000000|||||||-1|shrinkage|ops@x|req-7|po|1";
+        let e = Event::from_packed(Partition(0), "1-0", packed).unwrap();
+        assert_eq!(
+            (e.kind, e.location.as_str(), e.version),
+            (EventKind::Adjusted, "east", 9)
+        );
+        assert_eq!(
+            (e.delta, e.reason.as_deref()),
+            (Some(-1), Some("shrinkage"))
+        );
+        assert_eq!(
+            (e.actor.as_deref(), e.request_id.as_deref()),
+            (Some("ops@x"), Some("req-7"))
+        );
+        assert_eq!(e.reference.as_deref(), Some("po|1"));
+        // The first layout has neither.
+        let old = "stock_set|S|east|8|12|0|0|0|0|1763712000000|||||||12||";
+        let e = Event::from_packed(Partition(0), "1-0", old).unwrap();
+        assert_eq!((e.actor, e.request_id, e.delta), (None, None, Some(12)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::{
     extract::{Admin, JsonBody, Reader, StockWriter},
     inventory::view_response,
+    middleware::current_request_id,
     openapi::{Forbidden, Unauthorized, Unavailable, UnknownSku, ValidationFailed},
     parse_rfc3339,
     problem::{ApiError, Problem},
@@ -22,7 +23,7 @@ use super::{
 use crate::{
     auth::Caller,
     inventory::{Location, Sku, view::InventoryView},
-    redis::calls::{AdminReply, Policy, PolicyField, PolicyUpdate, StockCounts},
+    redis::calls::{Adjustment, AdminReply, Policy, PolicyField, PolicyUpdate, Staff, StockCounts},
 };
 
 /// Largest count an admin may set or add in one request.
@@ -137,7 +138,17 @@ pub async fn set_stock(
     let expected = if_match(&headers)?;
     let reply = state
         .inventory
-        .set_stock(&sku, &location, counts, expected, &operation_id())
+        .set_stock(
+            &sku,
+            &location,
+            counts,
+            expected,
+            &Staff {
+                actor: &caller.account,
+                request_id: &current_request_id(),
+            },
+            &operation_id(),
+        )
         .await?;
     admin_response(&sku, reply)
 }
@@ -212,9 +223,15 @@ pub async fn adjust(
         .adjust(
             &sku,
             &location,
-            body.delta,
-            body.reason.as_str(),
-            body.reference.as_deref(),
+            &Adjustment {
+                delta: body.delta,
+                reason: body.reason.as_str(),
+                reference: body.reference.as_deref(),
+            },
+            &Staff {
+                actor: &caller.account,
+                request_id: &current_request_id(),
+            },
             &operation_id(),
         )
         .await?;

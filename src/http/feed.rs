@@ -60,9 +60,11 @@ pub struct FeedEvent {
     occurred_at: String,
     reason: Option<String>,
     reference: Option<String>,
-    /// Who made an admin change (a token's `sub`); null until actors are
-    /// journaled.
+    /// Who made an operator's stock change (the token's `sub`); null for
+    /// shoppers' events.
     actor: Option<String>,
+    /// The request that made an operator's stock change (its `X-Request-Id`).
+    request_id: Option<String>,
 }
 
 impl From<FeedRow> for FeedEvent {
@@ -81,7 +83,8 @@ impl From<FeedRow> for FeedEvent {
             occurred_at: rfc3339(r.occurred_at_ms),
             reason: r.reason,
             reference: r.reference,
-            actor: None,
+            actor: r.actor,
+            request_id: r.request_id,
         }
     }
 }

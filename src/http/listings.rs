@@ -259,3 +259,88 @@ pub async fn skus(
         next,
     }))
 }
+
+/// One stock change of a SKU's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StockChangeView {
+    version: i64,
+    /// `stock_set` or `adjusted`.
+    kind: String,
+    location: String,
+    /// The on-hand change.
+    delta: i32,
+    on_hand_after: i64,
+    reserved_after: i64,
+    occurred_at: String,
+    reason: Option<String>,
+    reference: Option<String>,
+    /// The operator's token `sub`; null for changes journaled before actors
+    /// were.
+    actor: Option<String>,
+    /// The request's `X-Request-Id`.
+    request_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    changes: Vec<StockChangeView>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// `GET /v1/admin/inventory/{sku}/history`
+#[utoipa::path(get, path = "/v1/admin/inventory/{sku}/history", operation_id = "getStockHistory", tag = "admin",
+    summary = "A SKU's stock changes, newest first, with who made each and through which request",
+    description = "Read from the journal. Policy changes are not in it yet.",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"), HistoryQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of changes", body = HistoryPage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn history(
+    State(state): State<AppState>,
+    _reader: Reader,
+    axum::extract::Path(sku): axum::extract::Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let sku = Sku::parse(&sku)?;
+    let before = paging::seq_cursor(query.cursor.as_deref())?;
+    let limit = paging::limit(query.limit)?;
+    let rows = listings::stock_changes(state.journal.store.pool(), sku.as_str(), before, limit)
+        .await
+        .map_err(unavailable)?;
+    let next = paging::next(&rows, limit, |r| r.version.to_string());
+    Ok(Json(HistoryPage {
+        changes: rows
+            .into_iter()
+            .map(|r| StockChangeView {
+                version: r.version,
+                kind: r.kind,
+                location: r.location,
+                delta: r.delta,
+                on_hand_after: r.on_hand_after,
+                reserved_after: r.reserved_after,
+                occurred_at: rfc3339(r.occurred_at_ms),
+                reason: r.reason,
+                reference: r.reference,
+                actor: r.actor,
+                request_id: r.request_id,
+            })
+            .collect(),
+        next,
+    }))
+}

@@ -42,6 +42,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         )
         .route("/v1/admin/reservations", get(listings::all))
         .route("/v1/admin/inventory", get(listings::skus))
+        .route("/v1/admin/inventory/{sku}/history", get(listings::history))
         .route("/v1/reservations/{id}", get(reservations::get))
         .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
         .route("/v1/reservations/{id}/release", post(reservations::release))

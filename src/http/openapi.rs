@@ -34,6 +34,7 @@ use super::{
         listings::mine,
         listings::all,
         listings::skus,
+        listings::history,
         reservations::get,
         reservations::confirm,
         reservations::release,
@@ -425,6 +426,7 @@ mod tests {
             "/v1/admin/events",
             "/v1/admin/reservations",
             "/v1/admin/inventory",
+            "/v1/admin/inventory/{sku}/history",
             "/v1/admin/webhooks",
             "/v1/admin/webhooks/{id}",
             "/v1/admin/webhooks/{id}/deliveries",
@@ -436,7 +438,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 21);
+        assert_eq!(doc.paths.paths.len(), 22);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

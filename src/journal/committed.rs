@@ -137,6 +137,8 @@ mod tests {
             delta: None,
             reason: None,
             reference: None,
+            actor: None,
+            request_id: None,
         }
     }
 

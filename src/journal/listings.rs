@@ -141,3 +141,60 @@ pub async fn skus_by_status(
         })
         .collect()
 }
+
+/// One stock change of a SKU's history.
+#[derive(Debug, Clone)]
+pub struct StockChange {
+    pub version: i64,
+    /// `stock_set` or `adjusted`.
+    pub kind: String,
+    pub location: String,
+    /// The on-hand change.
+    pub delta: i32,
+    pub on_hand_after: i64,
+    pub reserved_after: i64,
+    pub occurred_at_ms: i64,
+    pub reason: Option<String>,
+    pub reference: Option<String>,
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// The stock changes of `sku` older than version `before` (the newest
+/// when `None`), newest first, at most `limit`.
+pub async fn stock_changes(
+    pool: &Pool,
+    sku: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<StockChange>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT version, kind, location, qty, on_hand_after, reserved_after,
+                 (extract(epoch FROM occurred_at) * 1000)::int8, reason, reference, actor,
+                 request_id
+             FROM inventory_events
+             WHERE sku = $1 AND kind IN ('stock_set', 'adjusted') AND version < $2
+             ORDER BY version DESC LIMIT $3",
+            &[&sku, &before.unwrap_or(i64::MAX), &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StockChange {
+                version: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                location: r.try_get(2)?,
+                delta: r.try_get(3)?,
+                on_hand_after: r.try_get(4)?,
+                reserved_after: r.try_get(5)?,
+                occurred_at_ms: r.try_get(6)?,
+                reason: r.try_get(7)?,
+                reference: r.try_get(8)?,
+                actor: r.try_get(9)?,
+                request_id: r.try_get(10)?,
+            })
+        })
+        .collect()
+}

@@ -90,6 +90,8 @@ pub struct FeedRow {
     pub occurred_at_ms: i64,
     pub reason: Option<String>,
     pub reference: Option<String>,
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
 }
 
 /// A SKU's sale policy as the journal keeps it; `None` where unset.
@@ -266,7 +268,8 @@ impl Store {
     ) -> Result<Vec<FeedRow>, StoreError> {
         const COLUMNS: &str = "SELECT journal_xid::text, journal_seq, kind, sku, location,
                  reservation_id, account_id, qty, on_hand_after, reserved_after, version,
-                 (extract(epoch FROM occurred_at) * 1000)::int8, reason, reference
+                 (extract(epoch FROM occurred_at) * 1000)::int8, reason, reference, actor,
+                 request_id
              FROM inventory_events
              WHERE (journal_xid, journal_seq) > ($1::text::xid8, $2)
                AND journal_xid < pg_snapshot_xmin(pg_current_snapshot())";
@@ -492,6 +495,8 @@ fn feed_row(r: &tokio_postgres::Row) -> Result<FeedRow, StoreError> {
         occurred_at_ms: r.try_get(11)?,
         reason: r.try_get(12)?,
         reference: r.try_get(13)?,
+        actor: r.try_get(14)?,
+        request_id: r.try_get(15)?,
     })
 }
 
@@ -539,18 +544,22 @@ async fn insert_events<'e>(
     let qtys: Vec<i32> = sorted.iter().map(|e| clamp_i32(e.qty())).collect();
     let reasons: Vec<Option<&str>> = sorted.iter().map(|e| e.reason.as_deref()).collect();
     let refs: Vec<Option<&str>> = sorted.iter().map(|e| e.reference.as_deref()).collect();
+    let actors: Vec<Option<&str>> = sorted.iter().map(|e| e.actor.as_deref()).collect();
+    let requests: Vec<Option<&str>> = sorted.iter().map(|e| e.request_id.as_deref()).collect();
     let rows = client
         .query(
             "INSERT INTO inventory_events (partition, stream_id, kind, sku, location,
                  reservation_id, account_id, qty, on_hand_after, reserved_after, version,
                  occurred_at, reason, reference, safety_stock_after, low_stock_threshold_after,
-                 backorder_limit_after)
+                 backorder_limit_after, actor, request_id)
              SELECT p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, to_timestamp(ts / 1000.0),
-                 reason, ref, ss, lt, bl
+                 reason, ref, ss, lt, bl, actor, req
              FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                  $7::text[], $8::int[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-                 $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[])
-                 AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref, ss, lt, bl)
+                 $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[], $18::text[],
+                 $19::text[])
+                 AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref, ss, lt, bl,
+                     actor, req)
              ON CONFLICT DO NOTHING
              RETURNING partition, stream_id",
             &[
@@ -571,6 +580,8 @@ async fn insert_events<'e>(
                 &col(|e| e.safety_stock),
                 &col(|e| e.low_stock_threshold),
                 &col(|e| e.backorder_limit),
+                &actors,
+                &requests,
             ],
         )
         .await?;

@@ -211,6 +211,24 @@ pub struct PolicyUpdate {
     pub ttl_seconds: Option<PolicyField>,
 }
 
+/// A signed change of a location's on-hand count, with why.
+#[derive(Debug, Clone, Copy)]
+pub struct Adjustment<'a> {
+    pub delta: i64,
+    /// `receipt`, `shrinkage`, `correction` or `return`.
+    pub reason: &'a str,
+    pub reference: Option<&'a str>,
+}
+
+/// Who makes an admin change, and through which request: both ride on the
+/// change's event into the journal. Neither holds a `|` (account ids and
+/// request ids are parsed at the edge), as the packed event needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Staff<'a> {
+    pub actor: &'a AccountId,
+    pub request_id: &'a str,
+}
+
 /// A SKU's policy after an update; `None` where unset.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Policy {
@@ -590,6 +608,7 @@ impl Redis {
         location: &Location,
         counts: StockCounts,
         if_match: Option<u64>,
+        staff: &Staff<'_>,
         op_id: &str,
     ) -> Result<Applied<AdminReply>, RedisError> {
         let p = self.keys().partition_of(sku);
@@ -603,6 +622,8 @@ impl Redis {
             counts.backorder_limit.to_string(),
             if_match.map_or(String::new(), |v| v.to_string()),
             self.limits().operation_ttl_ms.to_string(),
+            staff.actor.as_str().to_owned(),
+            staff.request_id.to_owned(),
         ]);
         self.eval_one(ScriptName::SetStock, p, keys, args).await
     }
@@ -611,9 +632,8 @@ impl Redis {
         &self,
         sku: &Sku,
         location: &Location,
-        delta: i64,
-        reason: &str,
-        reference: Option<&str>,
+        adjustment: &Adjustment<'_>,
+        staff: &Staff<'_>,
         op_id: &str,
     ) -> Result<Applied<AdminReply>, RedisError> {
         let p = self.keys().partition_of(sku);
@@ -621,10 +641,12 @@ impl Redis {
         keys.push(self.keys().operation(p, sku, op_id));
         args.extend([
             location.as_str().to_owned(),
-            delta.to_string(),
-            reason.to_owned(),
-            reference.unwrap_or_default().to_owned(),
+            adjustment.delta.to_string(),
+            adjustment.reason.to_owned(),
+            adjustment.reference.unwrap_or_default().to_owned(),
             self.limits().operation_ttl_ms.to_string(),
+            staff.actor.as_str().to_owned(),
+            staff.request_id.to_owned(),
         ]);
         self.eval_one(ScriptName::Adjust, p, keys, args).await
     }

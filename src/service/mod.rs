@@ -22,8 +22,8 @@ use crate::{
         Caller, Redis, RedisError,
         batch::Applied,
         calls::{
-            AdminReply, ReservationReply, ReserveReply, ReserveRequest, SettleRequest, Settlement,
-            StockCounts,
+            Adjustment, AdminReply, ReservationReply, ReserveReply, ReserveRequest, SettleRequest,
+            Settlement, Staff, StockCounts,
         },
     },
 };
@@ -131,11 +131,12 @@ impl Inventory {
         location: &Location,
         counts: StockCounts,
         if_match: Option<u64>,
+        staff: &Staff<'_>,
         op_id: &str,
     ) -> Result<AdminReply, RedisError> {
         let applied = self
             .redis
-            .set_stock(sku, location, counts, if_match, op_id)
+            .set_stock(sku, location, counts, if_match, staff, op_id)
             .await?;
         Ok(self.admin_written(sku, applied))
     }
@@ -144,14 +145,13 @@ impl Inventory {
         &self,
         sku: &Sku,
         location: &Location,
-        delta: i64,
-        reason: &str,
-        reference: Option<&str>,
+        adjustment: &Adjustment<'_>,
+        staff: &Staff<'_>,
         op_id: &str,
     ) -> Result<AdminReply, RedisError> {
         let applied = self
             .redis
-            .adjust(sku, location, delta, reason, reference, op_id)
+            .adjust(sku, location, adjustment, staff, op_id)
             .await?;
         Ok(self.admin_written(sku, applied))
     }

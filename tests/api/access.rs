@@ -295,6 +295,85 @@ async fn scoped_tokens_reach_only_what_their_scopes_grant(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+
+    // Every stock change is in the SKU's history with who made it and
+    // through which request, newest first.
+    let traced = [("x-request-id", "trace-east-1")];
+    let r = app
+        .send(
+            Method::PUT,
+            &put("east"),
+            Some(&east),
+            &traced,
+            Some(json!({"on_hand": 20}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let changes = loop {
+        let r = app
+            .send(
+                Method::GET,
+                "/v1/admin/inventory/SCOPE-1/history?limit=2",
+                Some(&reader),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        if r.body["changes"][0]["request_id"] == "trace-east-1" {
+            break r.body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let newest = &changes["changes"][0];
+    assert_eq!(
+        (newest["kind"].as_str(), newest["location"].as_str()),
+        (Some("stock_set"), Some("east"))
+    );
+    assert_eq!(
+        (newest["actor"].as_str(), newest["delta"].as_i64()),
+        (Some("keeper-east"), Some(9))
+    );
+    // The adjustment before it, then the page ends at the limit.
+    assert_eq!(changes["changes"][1]["kind"], "adjusted");
+    assert_eq!(changes["changes"][1]["actor"], "keeper-east");
+    let next = changes["next"].as_str().unwrap();
+    let r = app
+        .send(
+            Method::GET,
+            &format!("/v1/admin/inventory/SCOPE-1/history?cursor={next}"),
+            Some(&reader),
+            &[],
+            None,
+        )
+        .await;
+    let older = r.body["changes"].as_array().unwrap();
+    // The keeper's first write, and the admin's two first stockings.
+    let actors: Vec<&str> = older.iter().map(|c| c["actor"].as_str().unwrap()).collect();
+    assert_eq!(
+        actors,
+        ["keeper-east", "ops-admin", "ops-admin"],
+        "{older:?}"
+    );
+    // The change feed names the actor too.
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/events?sku=SCOPE-1&limit=1000",
+            Some(&reader),
+            &[],
+            None,
+        )
+        .await;
+    let events = r.body["events"].as_array().unwrap();
+    let traced = events.iter().find(|e| e["request_id"] == "trace-east-1");
+    assert_eq!(traced.unwrap()["actor"], "keeper-east");
 }
 
 on_both_topologies!(scoped_tokens_reach_only_what_their_scopes_grant);

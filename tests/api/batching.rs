@@ -52,7 +52,7 @@ async fn stock(redis: &Redis, sku: &Sku, loc: &str, on_hand: u64, safety: u64, b
     let op = uuid::Uuid::new_v4().simple().to_string();
     let loc = Location::parse(loc).unwrap();
     redis
-        .set_stock(sku, &loc, counts, None, &op)
+        .set_stock(sku, &loc, counts, None, &crate::harness::test_staff(), &op)
         .await
         .expect("stock is set");
 }

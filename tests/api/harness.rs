@@ -316,6 +316,15 @@ pub fn token(account: &str) -> String {
     Auth::new(TEST_SECRET).issue(&account, Role::Shopper, 3600)
 }
 
+/// Who the tests' direct Redis calls of admin scripts say they are.
+pub fn test_staff() -> flashgate::redis::calls::Staff<'static> {
+    static ACTOR: std::sync::OnceLock<AccountId> = std::sync::OnceLock::new();
+    flashgate::redis::calls::Staff {
+        actor: ACTOR.get_or_init(|| AccountId::parse("test-operator").expect("a valid account")),
+        request_id: "test-request",
+    }
+}
+
 pub fn admin_token() -> String {
     let account = AccountId::parse("ops-admin").expect("a valid account");
     Auth::new(TEST_SECRET).issue(&account, Role::Admin, 3600)

@@ -30,7 +30,14 @@ async fn stocked(backend: Backend, sku: &str) -> (Redis, Sku) {
     };
     let loc = Location::parse("default").unwrap();
     redis
-        .set_stock(&sku, &loc, counts, None, "upgrade-seed")
+        .set_stock(
+            &sku,
+            &loc,
+            counts,
+            None,
+            &crate::harness::test_staff(),
+            "upgrade-seed",
+        )
         .await
         .expect("stock is set");
     (redis, sku)
