@@ -265,7 +265,7 @@ impl App {
         ));
         let deliverer = tokio::spawn(
             Deliverer::new(state.journal.store.pool().clone(), &settings.webhooks)
-                .run(state.journal.store.journaled(), background.clone()),
+                .run(state.journal.store.notified(), background.clone()),
         );
         if let Some(keys) = state.auth.jwks() {
             let every = Duration::from_secs(settings.auth.jwks_refresh_seconds);

@@ -48,6 +48,9 @@ pub struct Store {
     committed: Arc<Committed>,
     /// Bumped after each `apply` commit: change-feed long polls wake on it.
     journaled: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped after an `apply` commit that made stock notifications: the
+    /// webhook deliverer wakes on it.
+    notified: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A place in the change feed: the writing transaction and the row's
@@ -177,6 +180,7 @@ impl Store {
             pool,
             committed: Arc::default(),
             journaled: Arc::new(tokio::sync::watch::channel(0).0),
+            notified: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -242,18 +246,27 @@ impl Store {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let inserted = apply_in(&tx, events).await?;
+        let applied = apply_in(&tx, events).await?;
         tx.commit().await?;
         self.committed.record(events);
-        if inserted > 0 {
+        if applied.inserted > 0 {
             self.journaled.send_modify(|n| *n += 1);
         }
-        Ok(inserted)
+        if applied.notifications > 0 {
+            self.notified.send_modify(|n| *n += 1);
+        }
+        Ok(applied.inserted)
     }
 
     /// Changes each time this instance's writer commits new events.
     pub fn journaled(&self) -> tokio::sync::watch::Receiver<u64> {
         self.journaled.subscribe()
+    }
+
+    /// Changes each time this instance's writer commits events that made
+    /// stock notifications.
+    pub fn notified(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notified.subscribe()
     }
 
     /// Up to `limit` journal events after `after` (from the start when
@@ -502,12 +515,27 @@ fn feed_row(r: &tokio_postgres::Row) -> Result<FeedRow, StoreError> {
 
 /// The three statements of `Store::apply`, inside the caller's transaction.
 /// Rows are sorted by key so concurrent writers lock them in one order.
-pub async fn apply_in(client: &impl GenericClient, events: &[Event]) -> Result<u64, StoreError> {
+/// What one `apply_in` wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Applied {
+    /// Events not journaled before.
+    pub inserted: u64,
+    /// Stock notifications they made.
+    pub notifications: u64,
+}
+
+pub async fn apply_in(
+    client: &impl GenericClient,
+    events: &[Event],
+) -> Result<Applied, StoreError> {
     let inserted = insert_events(client, events).await?;
     upsert_reservations(client, events).await?;
-    super::notifications::record(client, &inserted).await?;
+    let notifications = super::notifications::record(client, &inserted).await?;
     upsert_stock(client, events).await?;
-    Ok(inserted.len() as u64)
+    Ok(Applied {
+        inserted: inserted.len() as u64,
+        notifications,
+    })
 }
 
 /// A partition as the journal tables store it. `redis.partitions` is at

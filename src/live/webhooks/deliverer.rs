@@ -3,8 +3,9 @@
 //! outcome: delivered on a 2xx within `webhooks.timeout_ms`, else another
 //! attempt after an exponential backoff with jitter, or `dead` after
 //! `webhooks.max_attempts`. It sleeps until the next retry falls due, this
-//! instance's journal commits wake it (they may have made notifications),
-//! and it looks at least every `webhooks.poll_interval_ms` for the others'.
+//! instance's journal commits that made notifications wake it, and it looks
+//! at least every `webhooks.poll_interval_ms` for the others' (and the
+//! reconciler's).
 //! It also carries the notifications of SKUs waiting at a journal gap past
 //! it (`journal::notifications::sweep_gaps`) and publishes the backlog.
 //!
@@ -63,18 +64,16 @@ impl Deliverer {
         })
     }
 
-    /// Runs until `stop`; `journaled` changes on each journal commit of this
-    /// instance.
-    pub async fn run(
-        self: Arc<Self>,
-        mut journaled: watch::Receiver<u64>,
-        stop: CancellationToken,
-    ) {
+    /// Runs until `stop`; `notified` changes when a journal commit of this
+    /// instance made notifications.
+    pub async fn run(self: Arc<Self>, mut notified: watch::Receiver<u64>, stop: CancellationToken) {
         let mut in_flight = JoinSet::new();
         let mut housekeeping = Instant::now();
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         // Until the store goes (at shutdown), its commits wake the deliverer.
         let mut journal_open = true;
+        // One WARN when Postgres stops answering, one INFO when it is back.
+        let mut failing = false;
         loop {
             if housekeeping <= Instant::now() {
                 self.housekeep().await;
@@ -83,6 +82,9 @@ impl Deliverer {
             let free = self.settings.concurrency.saturating_sub(in_flight.len());
             let wait = match self.claim(free).await {
                 Ok(claimed) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("webhook deliveries are claimed again");
+                    }
                     let full = claimed.len() == free && free > 0;
                     for c in claimed {
                         let me = self.clone();
@@ -95,14 +97,16 @@ impl Deliverer {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook deliveries could not be claimed");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "webhook deliveries could not be claimed; retrying");
+                    }
                     ERROR_PAUSE
                 }
             };
             let wake = (Instant::now() + wait.max(WAIT_MIN)).min(housekeeping);
             tokio::select! {
                 _ = stop.cancelled() => break,
-                changed = journaled.changed(), if journal_open => journal_open = changed.is_ok(),
+                changed = notified.changed(), if journal_open => journal_open = changed.is_ok(),
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
