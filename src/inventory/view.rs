@@ -119,6 +119,20 @@ impl InventoryView {
     }
 
     /// Builds the view from each location's counts, in location order.
+    /// The top-level status of these locations, as `from_locations`
+    /// computes it, without building the view.
+    pub fn status_of<'c>(locations: impl IntoIterator<Item = &'c Counts>) -> StockStatus {
+        let (mut available, mut low, mut room) = (0, 0, 0);
+        for c in locations {
+            let avail = (c.on_hand - c.reserved - c.safety_stock).max(0);
+            let holdable = (c.on_hand - c.safety_stock + c.backorder_limit - c.reserved).max(0);
+            available += avail;
+            low += c.low_stock_threshold;
+            room += holdable - avail;
+        }
+        StockStatus::classify(available, low, room)
+    }
+
     pub fn from_locations<'l>(
         sku: &str,
         version: u64,

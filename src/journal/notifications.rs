@@ -66,8 +66,9 @@ struct Transition {
 }
 
 /// One journaled event as the status follower needs it.
-struct Step {
-    location: String,
+struct Step<'e> {
+    /// Borrowed from the batch's events, owned when read back.
+    location: std::borrow::Cow<'e, str>,
     version: i64,
     on_hand: i64,
     reserved: i64,
@@ -102,7 +103,7 @@ pub enum Source<'a> {
 
 /// The steps of `sku` in `inserted` if they are exactly the versions after
 /// `considered`, in order; `None` when the journal must be read.
-fn steps_in(inserted: &[&Event], sku: &str, considered: i64) -> Option<Vec<Step>> {
+fn steps_in<'e>(inserted: &[&'e Event], sku: &str, considered: i64) -> Option<Vec<Step<'e>>> {
     let mut mine: Vec<&Event> = inserted
         .iter()
         .copied()
@@ -116,7 +117,7 @@ fn steps_in(inserted: &[&Event], sku: &str, considered: i64) -> Option<Vec<Step>
     contiguous.then(|| {
         mine.iter()
             .map(|e| Step {
-                location: e.location.clone(),
+                location: std::borrow::Cow::Borrowed(e.location.as_str()),
                 version: e.version,
                 on_hand: e.on_hand,
                 reserved: e.reserved,
@@ -201,7 +202,12 @@ pub async fn advance(
                 waiting = true;
                 break;
             }
-            let counts = locations.entry(step.location.clone()).or_default();
+            // `get_mut` first: the location is nearly always known, and
+            // `entry` would allocate its name for every event.
+            let counts = match locations.get_mut(step.location.as_ref()) {
+                Some(counts) => counts,
+                None => locations.entry(step.location.to_string()).or_default(),
+            };
             counts.on_hand = step.on_hand;
             counts.reserved = step.reserved;
             if let Some((ss, lt, bl)) = step.settings {
@@ -210,25 +216,27 @@ pub async fn advance(
                 counts.backorder_limit = bl;
             }
             considered = step.version;
-            let view = InventoryView::from_locations(
-                &sku,
-                u64::try_from(considered).unwrap_or(0),
-                locations.iter().map(|(name, c)| (name.as_str(), *c)),
-            );
+            // Per event only the status; the whole view only at a change.
+            let to = InventoryView::status_of(locations.values());
             if let Some(from) = status
-                && let Some(kind) = notification_type(from, view.status)
+                && let Some(kind) = notification_type(from, to)
             {
+                let view = InventoryView::from_locations(
+                    &sku,
+                    u64::try_from(considered).unwrap_or(0),
+                    locations.iter().map(|(name, c)| (name.as_str(), *c)),
+                );
                 transitions.push(Transition {
                     sku: sku.clone(),
                     kind,
                     from,
-                    to: view.status,
+                    to,
                     version: considered,
                     view: serde_json::to_value(&view).unwrap_or_default(),
                     occurred_at_ms: step.occurred_at_ms,
                 });
             }
-            status = Some(view.status);
+            status = Some(to);
         }
         updates.push((
             sku,
@@ -262,7 +270,7 @@ pub async fn advance(
 async fn steps_after(
     client: &impl GenericClient,
     places: &[(&str, i64)],
-) -> Result<HashMap<String, Vec<Step>>, StoreError> {
+) -> Result<HashMap<String, Vec<Step<'static>>>, StoreError> {
     let skus: Vec<&str> = places.iter().map(|p| p.0).collect();
     let versions: Vec<i64> = places.iter().map(|p| p.1).collect();
     let rows = client
@@ -280,13 +288,13 @@ async fn steps_after(
             &[&skus, &versions, &EVENTS_PER_SKU_MAX],
         )
         .await?;
-    let mut steps: HashMap<String, Vec<Step>> = HashMap::with_capacity(places.len());
+    let mut steps: HashMap<String, Vec<Step<'static>>> = HashMap::with_capacity(places.len());
     for r in &rows {
         let ss: Option<i64> = r.try_get(5)?;
         let lt: Option<i64> = r.try_get(6)?;
         let bl: Option<i64> = r.try_get(7)?;
         let step = Step {
-            location: r.try_get(1)?,
+            location: std::borrow::Cow::Owned(r.try_get(1)?),
             version: r.try_get(2)?,
             on_hand: r.try_get(3)?,
             reserved: r.try_get(4)?,

@@ -613,16 +613,19 @@ async fn insert_events<'e>(
             ],
         )
         .await?;
-    let mut new = std::collections::HashSet::with_capacity(rows.len());
+    // Per partition, the stream ids inserted; `&str` lookups, no clones.
+    let mut new: HashMap<i32, std::collections::HashSet<String>> = HashMap::new();
     for row in &rows {
         let partition: i32 = row.try_get(0)?;
-        let stream_id: String = row.try_get(1)?;
-        new.insert((partition, stream_id));
+        new.entry(partition).or_default().insert(row.try_get(1)?);
     }
     // `remove`: an event given twice was inserted once.
     Ok(sorted
         .into_iter()
-        .filter(|e| new.remove(&(pg_partition(e.partition), e.stream_id.clone())))
+        .filter(|e| {
+            new.get_mut(&pg_partition(e.partition))
+                .is_some_and(|ids| ids.remove(e.stream_id.as_str()))
+        })
         .collect())
 }
 
