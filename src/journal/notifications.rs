@@ -138,7 +138,9 @@ pub async fn advance(
     const LOCK: &str = "SELECT sku, status, version, locations::text, gap_since IS NOT NULL
          FROM sku_status WHERE sku = ANY($1) ORDER BY sku FOR UPDATE";
     // Sorted, so that writers lock in one order.
-    let mut rows = client.query(LOCK, &[&skus]).await?;
+    // Cached per connection: these run with every journal write.
+    let lock = client.prepare_cached(LOCK).await?;
+    let mut rows = client.query(&lock, &[&skus]).await?;
     if rows.len() < skus.len() {
         // SKUs seen for the first time (a statement only then, not per write).
         let known: BTreeSet<String> = rows
@@ -158,7 +160,7 @@ pub async fn advance(
                 &[&new],
             )
             .await?;
-        rows.extend(client.query(LOCK, &[&new]).await?);
+        rows.extend(client.query(&lock, &[&new]).await?);
     }
     let mut followed = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -251,14 +253,19 @@ pub async fn advance(
     let versions: Vec<i64> = updates.iter().map(|u| u.2).collect();
     let locations: Vec<&str> = updates.iter().map(|u| u.3.as_str()).collect();
     let waiting: Vec<bool> = updates.iter().map(|u| u.4).collect();
-    client
-        .execute(
+    let update = client
+        .prepare_cached(
             "UPDATE sku_status s SET status = t.status, version = t.version,
                  locations = t.locations::jsonb, updated_at = now(),
                  gap_since = CASE WHEN t.waiting THEN coalesce(s.gap_since, now()) END
              FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bool[])
                  AS t(sku, status, version, locations, waiting)
              WHERE s.sku = t.sku",
+        )
+        .await?;
+    client
+        .execute(
+            &update,
             &[&names, &statuses, &versions, &locations, &waiting],
         )
         .await?;
