@@ -239,9 +239,9 @@ fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
         .ok_or(ApiError::ReservationNotFound)
 }
 
-/// `GET /v1/reservations/{id}`: the owner, or an admin.
+/// `GET /v1/reservations/{id}`: the owner, or staff who read (`inventory:admin`, `inventory:read`).
 #[utoipa::path(get, path = "/v1/reservations/{id}", operation_id = "getReservation", tag = "shopper",
-    summary = "Read a reservation (its owner, or an admin)",
+    summary = "Read a reservation (its owner, or a token with inventory:admin or inventory:read)",
     params(("id" = String, Path, description = "The reservation id, as returned by `POST /v1/reservations`")),
     security(("bearer" = [])),
     responses(
