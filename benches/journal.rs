@@ -82,6 +82,8 @@ fn synthetic_events(n: usize) -> Vec<Event> {
                 reference: None,
                 actor: None,
                 request_id: None,
+                held: None,
+                cart_id: None,
             }
         })
         .collect()

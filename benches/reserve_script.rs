@@ -94,6 +94,7 @@ async fn main() {
                     qty,
                     location: None,
                     idempotency_key: None,
+                    cart: None,
                 }
             })
             .collect();

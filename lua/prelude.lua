@@ -44,6 +44,14 @@
 --   gateway). An operator's stock change is laid out with who made it:
 --   v2|kind|sku|loc|ver|oh|rs|ss|lt|bl|ts|rid|acct|qty|bo|exp|created|delta|reason|actor|req|ref
 --   (`staff_tail`; actor and request id never hold a bar).
+--   A change of a live hold (extend, shrink, an operator's or a cart's release)
+--   and a cart line's hold are laid out with what is still held and the cart:
+--   v3|kind|sku|loc|ver|oh|rs|ss|lt|bl|ts|rid|acct|qty|bo|exp|created|delta|reason|actor|req|held|cart|ref
+--   (`change_tail`; `qty` is the units the event moved, `held` what the
+--   reservation holds after it).
+-- A reservation record in state `void` is a tombstone: a cart rolled back a
+-- line that had not been held (yet); a reservation command for that id that
+-- arrives late holds nothing, and readers answer not_found.
 --
 -- Within one call, the SKU hash, the accounts hash, the new holds, the due
 -- index and the stock announcement are written once per SKU, at `finish`;
@@ -147,6 +155,21 @@ end
 
 -- The mark ahead of an event in the second layout (`staff_tail`).
 local STAFF_LAYOUT = 'v2|'
+
+-- The tail of a hold's event in the third layout (`commit` with CHANGE_LAYOUT):
+-- rid|acct|qty|bo|exp|created|delta|reason|actor|req|held|cart|ref. `c` names
+-- the change: reason, actor, req, cart (each may be nil).
+local function change_tail(rid, acct, qty, bo, exp, created, held, c)
+  return rid .. '|' .. acct .. '|' .. qty .. '|' .. bo .. '|' .. exp .. '|' .. created .. '||'
+    .. (c.reason or '') .. '|' .. (c.actor or '') .. '|' .. (c.req or '') .. '|' .. held .. '|'
+    .. (c.cart or '') .. '|'
+end
+
+-- The mark ahead of an event in the third layout (`change_tail`).
+local CHANGE_LAYOUT = 'v3|'
+
+-- The state of a tombstone record (see the record line above).
+local VOID = 'void'
 
 -- Bumps the version and appends one event to the partition stream (the
 -- journal's outbox); the location's counts after the change ride along, so

@@ -16,9 +16,11 @@
 -- ARGV: the partition convention, then from 5+n:
 --   default hold TTL (ms, >= 1000), idempotency record TTL (ms),
 --   record retention after the hold's deadline (ms),
---   then 6 per request: reservation id (string, carries the partition),
+--   then 7 per request: reservation id (string, carries the partition),
 --   SKU index (1..n), account id, qty (integer >= 1), location ('' = choose),
---   request fingerprint when the client sent an Idempotency-Key ('' = none)
+--   request fingerprint when the client sent an Idempotency-Key ('' = none),
+--   cart id when the hold is a cart's line ('' = none: the event then says
+--   which cart, in the third layout)
 -- Returns the partition convention's array, one packed reply per request:
 --   held|<reservation record>       (a new hold, or this very request re-sent)
 --   replayed|<reservation record>   (the hold an earlier Idempotency-Key made)
@@ -28,6 +30,7 @@
 --   purchase_limit|limit|already
 --   sale_not_open|opens_at_ms | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused | sku_recovering (the SKU is fenced, prelude)
+--   voided (a cart rolled this line back before it arrived: a tombstone)
 -- A request's item lists the stream entries it appended (lazy expiries too).
 -- Idempotency record: `<fingerprint>\n<reservation record>` (JSON
 -- `{fp, reply}` when written by an older gateway; still read).
@@ -37,7 +40,7 @@ local ctx = open_partition()
 local a, k = ctx.arg, ctx.key
 local default_ttl, idem_ttl, retention = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
 local first_arg = a + 3
-local count = (#ARGV - first_arg + 1) / 6
+local count = (#ARGV - first_arg + 1) / 7
 
 -- Every request's reservation id is its own: an existing record means the
 -- client library re-sent this very command after a dropped connection.
@@ -111,8 +114,14 @@ local function hold(s, req, loc, backorder, record_key)
   s.new_holds[n + 2] = hold_member(req.rid, loc, req.qty_s, bo, req.account)
   s.first_new = exp
   account_add(s, req.account, req.qty)
-  local sid = commit(ctx, s, 'reserved', loc,
-    hold_tail(req.rid, req.account, req.qty_s, bo, exp_s, ctx.now_s))
+  local sid
+  if req.cart == '' then
+    sid = commit(ctx, s, 'reserved', loc,
+      hold_tail(req.rid, req.account, req.qty_s, bo, exp_s, ctx.now_s))
+  else
+    sid = commit(ctx, s, 'reserved', loc, change_tail(req.rid, req.account, req.qty_s, bo,
+      exp_s, ctx.now_s, req.qty_s, {cart = req.cart}), CHANGE_LAYOUT)
+  end
   local record = req.rid .. '|' .. s.name .. '|' .. loc .. '|' .. req.account .. '|' .. req.qty_s
     .. '|held|' .. exp_s .. '|' .. bo .. '|' .. ctx.now_s .. '|' .. sid
   redis.call('SET', record_key, record, 'PX', s.record_ttl_s)
@@ -120,10 +129,10 @@ local function hold(s, req, loc, backorder, record_key)
 end
 
 local function reserve(_, i)
-  local base = first_arg + 6 * (i - 1)
+  local base = first_arg + 7 * (i - 1)
   local req = {rid = ARGV[base], sku = tonumber(ARGV[base + 1]), account = ARGV[base + 2],
     qty = tonumber(ARGV[base + 3]), qty_s = ARGV[base + 3], loc = ARGV[base + 4],
-    fp = ARGV[base + 5]}
+    fp = ARGV[base + 5], cart = ARGV[base + 6]}
   req.keyed = req.fp ~= ''
   local record_key, idem_key = KEYS[k + i - 1], nil
   if req.keyed then
@@ -136,7 +145,10 @@ local function reserve(_, i)
       return 'replayed|' .. record
     end
   end
-  if prior[i] then return 'held|' .. prior[i] end
+  if prior[i] then
+    if decode_record(prior[i]).state == VOID then return 'voided' end
+    return 'held|' .. prior[i]
+  end
   local s = sku_state(ctx, req.sku)
   if s.fenced then return FENCED end
   if not s.exists then return 'unknown_sku' end

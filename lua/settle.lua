@@ -27,7 +27,7 @@ local function settle(_, i)
   local account, target = ARGV[base + 1], ARGV[base + 2]
   local key = KEYS[k + i - 1]
   local rec = load_record(key)
-  if not rec or rec.acct ~= account then return 'not_found' end
+  if not rec or rec.acct ~= account or rec.state == VOID then return 'not_found' end
   local s = sku_state(ctx, tonumber(ARGV[base]))
   if s.fenced then return FENCED end
   local member = hold_member(rec.rid, rec.loc, rec.qty, rec.bo, rec.acct)

@@ -170,11 +170,19 @@ impl App {
                 settings.auth.audience.as_deref(),
             );
         }
+        let carts = service::carts::Carts {
+            inventory: inventory.clone(),
+            settings: settings.cart.clone(),
+        };
         let state = AppState::new(Shared {
+            carts,
             inventory,
             auth: Arc::new(auth),
             limits: Arc::new(RequestLimits {
                 max_qty_per_request: settings.reservation.max_qty_per_request,
+                max_extend_seconds: settings.reservation.max_extend_seconds,
+                max_hold_seconds: settings.reservation.max_hold_seconds,
+                max_cart_lines: settings.cart.max_lines,
             }),
             lifecycle: Arc::new(Lifecycle::default()),
             webhooks: Arc::new(crate::live::webhooks::Webhooks::new(
@@ -251,6 +259,10 @@ impl App {
             state.inventory.clone(),
             background.clone(),
         ));
+        let cart_sweep = tokio::spawn(service::carts::run(
+            state.carts.clone(),
+            background.clone(),
+        ));
         let recovery = tokio::spawn(service::recovery::run(
             state.inventory.redis.clone(),
             state.journal.clone(),
@@ -313,6 +325,9 @@ impl App {
         }
         if let Err(e) = orphans.await {
             tracing::warn!(error = %e, "orphan hold releaser ended abnormally");
+        }
+        if let Err(e) = cart_sweep.await {
+            tracing::warn!(error = %e, "cart sweep ended abnormally");
         }
         if let Err(e) = recovery.await {
             tracing::warn!(error = %e, "failover check ended abnormally");

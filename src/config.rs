@@ -35,6 +35,40 @@ pub struct Settings {
     pub log: LogSettings,
     pub live: LiveSettings,
     pub webhooks: WebhookSettings,
+    pub cart: CartSettings,
+}
+
+/// Carts: several SKUs held all or nothing (`service::carts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CartSettings {
+    /// Lines one cart may have.
+    pub max_lines: usize,
+    /// A cart still being placed this long after it began is rolled back
+    /// by the recovery sweep (its gateway stopped mid-way).
+    pub recovery_seconds: u64,
+    /// How often every instance looks for carts to recover or finish.
+    pub sweep_interval_ms: u64,
+    /// A cart confirmation is refused (409 `reservation-expired`) when
+    /// fewer ms than this remain before the cart's deadline, so that no
+    /// line expires while the others are confirmed.
+    pub confirm_margin_ms: u64,
+}
+
+pub const DEFAULT_CART_MAX_LINES: usize = 20;
+pub const DEFAULT_CART_RECOVERY_SECONDS: u64 = 10;
+pub const DEFAULT_CART_SWEEP_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_CART_CONFIRM_MARGIN_MS: u64 = 2_000;
+
+impl Default for CartSettings {
+    fn default() -> Self {
+        Self {
+            max_lines: DEFAULT_CART_MAX_LINES,
+            recovery_seconds: DEFAULT_CART_RECOVERY_SECONDS,
+            sweep_interval_ms: DEFAULT_CART_SWEEP_INTERVAL_MS,
+            confirm_margin_ms: DEFAULT_CART_CONFIRM_MARGIN_MS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -442,6 +476,11 @@ pub struct ReservationSettings {
     pub record_retention_seconds: u64,
     /// How long an admin operation's reply is kept to answer a re-sent command.
     pub operation_ttl_seconds: u64,
+    /// Longest `seconds` one `POST /v1/reservations/{id}/extend` may ask for.
+    pub max_extend_seconds: u32,
+    /// No hold lasts longer than this after it was made, extensions
+    /// included (409 `hold-limit`).
+    pub max_hold_seconds: u64,
 }
 
 pub const DEFAULT_RESERVATION_TTL_SECONDS: u64 = 600;
@@ -449,6 +488,8 @@ pub const DEFAULT_MAX_QTY_PER_REQUEST: u32 = 10;
 pub const DEFAULT_IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
 pub const DEFAULT_RECORD_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_OPERATION_TTL_SECONDS: u64 = 600;
+pub const DEFAULT_MAX_EXTEND_SECONDS: u32 = 600;
+pub const DEFAULT_MAX_HOLD_SECONDS: u64 = 3_600;
 
 impl Default for ReservationSettings {
     fn default() -> Self {
@@ -458,6 +499,8 @@ impl Default for ReservationSettings {
             idempotency_ttl_seconds: DEFAULT_IDEMPOTENCY_TTL_SECONDS,
             record_retention_seconds: DEFAULT_RECORD_RETENTION_SECONDS,
             operation_ttl_seconds: DEFAULT_OPERATION_TTL_SECONDS,
+            max_extend_seconds: DEFAULT_MAX_EXTEND_SECONDS,
+            max_hold_seconds: DEFAULT_MAX_HOLD_SECONDS,
         }
     }
 }
@@ -704,6 +747,26 @@ impl Settings {
         }
         if self.reservation.ttl_seconds == 0 || self.reservation.ttl_seconds > 86_400 {
             bail!("reservation.ttl_seconds must be between 1 and 86400");
+        }
+        if self.reservation.max_extend_seconds == 0
+            || self.reservation.max_hold_seconds < self.reservation.ttl_seconds
+        {
+            bail!(
+                "reservation.max_extend_seconds must be positive and reservation.max_hold_seconds \
+                 at least reservation.ttl_seconds"
+            );
+        }
+        if !(1..=100).contains(&self.cart.max_lines) {
+            bail!("cart.max_lines must be between 1 and 100");
+        }
+        if self.cart.recovery_seconds == 0 || self.cart.sweep_interval_ms == 0 {
+            bail!("cart.recovery_seconds and cart.sweep_interval_ms must be positive");
+        }
+        if self.cart.recovery_seconds * 1000 <= 2 * self.http.request_timeout_ms {
+            bail!(
+                "cart.recovery_seconds must be longer than twice http.request_timeout_ms: a cart's \
+                 own request must have given up before the sweep takes the cart over"
+            );
         }
         if !(1..=1_000).contains(&self.reservation.max_qty_per_request) {
             bail!("reservation.max_qty_per_request must be between 1 and 1000");

@@ -25,6 +25,8 @@ pub enum EventKind {
     Expired,
     StockSet,
     Adjusted,
+    /// A live hold's deadline moved (`POST /v1/reservations/{id}/extend`).
+    Extended,
 }
 
 impl EventKind {
@@ -36,6 +38,7 @@ impl EventKind {
             Self::Expired => "expired",
             Self::StockSet => "stock_set",
             Self::Adjusted => "adjusted",
+            Self::Extended => "extended",
         }
     }
 
@@ -47,14 +50,16 @@ impl EventKind {
             "expired" => Self::Expired,
             "stock_set" => Self::StockSet,
             "adjusted" => Self::Adjusted,
+            "extended" => Self::Extended,
             _ => return None,
         })
     }
 
-    /// The reservation state an event of this kind leaves behind.
+    /// The reservation state an event of this kind leaves behind (a
+    /// partial release leaves the hold `held`: see `Event::reservation_state`).
     pub fn reservation_state(self) -> Option<&'static str> {
         match self {
-            Self::Reserved => Some("held"),
+            Self::Reserved | Self::Extended => Some("held"),
             Self::Confirmed => Some("confirmed"),
             Self::Released => Some("released"),
             Self::Expired => Some("expired"),
@@ -100,14 +105,20 @@ pub struct Event {
     pub actor: Option<String>,
     /// The request that made a stock change (its `X-Request-Id`).
     pub request_id: Option<String>,
+    /// Units the reservation still holds after the event, when it changed a
+    /// live hold (third layout): a partial release leaves it above 0.
+    pub held: Option<i64>,
+    /// The cart a reservation is a line of (third layout).
+    pub cart_id: Option<String>,
 }
 
 /// Every field an event carries, in the packed order of the first layout
 /// (see the event line in lua/prelude.lua); `ref`, free text, comes last.
-/// `actor` and `req` only come in the second.
-const FIELDS: [&str; 21] = [
+/// `actor` and `req` only come in the second and third, `held` and `cart`
+/// in the third.
+const FIELDS: [&str; 23] = [
     "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
-    "exp", "created", "delta", "reason", "ref", "actor", "req",
+    "exp", "created", "delta", "reason", "ref", "actor", "req", "held", "cart",
 ];
 
 /// The first layout: `kind|…|delta|reason|ref`.
@@ -124,6 +135,15 @@ const STAFF_LAYOUT: [&str; 21] = [
 ];
 /// What starts an event of the second layout (no kind is called `v2`).
 const STAFF_MARK: &str = "v2|";
+
+/// The third layout, a change of a live hold or a cart's line:
+/// `v3|kind|…|delta|reason|actor|req|held|cart|ref`.
+const CHANGE_LAYOUT: [&str; 23] = [
+    "kind", "sku", "loc", "ver", "oh", "rs", "ss", "lt", "bl", "ts", "rid", "acct", "qty", "bo",
+    "exp", "created", "delta", "reason", "actor", "req", "held", "cart", "ref",
+];
+/// What starts an event of the third layout.
+const CHANGE_MARK: &str = "v3|";
 
 /// An entry's values, indexed like `FIELDS`.
 struct Slots<'s, 'a>(&'s [Option<&'a str>; FIELDS.len()]);
@@ -151,6 +171,25 @@ impl Event {
         self.reservation
             .as_ref()
             .map_or(self.delta.unwrap_or(0), |r| r.qty)
+    }
+
+    /// The state the event leaves its reservation in: a release that leaves
+    /// units held (a shrink) leaves it `held`.
+    pub fn reservation_state(&self) -> Option<&'static str> {
+        match (self.kind, self.held) {
+            (EventKind::Released, Some(left)) if left > 0 => Some("held"),
+            (kind, _) => kind.reservation_state(),
+        }
+    }
+
+    /// The units the reservation holds (or held last) after the event: the
+    /// `qty` column of `reservations`.
+    pub fn reservation_qty(&self) -> Option<i64> {
+        let r = self.reservation.as_ref()?;
+        Some(match self.held {
+            Some(left) if left > 0 => left,
+            _ => r.qty,
+        })
     }
 
     /// Parses a stream entry's field/value pairs.
@@ -218,6 +257,8 @@ impl Event {
             reference: f.get("ref").filter(|v| !v.is_empty()).map(str::to_owned),
             actor: f.get("actor").map(str::to_owned),
             request_id: f.get("req").map(str::to_owned),
+            held: opt_int("held")?,
+            cart_id: f.get("cart").map(str::to_owned),
         })
     }
 
@@ -228,9 +269,13 @@ impl Event {
         stream_id: &str,
         packed: &str,
     ) -> Result<Self, EventParseError> {
-        let (layout, packed): (&[&str], &str) = match packed.strip_prefix(STAFF_MARK) {
-            Some(rest) => (&STAFF_LAYOUT, rest),
-            None => (&FIRST_LAYOUT, packed),
+        let (layout, packed): (&[&str], &str) = if let Some(rest) = packed.strip_prefix(STAFF_MARK)
+        {
+            (&STAFF_LAYOUT, rest)
+        } else if let Some(rest) = packed.strip_prefix(CHANGE_MARK) {
+            (&CHANGE_LAYOUT, rest)
+        } else {
+            (&FIRST_LAYOUT, packed)
         };
         let pairs = layout
             .iter()
@@ -356,6 +401,31 @@ mod tests {
         let old = "stock_set|S|east|8|12|0|0|0|0|1763712000000|||||||12||";
         let e = Event::from_packed(Partition(0), "1-0", old).unwrap();
         assert_eq!((e.actor, e.request_id, e.delta), (None, None, Some(12)));
+    }
+
+    #[test]
+    fn a_partial_release_leaves_its_reservation_held_with_the_rest() {
+        let packed = "v3|released|S|east|10|11|3|0|0|0|1763712000000|3.ab.S|a|2|0|\
+                      1763712600000|1763712000000||shrink|||1||";
+        let e = Event::from_packed(Partition(3), "1-0", packed).unwrap();
+        assert_eq!((e.kind, e.qty(), e.held), (EventKind::Released, 2, Some(1)));
+        assert_eq!(
+            (e.reservation_state(), e.reservation_qty()),
+            (Some("held"), Some(1))
+        );
+        let line = "v3|reserved|S|east|11|11|4|0|0|0|1763712000000|3.cd.S|a|1|0|\
+                    1763712600000|1763712000000|||||1|7.ef|";
+        let e = Event::from_packed(Partition(3), "1-1", line).unwrap();
+        assert_eq!(e.cart_id.as_deref(), Some("7.ef"));
+        assert_eq!(e.reference, None);
+        let all = "v3|released|S|east|12|11|3|0|0|0|1763712000000|3.cd.S|a|1|0|\
+                   1763712600000||||ops|req-1|0|7.ef|";
+        let e = Event::from_packed(Partition(3), "1-2", all).unwrap();
+        assert_eq!(
+            (e.reservation_state(), e.reservation_qty()),
+            (Some("released"), Some(1))
+        );
+        assert_eq!(e.actor.as_deref(), Some("ops"));
     }
 
     #[test]

@@ -152,6 +152,16 @@ metric_table! {
     /// Reservations answered 503 that may have been applied, by what became
     /// of them (`released`, `never_held`, `not_held`, `not_remembered`).
     ORPHAN_HOLDS_TOTAL: Counter = "flashgate_orphan_holds_total";
+    /// `POST /v1/carts` by outcome (`held`, `failed`, `replayed`,
+    /// `pending`, `key_reused`, `error`).
+    CARTS_TOTAL: Counter = "flashgate_carts_total";
+    /// Carts the sweep took over from a gateway that stopped driving them,
+    /// by what it did (`rolled_back`, `confirmed`, `released`, `expired`,
+    /// `retried`).
+    CART_RECOVERIES_TOTAL: Counter = "flashgate_cart_recoveries_total";
+    /// Changes of live holds by kind (`extend`, `shrink`, `release`) and
+    /// outcome (`ok` or the problem code).
+    HOLD_CHANGES_TOTAL: Counter = "flashgate_hold_changes_total";
     /// `GET /v1/inventory/{sku}` views by where they came from: `cache`
     /// (the in-process view, or another request's read) or `redis`.
     INVENTORY_READS_TOTAL: Counter = "flashgate_inventory_reads_total";

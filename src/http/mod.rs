@@ -5,6 +5,7 @@
 //! before Redis is touched), one typed Redis call, and a response or problem.
 
 pub mod admin;
+pub mod carts;
 pub mod extract;
 pub mod feed;
 pub mod inventory;
@@ -43,7 +44,19 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .route("/v1/admin/reservations", get(listings::all))
         .route("/v1/admin/inventory", get(listings::skus))
         .route("/v1/admin/inventory/{sku}/history", get(listings::history))
-        .route("/v1/reservations/{id}", get(reservations::get))
+        .route(
+            "/v1/reservations/{id}",
+            get(reservations::get).patch(reservations::change),
+        )
+        .route("/v1/reservations/{id}/extend", post(reservations::extend))
+        .route(
+            "/v1/admin/reservations/{id}/release",
+            post(reservations::operator_release),
+        )
+        .route("/v1/carts", post(carts::create))
+        .route("/v1/carts/{id}", get(carts::get))
+        .route("/v1/carts/{id}/confirm", post(carts::confirm))
+        .route("/v1/carts/{id}/release", post(carts::release))
         .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
         .route("/v1/reservations/{id}/release", post(reservations::release))
         .route(

@@ -15,7 +15,7 @@ use utoipa::{
 };
 
 use super::{
-    admin, feed, inventory, listings, live, ops, problem::Problem, reservations, webhooks,
+    admin, carts, feed, inventory, listings, live, ops, problem::Problem, reservations, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -38,6 +38,13 @@ use super::{
         reservations::get,
         reservations::confirm,
         reservations::release,
+        reservations::extend,
+        reservations::change,
+        reservations::operator_release,
+        carts::create,
+        carts::get,
+        carts::confirm,
+        carts::release,
         admin::set_stock,
         admin::set_policy,
         admin::get_sku,
@@ -367,7 +374,7 @@ mod tests {
             else {
                 continue;
             };
-            for method in ["GET", "PUT", "POST", "DELETE"] {
+            for method in ["GET", "PUT", "POST", "PATCH", "DELETE"] {
                 if !named.starts_with(&format!("`{method} /")) {
                     continue;
                 }
@@ -420,6 +427,12 @@ mod tests {
             "/v1/reservations/{id}",
             "/v1/reservations/{id}/confirm",
             "/v1/reservations/{id}/release",
+            "/v1/reservations/{id}/extend",
+            "/v1/admin/reservations/{id}/release",
+            "/v1/carts",
+            "/v1/carts/{id}",
+            "/v1/carts/{id}/confirm",
+            "/v1/carts/{id}/release",
             "/v1/admin/inventory/{sku}/locations/{location}",
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
@@ -438,7 +451,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 22);
+        assert_eq!(doc.paths.paths.len(), 28);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

@@ -50,6 +50,10 @@ pub struct Problem {
     pub opens_at: Option<String>,
     /// `precondition-failed`: the SKU's current version.
     pub version: Option<u64>,
+    /// `cart-unavailable`: the lines that could not be held (nothing is).
+    pub failed_lines: Option<Vec<crate::redis::carts::FailedLine>>,
+    /// `hold-limit`: the latest deadline the hold may have (RFC 3339).
+    pub latest_expires_at: Option<String>,
 }
 
 /// Seconds a client should wait after a 503.
@@ -73,6 +77,16 @@ pub enum ApiError {
     UnknownLocation,
     #[error("no such reservation")]
     ReservationNotFound,
+    #[error("no such cart")]
+    CartNotFound,
+    #[error("not every line of the cart could be held, so none is")]
+    CartUnavailable {
+        failed_lines: Vec<crate::redis::carts::FailedLine>,
+    },
+    #[error("the cart is still being placed or rolled back; retry shortly")]
+    CartPending,
+    #[error("the hold may not last that long")]
+    HoldLimit { latest_expires_at: String },
     #[error("no such webhook")]
     UnknownWebhook,
     #[error("no such webhook delivery")]
@@ -132,6 +146,10 @@ impl ApiError {
             UnknownSku => ("unknown-sku", StatusCode::NOT_FOUND),
             UnknownLocation => ("unknown-location", StatusCode::NOT_FOUND),
             ReservationNotFound => ("reservation-not-found", StatusCode::NOT_FOUND),
+            CartNotFound => ("cart-not-found", StatusCode::NOT_FOUND),
+            CartUnavailable { .. } => ("cart-unavailable", StatusCode::CONFLICT),
+            CartPending => ("cart-pending", StatusCode::CONFLICT),
+            HoldLimit { .. } => ("hold-limit", StatusCode::CONFLICT),
             UnknownWebhook => ("unknown-webhook", StatusCode::NOT_FOUND),
             UnknownDelivery => ("unknown-delivery", StatusCode::NOT_FOUND),
             WebhookLimit(_) => ("webhook-limit", StatusCode::CONFLICT),
@@ -171,6 +189,10 @@ impl ApiError {
             Self::PurchaseLimit { limit, already } => json!({ "limit": limit, "already": already }),
             Self::SaleNotOpen { opens_at } => json!({ "opens_at": opens_at }),
             Self::PreconditionFailed { version } => json!({ "version": version }),
+            Self::CartUnavailable { failed_lines } => json!({ "failed_lines": failed_lines }),
+            Self::HoldLimit { latest_expires_at } => {
+                json!({ "latest_expires_at": latest_expires_at })
+            }
             _ => return Map::new(),
         };
         match value {
@@ -346,7 +368,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, Self::CartPending) {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
@@ -395,6 +417,17 @@ mod tests {
                 opens_at: "2026-11-21T10:00:00Z".into(),
             },
             ApiError::PreconditionFailed { version: 3 },
+            ApiError::CartUnavailable {
+                failed_lines: vec![crate::redis::carts::FailedLine {
+                    index: 1,
+                    sku: "S".into(),
+                    code: "insufficient-stock".into(),
+                    available: Some(0),
+                }],
+            },
+            ApiError::HoldLimit {
+                latest_expires_at: "2026-11-21T10:00:00Z".into(),
+            },
             ApiError::Internal("secret".into()),
         ];
         for error in errors {

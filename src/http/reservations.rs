@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    extract::{Authenticated, JsonBody},
+    extract::{Admin, Authenticated, JsonBody},
+    middleware::current_request_id,
     openapi::{RateLimited, ReservationNotFound, Unauthorized, Unavailable, UnknownSku},
     problem::{ApiError, Problem, insert_rate_headers},
     rfc3339,
@@ -24,8 +25,8 @@ use crate::{
     limits::{RateReport, sold_out::Answer},
     metrics as names,
     redis::calls::{
-        Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
-        SettleRequest, Settlement,
+        AmendReply, Amendment, Hold, Reservation, ReservationReply, ReservationStatus,
+        ReserveReply, ReserveRequest, SettleRequest, Settlement, Staff,
     },
 };
 
@@ -99,7 +100,7 @@ impl From<Reservation> for ReservationView {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     headers
         .get(IDEMPOTENCY_KEY_HEADER)
         .map(|v| {
@@ -191,25 +192,12 @@ async fn admit_and_reserve(
             qty,
             location,
             idempotency_key: key,
+            cart: None,
         })
         .await?;
     let hold = match reply {
         ReserveReply::Held(hold) => hold,
-        ReserveReply::InsufficientStock { available, .. } => {
-            return Err(ApiError::InsufficientStock { available });
-        }
-        ReserveReply::PurchaseLimit { limit, already } => {
-            return Err(ApiError::PurchaseLimit { limit, already });
-        }
-        ReserveReply::SaleNotOpen { opens_at_ms } => {
-            return Err(ApiError::SaleNotOpen {
-                opens_at: rfc3339(opens_at_ms),
-            });
-        }
-        ReserveReply::SaleClosed => return Err(ApiError::SaleClosed),
-        ReserveReply::UnknownSku => return Err(ApiError::UnknownSku),
-        ReserveReply::UnknownLocation => return Err(ApiError::UnknownLocation),
-        ReserveReply::IdempotencyKeyReused => return Err(ApiError::IdempotencyKeyReused),
+        refused => return Err(refusal(refused)),
     };
     let replayed = hold.replayed;
     let location = format!("/v1/reservations/{}", hold.reservation_id);
@@ -224,7 +212,27 @@ async fn admit_and_reserve(
     Ok(response)
 }
 
-fn reservation_response(reply: ReservationReply) -> Result<Json<ReservationView>, ApiError> {
+/// The problem a reserve refusal is answered with.
+pub fn refusal(reply: ReserveReply) -> ApiError {
+    match reply {
+        ReserveReply::InsufficientStock { available, .. } => {
+            ApiError::InsufficientStock { available }
+        }
+        ReserveReply::PurchaseLimit { limit, already } => ApiError::PurchaseLimit { limit, already },
+        ReserveReply::SaleNotOpen { opens_at_ms } => ApiError::SaleNotOpen {
+            opens_at: rfc3339(opens_at_ms),
+        },
+        ReserveReply::SaleClosed => ApiError::SaleClosed,
+        ReserveReply::UnknownSku => ApiError::UnknownSku,
+        ReserveReply::UnknownLocation => ApiError::UnknownLocation,
+        ReserveReply::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+        // A new reservation's id is random: no cart ever voided it.
+        ReserveReply::Voided => ApiError::Internal("a new reservation id was voided".into()),
+        ReserveReply::Held(_) => ApiError::Internal("a hold answered as a refusal".into()),
+    }
+}
+
+pub fn reservation_response(reply: ReservationReply) -> Result<Json<ReservationView>, ApiError> {
     match reply {
         ReservationReply::Ok(r) => Ok(Json(r.into())),
         ReservationReply::NotFound => Err(ApiError::ReservationNotFound),
@@ -234,7 +242,7 @@ fn reservation_response(reply: ReservationReply) -> Result<Json<ReservationView>
     }
 }
 
-fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
+pub fn parse_id(state: &AppState, raw: &str) -> Result<ReservationId, ApiError> {
     ReservationId::parse(raw, state.inventory.redis.keys().partitions())
         .ok_or(ApiError::ReservationNotFound)
 }
@@ -319,4 +327,163 @@ pub async fn release(
     Path(raw): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     settle(state, caller, raw, Settlement::Release).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    /// The new deadline is now + `seconds`: from 1 to
+    /// `reservation.max_extend_seconds` (600).
+    #[schema(minimum = 1, example = 120)]
+    seconds: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    /// Units to keep held: at least 1 and fewer than held now; the rest go
+    /// back (journaled as `released` with that quantity).
+    #[schema(minimum = 1, example = 1)]
+    qty: i64,
+}
+
+/// Runs one change of the caller's own live hold and counts it.
+async fn change_hold(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    amendment: Amendment<'_>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let kind = match amendment {
+        Amendment::Extend { .. } => "extend",
+        Amendment::Shrink { .. } => "shrink",
+        Amendment::Release { .. } | Amendment::Void { .. } => "release",
+    };
+    let result = async {
+        let id = parse_id(state, raw)?;
+        let _permit = state.admission.enter_redis()?;
+        let owner = match amendment {
+            Amendment::Release { .. } => None,
+            _ => Some(&caller.account),
+        };
+        amend_response(state.inventory.amend(&id, owner, &amendment).await?)
+    }
+    .await;
+    let outcome = result.as_ref().map_or_else(|e| e.code().0, |_| "ok");
+    metrics::counter!(names::HOLD_CHANGES_TOTAL, "kind" => kind, "outcome" => outcome)
+        .increment(1);
+    result
+}
+
+fn amend_response(reply: AmendReply) -> Result<Json<ReservationView>, ApiError> {
+    match reply {
+        AmendReply::Reservation(reply) => reservation_response(reply),
+        AmendReply::HoldLimit { latest_ms } => Err(ApiError::HoldLimit {
+            latest_expires_at: rfc3339(latest_ms),
+        }),
+        AmendReply::QtyNotSmaller { held } => Err(ApiError::Validation(format!(
+            "qty must be smaller than the {held} units held"
+        ))),
+    }
+}
+
+/// `POST /v1/reservations/{id}/extend`: the owner only.
+#[utoipa::path(post, path = "/v1/reservations/{id}/extend", operation_id = "extendReservation", tag = "shopper",
+    summary = "Move a live hold's deadline to now + seconds",
+    params(("id" = String, Path, description = "The reservation id")),
+    request_body = ExtendBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The hold with its new `expires_at`", body = ReservationView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = ReservationNotFound),
+        (status = 409, description = "`hold-limit` (`latest_expires_at`: no hold outlives \
+            `reservation.max_hold_seconds` from when it was made), `reservation-expired`, \
+            `reservation-confirmed` or `reservation-released`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`: seconds outside 1..`reservation.max_extend_seconds`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn extend(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<ExtendBody>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let max = state.limits.max_extend_seconds;
+    let seconds = u32::try_from(body.seconds)
+        .ok()
+        .filter(|s| (1..=max).contains(s))
+        .ok_or_else(|| ApiError::Validation(format!("seconds must be from 1 to {max}")))?;
+    let amendment = Amendment::Extend {
+        seconds,
+        hold_max_ms: state.limits.max_hold_seconds * 1000,
+    };
+    change_hold(&state, &caller, &raw, amendment).await
+}
+
+/// `PATCH /v1/reservations/{id}`: the owner only.
+#[utoipa::path(patch, path = "/v1/reservations/{id}", operation_id = "changeReservation", tag = "shopper",
+    summary = "Keep fewer units of a live hold (a partial release)",
+    params(("id" = String, Path, description = "The reservation id")),
+    request_body = ChangeBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The hold with its new `qty`", body = ReservationView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = ReservationNotFound),
+        (status = 409, description = "`reservation-expired`, `reservation-confirmed` or `reservation-released`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`: qty below 1, or not below the units held", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn change(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<ChangeBody>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let qty = Qty::parse(body.qty, state.limits.max_qty_per_request)?;
+    change_hold(&state, &caller, &raw, Amendment::Shrink { qty }).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorReleaseBody {
+    /// Why: 1-200 characters, kept in the journal with the operator.
+    #[schema(example = "duplicate order")]
+    reason: String,
+}
+
+/// `POST /v1/admin/reservations/{id}/release`: an operator (`inventory:admin`).
+#[utoipa::path(post, path = "/v1/admin/reservations/{id}/release", operation_id = "operatorReleaseReservation", tag = "admin",
+    summary = "Release any live hold, with a reason journaled with the operator",
+    params(("id" = String, Path, description = "The reservation id")),
+    request_body = OperatorReleaseBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Released", body = ReservationView),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: not `inventory:admin`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, response = ReservationNotFound),
+        (status = 409, description = "`reservation-confirmed`, `reservation-expired` or `reservation-released`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation-failed`: no reason, or one over 200 characters", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn operator_release(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<OperatorReleaseBody>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 200 || reason.contains('|') {
+        return Err(ApiError::Validation(
+            "reason must be 1-200 characters without '|'".into(),
+        ));
+    }
+    let request_id = current_request_id();
+    let staff = Staff {
+        actor: &caller.account,
+        request_id: &request_id,
+    };
+    change_hold(&state, &caller, &raw, Amendment::Release { reason, staff }).await
 }

@@ -45,12 +45,17 @@ pub struct Shared {
     pub live: Arc<Feed>,
     /// Stock webhooks' registrations and deliveries.
     pub webhooks: Arc<Webhooks>,
+    /// Carts, all or nothing.
+    pub carts: crate::service::carts::Carts,
 }
 
 /// Request-shape limits, from `Settings`.
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
     pub max_qty_per_request: u32,
+    pub max_extend_seconds: u32,
+    pub max_hold_seconds: u64,
+    pub max_cart_lines: usize,
 }
 
 /// Set once shutdown begins, so `/readyz` turns traffic away first.

@@ -165,6 +165,83 @@ impl ReservationId {
     }
 }
 
+/// 32 lowercase hex digits of SHA-256 over `parts`, each ended by a newline.
+fn digest_hex(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update(b"\n");
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A cart id: `<partition>.<32 hex>`, the partition being the hex digits'.
+/// The cart's record lives in that partition's slot; its lines are
+/// reservations in their SKUs' partitions, with ids derived from the cart
+/// id (`CartId::line`), so whoever drives the cart (the request, a retry
+/// with the same `Idempotency-Key`, the recovery sweep) names the same
+/// reservations. Clients treat it as opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartId {
+    text: String,
+    partition: Partition,
+}
+
+impl CartId {
+    fn from_hex(hex: String, partitions: u32) -> Self {
+        let partition = Partition::of(&hex, partitions);
+        Self {
+            text: format!("{}.{hex}", partition.0),
+            partition,
+        }
+    }
+
+    /// A new cart's id, when the request has no `Idempotency-Key`.
+    pub fn generate(partitions: u32) -> Self {
+        Self::from_hex(Uuid::new_v4().simple().to_string(), partitions)
+    }
+
+    /// The cart an account's `Idempotency-Key` names: the same on every
+    /// retry, so a retry finds the cart the first attempt placed.
+    pub fn for_key(account: &AccountId, key: &IdempotencyKey, partitions: u32) -> Self {
+        Self::from_hex(
+            digest_hex(&["cart", account.as_str(), key.as_str()]),
+            partitions,
+        )
+    }
+
+    /// Parses an id; anything not made by `CartId` is `None` (404).
+    pub fn parse(raw: &str, partitions: u32) -> Option<Self> {
+        let (p, hex) = raw.split_once('.')?;
+        let hex_ok = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let id = hex_ok.then(|| Self::from_hex(hex.to_ascii_lowercase(), partitions))?;
+        (id.text == raw && p == id.partition.0.to_string()).then_some(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// The reservation id of the cart's line `index` (its SKU `sku`).
+    pub fn line(&self, index: usize, sku: &Sku, partitions: u32) -> ReservationId {
+        let partition = Partition::of(sku.as_str(), partitions);
+        let hex = digest_hex(&["line", &self.text, &index.to_string()]);
+        ReservationId {
+            text: format!("{}.{hex}.{sku}", partition.0),
+            partition,
+            sku: sku.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +266,25 @@ mod tests {
         assert!(Qty::parse(11, 10).is_err());
         assert!(Qty::parse(-1, 10).is_err());
         assert_eq!(Qty::parse(10, 10).unwrap().get(), 10);
+    }
+
+    #[test]
+    fn cart_ids_parse_back_and_name_their_lines_alike_every_time() {
+        let account = AccountId::parse("a1").unwrap();
+        let key = IdempotencyKey::parse("k-1").unwrap();
+        let cart = CartId::for_key(&account, &key, 256);
+        assert_eq!(cart, CartId::for_key(&account, &key, 256));
+        assert_eq!(CartId::parse(cart.as_str(), 256), Some(cart.clone()));
+        let other = AccountId::parse("a2").unwrap();
+        assert_ne!(cart, CartId::for_key(&other, &key, 256));
+        let sku = Sku::parse("ABC-1").unwrap();
+        let line = cart.line(0, &sku, 256);
+        assert_eq!(line, cart.line(0, &sku, 256));
+        assert_ne!(line, cart.line(1, &sku, 256));
+        assert_eq!(ReservationId::parse(line.as_str(), 256), Some(line));
+        let wrong = format!("{}.{}", (cart.partition().0 + 1) % 256, &cart.as_str()[cart.as_str().find('.').unwrap() + 1..]);
+        assert_eq!(CartId::parse(&wrong, 256), None);
+        assert_eq!(CartId::parse("1.xyz", 256), None);
     }
 
     #[test]

@@ -139,6 +139,8 @@ mod tests {
             reference: None,
             actor: None,
             request_id: None,
+            held: None,
+            cart_id: None,
         }
     }
 

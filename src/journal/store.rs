@@ -629,23 +629,39 @@ async fn insert_events<'e>(
         .collect())
 }
 
-/// The newest state of each reservation in the batch, with whatever creation
-/// and deadline any of its events carried.
-fn newest_per_reservation(events: &[Event]) -> Vec<(&Event, Option<i64>, Option<i64>)> {
-    let mut newest: HashMap<&str, (&Event, Option<i64>, Option<i64>)> = HashMap::new();
+/// One reservation's row, from the newest of its events in a batch, with
+/// what any of them carried: creation, the newest deadline, the cart.
+struct NewestEvents<'e> {
+    newest: &'e Event,
+    created_at_ms: Option<i64>,
+    expires_at_ms: Option<(i64, i64)>,
+    cart_id: Option<&'e str>,
+}
+
+/// The newest state of each reservation in the batch.
+fn newest_per_reservation(events: &[Event]) -> Vec<NewestEvents<'_>> {
+    let mut newest: HashMap<&str, NewestEvents<'_>> = HashMap::new();
     for e in events {
         let Some(r) = &e.reservation else { continue };
-        let entry = newest
-            .entry(r.id.as_str())
-            .or_insert((e, r.created_at_ms, r.expires_at_ms));
-        if e.version > entry.0.version {
-            entry.0 = e;
+        let row = newest.entry(r.id.as_str()).or_insert(NewestEvents {
+            newest: e,
+            created_at_ms: None,
+            expires_at_ms: None,
+            cart_id: None,
+        });
+        if e.version > row.newest.version {
+            row.newest = e;
         }
-        entry.1 = entry.1.or(r.created_at_ms);
-        entry.2 = entry.2.or(r.expires_at_ms);
+        row.created_at_ms = row.created_at_ms.or(r.created_at_ms);
+        if let Some(exp) = r.expires_at_ms
+            && row.expires_at_ms.is_none_or(|(v, _)| v < e.version)
+        {
+            row.expires_at_ms = Some((e.version, exp));
+        }
+        row.cart_id = row.cart_id.or(e.cart_id.as_deref());
     }
     let mut rows: Vec<_> = newest.into_values().collect();
-    rows.sort_by(|a, b| reservation_id(a.0).cmp(reservation_id(b.0)));
+    rows.sort_by(|a, b| reservation_id(a.newest).cmp(reservation_id(b.newest)));
     rows
 }
 
@@ -665,18 +681,20 @@ async fn upsert_reservations(
     let (mut skus, mut locs, mut accts) = (Vec::new(), Vec::new(), Vec::new());
     let (mut qtys, mut states, mut bos) = (Vec::new(), Vec::new(), Vec::new());
     let (mut created, mut expires, mut updated) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut versions, mut sids) = (Vec::new(), Vec::new());
-    for (e, created_at, expires_at) in &rows {
+    let (mut versions, mut sids, mut carts) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let e = row.newest;
         let Some(r) = &e.reservation else { continue };
         ids.push(r.id.as_str());
         skus.push(e.sku.as_str());
         locs.push(e.location.as_str());
         accts.push(r.account.as_str());
-        qtys.push(clamp_i32(r.qty));
-        states.push(e.kind.reservation_state().unwrap_or("held"));
+        qtys.push(clamp_i32(e.reservation_qty().unwrap_or(r.qty)));
+        states.push(e.reservation_state().unwrap_or("held"));
+        carts.push(row.cart_id);
         bos.push(r.backorder);
-        created.push(*created_at);
-        expires.push(*expires_at);
+        created.push(row.created_at_ms);
+        expires.push(row.expires_at_ms.map(|(_, exp)| exp));
         updated.push(e.occurred_at_ms);
         versions.push(e.version);
         sids.push(e.stream_id.as_str());
@@ -684,27 +702,33 @@ async fn upsert_reservations(
     client
         .execute(
             "INSERT INTO reservations AS r (reservation_id, sku, location, account_id, qty, state,
-                 backorder, created_at, expires_at, updated_at, version, stream_id)
+                 backorder, created_at, expires_at, updated_at, version, stream_id, cart_id)
              SELECT rid, sku, loc, acct, qty, st, bo, to_timestamp(cr / 1000.0),
-                 to_timestamp(ex / 1000.0), to_timestamp(ts / 1000.0), ver, sid
+                 to_timestamp(ex / 1000.0), to_timestamp(ts / 1000.0), ver, sid, cart
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
-                 $7::bool[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::text[])
-                 AS t(rid, sku, loc, acct, qty, st, bo, cr, ex, ts, ver, sid)
+                 $7::bool[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
+                 $13::text[])
+                 AS t(rid, sku, loc, acct, qty, st, bo, cr, ex, ts, ver, sid, cart)
              ON CONFLICT (reservation_id) DO UPDATE SET
                  state = CASE WHEN r.version < EXCLUDED.version THEN EXCLUDED.state ELSE r.state END,
+                 qty = CASE WHEN r.version < EXCLUDED.version THEN EXCLUDED.qty ELSE r.qty END,
                  updated_at = CASE WHEN r.version < EXCLUDED.version
                      THEN EXCLUDED.updated_at ELSE r.updated_at END,
                  stream_id = CASE WHEN r.version < EXCLUDED.version
                      THEN EXCLUDED.stream_id ELSE r.stream_id END,
                  version = GREATEST(r.version, EXCLUDED.version),
                  created_at = COALESCE(r.created_at, EXCLUDED.created_at),
-                 expires_at = COALESCE(r.expires_at, EXCLUDED.expires_at)
+                 -- An extension moves the deadline: the newest event's wins.
+                 expires_at = CASE WHEN r.version < EXCLUDED.version
+                     THEN COALESCE(EXCLUDED.expires_at, r.expires_at)
+                     ELSE COALESCE(r.expires_at, EXCLUDED.expires_at) END,
+                 cart_id = COALESCE(r.cart_id, EXCLUDED.cart_id)
              WHERE r.version < EXCLUDED.version
                  OR (r.created_at IS NULL AND EXCLUDED.created_at IS NOT NULL)
                  OR (r.expires_at IS NULL AND EXCLUDED.expires_at IS NOT NULL)",
             &[
                 &ids, &skus, &locs, &accts, &qtys, &states, &bos, &created, &expires, &updated,
-                &versions, &sids,
+                &versions, &sids, &carts,
             ],
         )
         .await?;

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     events::{Event, StreamEntry, parse_packed},
     inventory::{
-        AccountId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku,
+        AccountId, CartId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku,
         view::InventoryView,
     },
     metrics as names,
@@ -60,6 +60,9 @@ pub enum ReserveReply {
     UnknownSku,
     UnknownLocation,
     IdempotencyKeyReused,
+    /// The cart whose line this is rolled the line back before the
+    /// command arrived (a tombstone): nothing was held.
+    Voided,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -229,6 +232,43 @@ pub struct Staff<'a> {
     pub request_id: &'a str,
 }
 
+/// A change of one live hold (lua/amend.lua).
+#[derive(Debug, Clone, Copy)]
+pub enum Amendment<'a> {
+    /// Moves the deadline to now + `seconds`, refused past `hold_max_ms`
+    /// after the hold was made.
+    Extend { seconds: u32, hold_max_ms: u64 },
+    /// Keeps `qty` units held and gives the rest back.
+    Shrink { qty: Qty },
+    /// An operator gives the whole hold back, with why.
+    Release { reason: &'a str, staff: Staff<'a> },
+    /// A cart gives its line back (or leaves a tombstone when the line was
+    /// never held), because the cart failed or ended.
+    Void { cart: &'a CartId, reason: &'a str },
+}
+
+impl Amendment<'_> {
+    fn action(&self) -> &'static str {
+        match self {
+            Self::Extend { .. } => "extend",
+            Self::Shrink { .. } => "shrink",
+            Self::Release { .. } => "release",
+            Self::Void { .. } => "void",
+        }
+    }
+}
+
+/// What lua/amend.lua answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AmendReply {
+    /// Done (`Ok`), or refused as a confirm or release would be.
+    Reservation(ReservationReply),
+    /// The new deadline would be later than the latest allowed (ms).
+    HoldLimit { latest_ms: i64 },
+    /// A shrink to as many units as are held, or more.
+    QtyNotSmaller { held: u32 },
+}
+
 /// A SKU's policy after an update; `None` where unset.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Policy {
@@ -264,6 +304,8 @@ pub struct ReserveRequest {
     pub qty: Qty,
     pub location: Option<Location>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The cart this hold is a line of: its event names the cart.
+    pub cart: Option<CartId>,
 }
 
 impl ReserveRequest {
@@ -346,6 +388,7 @@ impl BatchKind for ReserveBatch {
                 Some(_) => req.fingerprint(),
                 None => String::new(),
             });
+            args.push(req.cart.as_ref().map_or(String::new(), |c| c.as_str().to_owned()));
         }
         // The keyed requests' idempotency records, in request order.
         keys.extend(batch.iter().filter_map(|req| {
@@ -449,7 +492,7 @@ impl Core {
     }
 
     /// A one-request partition script (expire and the admin writes).
-    async fn eval_one<T: ScriptReply>(
+    pub(super) async fn eval_one<T: ScriptReply>(
         &self,
         script: ScriptName,
         p: Partition,
@@ -553,6 +596,48 @@ impl Redis {
         req: SettleRequest,
     ) -> Result<Applied<ReservationReply>, RedisError> {
         self.settles.submit(req.id.partition(), req).await
+    }
+
+    /// Changes one live hold; `owner` limits it to one account (None: an
+    /// operator, or a cart voiding its line).
+    pub async fn amend(
+        &self,
+        id: &ReservationId,
+        owner: Option<&AccountId>,
+        amendment: &Amendment<'_>,
+    ) -> Result<Applied<AmendReply>, RedisError> {
+        let p = id.partition();
+        let (mut keys, mut args) = self.partition_call(p, &[id.sku()]);
+        keys.push(self.keys().reservation(id));
+        let (mut value, mut hold_max, mut reason) = (String::new(), String::new(), "");
+        let (mut actor, mut request, mut cart) = ("", "", "");
+        match amendment {
+            Amendment::Extend {
+                seconds,
+                hold_max_ms,
+            } => {
+                value = seconds.to_string();
+                hold_max = hold_max_ms.to_string();
+            }
+            Amendment::Shrink { qty } => value = qty.get().to_string(),
+            Amendment::Release { reason: why, staff } => {
+                (reason, actor, request) = (why, staff.actor.as_str(), staff.request_id);
+            }
+            Amendment::Void { cart: c, reason: why } => (cart, reason) = (c.as_str(), why),
+        }
+        args.extend([
+            amendment.action().to_owned(),
+            id.as_str().to_owned(),
+            owner.map_or(String::new(), |a| a.as_str().to_owned()),
+            self.limits().record_retention_ms.to_string(),
+            value,
+            hold_max,
+            reason.to_owned(),
+            actor.to_owned(),
+            request.to_owned(),
+            cart.to_owned(),
+        ]);
+        self.eval_one(ScriptName::Amend, p, keys, args).await
     }
 
     /// Reads a reservation; `owner` limits it to one account (None: admin).

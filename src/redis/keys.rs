@@ -7,7 +7,7 @@
 //! keys every SKU script takes (see lua/prelude.lua); each typed call adds
 //! its own.
 
-use crate::inventory::{AccountId, IdempotencyKey, Partition, ReservationId, Sku};
+use crate::inventory::{AccountId, CartId, IdempotencyKey, Partition, ReservationId, Sku};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -85,6 +85,17 @@ impl Keys {
         self.tagged(p, format_args!("op:{sku}:{op_id}"))
     }
 
+    /// A cart's record (lua/cart.lua), in the cart's own partition.
+    pub fn cart(&self, id: &CartId) -> String {
+        self.tagged(id.partition(), format_args!("cart:{}", id.as_str()))
+    }
+
+    /// Sorted set of the partition's carts a sweep may have to finish,
+    /// scored by when it may take them over (lua/cart.lua).
+    pub fn carts_due(&self, p: Partition) -> String {
+        self.tagged(p, format_args!("carts"))
+    }
+
     /// Sorted set of SKUs with holds, scored by their earliest deadline.
     pub fn due(&self, p: Partition) -> String {
         self.tagged(p, format_args!("due"))
@@ -137,7 +148,11 @@ mod tests {
                 keys.operation(p, &sku, "op-1"),
             ];
             every.extend(keys.sku_keys(p, &sku));
-            let sets = [every];
+            let cart = CartId::for_key(&account, &idem, 256);
+            let sets = [
+                every,
+                vec![keys.cart(&cart), keys.carts_due(cart.partition())],
+            ];
             for set in &sets {
                 assert!(one_slot(set), "{set:?} spans slots");
             }

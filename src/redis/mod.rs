@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod calls;
+pub mod carts;
 pub mod health;
 pub mod keys;
 pub mod reply;

@@ -11,7 +11,10 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ScriptName,
-    calls::{AdminReply, Hold, Reservation, ReservationReply, ReservationStatus, ReserveReply},
+    calls::{
+        AdminReply, AmendReply, Hold, Reservation, ReservationReply, ReservationStatus,
+        ReserveReply,
+    },
 };
 
 /// A script's reply text, parsed; `Err` says what did not fit.
@@ -193,6 +196,7 @@ impl ScriptReply for ReserveReply {
             "unknown_sku" => Self::UnknownSku,
             "unknown_location" => Self::UnknownLocation,
             "idempotency_key_reused" => Self::IdempotencyKeyReused,
+            "voided" => Self::Voided,
             other => return Err(format!("outcome {other:?}")),
         })
     }
@@ -208,6 +212,22 @@ impl ScriptReply for ReservationReply {
             "reservation_released" => Self::ReservationReleased,
             "reservation_expired" => Self::ReservationExpired,
             other => return Err(format!("outcome {other:?}")),
+        })
+    }
+}
+
+impl ScriptReply for AmendReply {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (outcome, rest) = text.split_once('|').unwrap_or((text, ""));
+        let mut f = Fields::new(rest);
+        Ok(match outcome {
+            "hold_limit" => Self::HoldLimit {
+                latest_ms: f.int("latest_ms")?,
+            },
+            "qty_not_smaller" => Self::QtyNotSmaller {
+                held: f.int("held")?,
+            },
+            _ => Self::Reservation(ReservationReply::parse(text)?),
         })
     }
 }

@@ -23,10 +23,12 @@ pub enum ScriptName {
     Restore,
     Fence,
     RateLimit,
+    Amend,
+    Cart,
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 10] = [
+    pub const ALL: [ScriptName; 12] = [
         Self::Reserve,
         Self::Settle,
         Self::Expire,
@@ -37,6 +39,8 @@ impl ScriptName {
         Self::Restore,
         Self::Fence,
         Self::RateLimit,
+        Self::Amend,
+        Self::Cart,
     ];
 
     pub fn stem(self) -> &'static str {
@@ -51,16 +55,18 @@ impl ScriptName {
             Self::Restore => "restore",
             Self::Fence => "fence",
             Self::RateLimit => "rate_limit",
+            Self::Amend => "amend",
+            Self::Cart => "cart",
         }
     }
 
     /// Whether the script runs while the gateway holds the SKU's slot fenced
     /// after a failover (see `route`): the scripts that check and repair a
-    /// SKU, and the rate limiter, which keeps no stock.
+    /// SKU, and those that keep no stock (the rate limiter, cart records).
     pub fn runs_while_fenced(self) -> bool {
         matches!(
             self,
-            Self::Restore | Self::Fence | Self::RateLimit | Self::Reservation
+            Self::Restore | Self::Fence | Self::RateLimit | Self::Reservation | Self::Cart
         )
     }
 
@@ -76,6 +82,8 @@ impl ScriptName {
             Self::Restore => include_str!("../../lua/restore.lua"),
             Self::Fence => include_str!("../../lua/fence.lua"),
             Self::RateLimit => include_str!("../../lua/rate_limit.lua"),
+            Self::Amend => include_str!("../../lua/amend.lua"),
+            Self::Cart => include_str!("../../lua/cart.lua"),
         }
     }
 }

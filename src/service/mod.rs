@@ -7,6 +7,7 @@
 //! no handler can forget either. Dependencies point down: http → service →
 //! {redis, journal, limits} → {events, inventory}.
 
+pub mod carts;
 pub mod orphans;
 pub mod recovery;
 pub mod sweeper;
@@ -22,8 +23,8 @@ use crate::{
         Caller, Redis, RedisError,
         batch::Applied,
         calls::{
-            Adjustment, AdminReply, ReservationReply, ReserveReply, ReserveRequest, SettleRequest,
-            Settlement, Staff, StockCounts,
+            Adjustment, AdminReply, AmendReply, Amendment, ReservationReply, ReserveReply,
+            ReserveRequest, SettleRequest, Settlement, Staff, StockCounts,
         },
     },
 };
@@ -61,23 +62,27 @@ impl Inventory {
     }
 
     /// Holds units. A refusal that says the whole SKU can hold nothing more
-    /// teaches this instance to answer "sold out" locally.
+    /// teaches this instance to answer "sold out" locally. A request without
+    /// an `Idempotency-Key` answered 503 may still have been applied: it is
+    /// remembered and released once Redis answers (`orphans`).
     pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
-        let sku = req.id.sku().clone();
         let orphan = req
             .idempotency_key
             .is_none()
             .then(|| (req.id.clone(), req.account.clone()));
-        let Applied { reply, events } = match self.redis.reserve(req).await {
-            Ok(applied) => applied,
-            Err(e) => {
-                // Maybe applied after all: released once Redis answers.
-                if let (RedisError::Unavailable { .. }, Some((id, account))) = (&e, orphan) {
-                    self.orphans.remember(id, account);
-                }
-                return Err(e);
-            }
-        };
+        let result = self.hold(req).await;
+        // Maybe applied after all: released once Redis answers.
+        if let (Err(RedisError::Unavailable { .. }), Some((id, account))) = (&result, orphan) {
+            self.orphans.remember(id, account);
+        }
+        result
+    }
+
+    /// `reserve` without the orphan rule: for a cart's line, whose cart
+    /// rolls it back itself when its outcome is unknown.
+    pub async fn hold(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
+        let sku = req.id.sku().clone();
+        let Applied { reply, events } = self.redis.reserve(req).await?;
         self.offer(events);
         if let ReserveReply::InsufficientStock {
             holdable,
@@ -89,6 +94,22 @@ impl Inventory {
         {
             self.sold_out.remember(&sku, *version, *next_expiry_ms);
         }
+        Ok(reply)
+    }
+
+    /// Changes one live hold (see `Amendment`); `owner` limits it to one
+    /// account. Units that come back end this instance's "sold out".
+    pub async fn amend(
+        &self,
+        id: &crate::inventory::ReservationId,
+        owner: Option<&crate::inventory::AccountId>,
+        amendment: &Amendment<'_>,
+    ) -> Result<AmendReply, RedisError> {
+        let Applied { reply, events } = self.redis.amend(id, owner, amendment).await?;
+        if !matches!(amendment, Amendment::Extend { .. }) && !events.is_empty() {
+            self.sold_out.forget(id.sku());
+        }
+        self.offer(events);
         Ok(reply)
     }
 

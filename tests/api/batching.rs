@@ -115,6 +115,7 @@ fn random_requests(p: Partition, skus: &[Sku], seed: u64, count: usize) -> Vec<R
                 location: locations[rng.below(locations.len() as u64) as usize]
                     .map(|l| Location::parse(l).unwrap()),
                 idempotency_key: key,
+                cart: None,
             }
         })
         .collect()
@@ -236,6 +237,7 @@ async fn a_sell_out_in_the_middle_of_a_batch_holds_exactly_the_stock(backend: Ba
             qty: Qty::parse(1, 10).unwrap(),
             location: None,
             idempotency_key: None,
+            cart: None,
         })
         .collect();
     let replies = apply(&redis, p, &requests.iter().collect::<Vec<_>>()).await;
@@ -302,6 +304,7 @@ async fn a_resent_batch_holds_nothing_twice(backend: Backend) {
             qty: Qty::parse(1, 10).unwrap(),
             location: None,
             idempotency_key: None,
+            cart: None,
         })
         .collect();
     let batch: Vec<&ReserveRequest> = requests.iter().collect();

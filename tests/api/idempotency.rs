@@ -106,6 +106,7 @@ async fn a_resent_reserve_command_holds_once(backend: Backend) {
         qty: Qty::parse(3, 10).unwrap(),
         location: None,
         idempotency_key: None,
+        cart: None,
     };
     let first = redis.reserve(request()).await.unwrap();
     let second = redis.reserve(request()).await.unwrap();

@@ -331,6 +331,7 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<(f64,
         qty: Qty::parse(1, settings.reservation.max_qty_per_request)?,
         location: None,
         idempotency_key: None,
+        cart: None,
     };
     let (keys, args) = redis.reserve_call(&request);
     let reserved = || async {
