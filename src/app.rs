@@ -259,10 +259,7 @@ impl App {
             state.inventory.clone(),
             background.clone(),
         ));
-        let cart_sweep = tokio::spawn(service::carts::run(
-            state.carts.clone(),
-            background.clone(),
-        ));
+        let cart_sweep = tokio::spawn(service::carts::run(state.carts.clone(), background.clone()));
         let recovery = tokio::spawn(service::recovery::run(
             state.inventory.redis.clone(),
             state.journal.clone(),

@@ -74,9 +74,7 @@ impl CartView {
         let now = crate::clock::now_ms();
         let status = match cart.status {
             CartStatus::Recovering => CartStatus::Pending,
-            CartStatus::Held if cart.expires_at_ms.is_some_and(|e| e <= now) => {
-                CartStatus::Expired
-            }
+            CartStatus::Held if cart.expires_at_ms.is_some_and(|e| e <= now) => CartStatus::Expired,
             other => other,
         };
         Self {
@@ -101,9 +99,7 @@ impl CartView {
 fn parse_lines(state: &AppState, body: CartBody) -> Result<Vec<LineRequest>, ApiError> {
     let max = state.limits.max_cart_lines;
     if body.lines.is_empty() || body.lines.len() > max {
-        return Err(ApiError::Validation(format!(
-            "a cart has 1 to {max} lines"
-        )));
+        return Err(ApiError::Validation(format!("a cart has 1 to {max} lines")));
     }
     let mut lines: Vec<LineRequest> = Vec::with_capacity(body.lines.len());
     for line in body.lines {

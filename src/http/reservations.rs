@@ -218,7 +218,9 @@ pub fn refusal(reply: ReserveReply) -> ApiError {
         ReserveReply::InsufficientStock { available, .. } => {
             ApiError::InsufficientStock { available }
         }
-        ReserveReply::PurchaseLimit { limit, already } => ApiError::PurchaseLimit { limit, already },
+        ReserveReply::PurchaseLimit { limit, already } => {
+            ApiError::PurchaseLimit { limit, already }
+        }
         ReserveReply::SaleNotOpen { opens_at_ms } => ApiError::SaleNotOpen {
             opens_at: rfc3339(opens_at_ms),
         },
@@ -370,8 +372,7 @@ async fn change_hold(
     }
     .await;
     let outcome = result.as_ref().map_or_else(|e| e.code().0, |_| "ok");
-    metrics::counter!(names::HOLD_CHANGES_TOTAL, "kind" => kind, "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(names::HOLD_CHANGES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
     result
 }
 

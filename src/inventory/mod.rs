@@ -282,7 +282,11 @@ mod tests {
         assert_eq!(line, cart.line(0, &sku, 256));
         assert_ne!(line, cart.line(1, &sku, 256));
         assert_eq!(ReservationId::parse(line.as_str(), 256), Some(line));
-        let wrong = format!("{}.{}", (cart.partition().0 + 1) % 256, &cart.as_str()[cart.as_str().find('.').unwrap() + 1..]);
+        let wrong = format!(
+            "{}.{}",
+            (cart.partition().0 + 1) % 256,
+            &cart.as_str()[cart.as_str().find('.').unwrap() + 1..]
+        );
         assert_eq!(CartId::parse(&wrong, 256), None);
         assert_eq!(CartId::parse("1.xyz", 256), None);
     }

@@ -388,7 +388,11 @@ impl BatchKind for ReserveBatch {
                 Some(_) => req.fingerprint(),
                 None => String::new(),
             });
-            args.push(req.cart.as_ref().map_or(String::new(), |c| c.as_str().to_owned()));
+            args.push(
+                req.cart
+                    .as_ref()
+                    .map_or(String::new(), |c| c.as_str().to_owned()),
+            );
         }
         // The keyed requests' idempotency records, in request order.
         keys.extend(batch.iter().filter_map(|req| {
@@ -623,7 +627,10 @@ impl Redis {
             Amendment::Release { reason: why, staff } => {
                 (reason, actor, request) = (why, staff.actor.as_str(), staff.request_id);
             }
-            Amendment::Void { cart: c, reason: why } => (cart, reason) = (c.as_str(), why),
+            Amendment::Void {
+                cart: c,
+                reason: why,
+            } => (cart, reason) = (c.as_str(), why),
         }
         args.extend([
             amendment.action().to_owned(),

@@ -182,10 +182,7 @@ impl Redis {
         account: Option<&AccountId>,
         rest: Vec<String>,
     ) -> Result<CartStep, RedisError> {
-        let keys = vec![
-            self.keys().cart(id),
-            self.keys().carts_due(id.partition()),
-        ];
+        let keys = vec![self.keys().cart(id), self.keys().carts_due(id.partition())];
         let mut args = vec![
             action.to_owned(),
             id.as_str().to_owned(),
@@ -199,8 +196,8 @@ impl Redis {
         if outcome == "not_found" {
             return Ok(CartStep::NotFound);
         }
-        let record = CartRecord::from_pairs(flat)
-            .map_err(|e| reply::not_understood(ScriptName::Cart, e))?;
+        let record =
+            CartRecord::from_pairs(flat).map_err(|e| reply::not_understood(ScriptName::Cart, e))?;
         Ok(match outcome.as_str() {
             "created" | "ok" => CartStep::Done(record),
             "exists" => CartStep::Exists(record),
@@ -271,10 +268,7 @@ impl Redis {
 
     /// Takes the cart out of its partition's due index.
     pub async fn forget_cart(&self, id: &CartId) -> Result<(), RedisError> {
-        let keys = vec![
-            self.keys().cart(id),
-            self.keys().carts_due(id.partition()),
-        ];
+        let keys = vec![self.keys().cart(id), self.keys().carts_due(id.partition())];
         let args = vec!["forget".to_owned(), id.as_str().to_owned(), String::new()];
         let _: Vec<String> = self.eval(ScriptName::Cart, keys, args).await?;
         Ok(())
@@ -292,7 +286,13 @@ impl Redis {
             super::Caller::Background,
             |client| async move {
                 client
-                    .zrangebyscore(key, "-inf", now, false, Some(Limit::from((0, i64::from(max)))))
+                    .zrangebyscore(
+                        key,
+                        "-inf",
+                        now,
+                        false,
+                        Some(Limit::from((0, i64::from(max)))),
+                    )
                     .await
             },
         )

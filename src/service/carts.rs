@@ -40,8 +40,7 @@ use crate::{
     redis::{
         RedisError,
         calls::{
-            Amendment, ReservationReply, ReserveReply, ReserveRequest, SettleRequest,
-            Settlement,
+            Amendment, ReservationReply, ReserveReply, ReserveRequest, SettleRequest, Settlement,
         },
         carts::{CartLine, CartRecord, CartStatus, CartStep, FailedLine, Move},
     },
@@ -68,7 +67,11 @@ pub struct LineRequest {
 pub enum Placed {
     /// Every line is held (`replayed`: an earlier request with the same
     /// `Idempotency-Key` placed it).
-    Held { cart: CartRecord, id: CartId, replayed: bool },
+    Held {
+        cart: CartRecord,
+        id: CartId,
+        replayed: bool,
+    },
     /// Nothing is held; these lines were refused.
     Failed { failed: Vec<FailedLine> },
     /// Another request (or the recovery sweep) is placing this cart now.
@@ -168,7 +171,10 @@ impl Carts {
         };
         let redis = &self.inventory.redis;
         let ttl = self.recovery_ms() + self.retention_ms();
-        match redis.open_cart(&id, &record, ttl, self.recovery_ms()).await? {
+        match redis
+            .open_cart(&id, &record, ttl, self.recovery_ms())
+            .await?
+        {
             CartStep::Done(_) => {}
             CartStep::Exists(found) => return Ok(Self::replay(found, &record, id)),
             other => {
@@ -221,7 +227,10 @@ impl Carts {
         if failed.is_empty() && unknown.is_none() {
             return self.commit_held(id, record, latest).await;
         }
-        if let Err(e) = self.void_lines(&id, &record, &maybe_held, "cart_failed").await {
+        if let Err(e) = self
+            .void_lines(&id, &record, &maybe_held, "cart_failed")
+            .await
+        {
             // The sweep rolls the cart back once it is due.
             return Err(unknown.unwrap_or(e));
         }
@@ -349,7 +358,11 @@ impl Carts {
                 // A line that ended otherwise (it expired at the deadline
                 // while being released) holds nothing: nothing to do.
                 other if settlement == Settlement::Confirm => {
-                    tracing::error!(cart = id.as_str(), ?other, "a cart line could not be confirmed");
+                    tracing::error!(
+                        cart = id.as_str(),
+                        ?other,
+                        "a cart line could not be confirmed"
+                    );
                 }
                 _ => {}
             }
@@ -417,11 +430,13 @@ impl Carts {
             guard_ms: None,
             record: None,
         };
-        Ok(match self.inventory.redis.move_cart(id, None, &step).await? {
-            CartStep::Done(record) => Ok(record),
-            CartStep::Conflict(record) => Err(refused(record.status)),
-            _ => Err(Refused::NotFound),
-        })
+        Ok(
+            match self.inventory.redis.move_cart(id, None, &step).await? {
+                CartStep::Done(record) => Ok(record),
+                CartStep::Conflict(record) => Err(refused(record.status)),
+                _ => Err(Refused::NotFound),
+            },
+        )
     }
 
     /// One sweep over every partition's due carts; returns how many it
@@ -485,7 +500,10 @@ impl Carts {
                     return Ok("retried");
                 }
                 self.void_lines(id, &record, &all, "cart_recovered").await?;
-                tracing::info!(cart = id.as_str(), "rolled back a cart whose gateway stopped placing it");
+                tracing::info!(
+                    cart = id.as_str(),
+                    "rolled back a cart whose gateway stopped placing it"
+                );
                 self.finish(id, CartStatus::Recovering, CartStatus::Failed)
                     .await?
                     .map_or(Ok("retried"), |_| Ok("rolled_back"))
@@ -551,4 +569,3 @@ pub async fn run(carts: Carts, shutdown: CancellationToken) {
         carts.sweep().await;
     }
 }
-

@@ -269,6 +269,7 @@ async fn one_idempotency_key_twice_in_a_batch_holds_once_and_replays_once(backen
         qty: Qty::parse(2, 10).unwrap(),
         location: None,
         idempotency_key: Some(IdempotencyKey::parse("same-key").unwrap()),
+        cart: None,
     };
     let (first, second) = (request(), request());
     let replies = apply(&redis, p, &[&first, &second]).await;

@@ -27,12 +27,12 @@ use crate::harness::{
 use crate::on_both_topologies;
 
 /// How long the journal may take to agree with Redis in these tests.
-const CATCH_UP: Duration = Duration::from_secs(15);
+pub const CATCH_UP: Duration = Duration::from_secs(15);
 
 /// A reservation a client got 201 for, and the token of its owner.
-struct Acked {
-    id: String,
-    token: String,
+pub struct Acked {
+    pub id: String,
+    pub token: String,
 }
 
 impl Acked {
@@ -141,7 +141,7 @@ async fn disagreement(
     None
 }
 
-async fn assert_journal_catches_up(
+pub async fn assert_journal_catches_up(
     app: &TestApp,
     db: &tokio_postgres::Client,
     skus: &[&str],

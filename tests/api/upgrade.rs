@@ -50,6 +50,7 @@ fn request(sku: &Sku, redis: &Redis, key: Option<&str>) -> ReserveRequest {
         qty: Qty::parse(2, 10).unwrap(),
         location: None,
         idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
+        cart: None,
     }
 }
 
