@@ -183,6 +183,7 @@ impl App {
                 max_extend_seconds: settings.reservation.max_extend_seconds,
                 max_hold_seconds: settings.reservation.max_hold_seconds,
                 max_cart_lines: settings.cart.max_lines,
+                import_lines_max: settings.admin.import_lines_max,
             }),
             lifecycle: Arc::new(Lifecycle::default()),
             webhooks: Arc::new(crate::live::webhooks::Webhooks::new(
@@ -285,7 +286,10 @@ impl App {
         let router = http::router(
             state.clone(),
             settings.http.body_limit_bytes,
-            settings.request_timeout(),
+            http::middleware::Deadlines {
+                request: settings.request_timeout(),
+                import: Duration::from_millis(settings.admin.import_timeout_ms),
+            },
         );
         tracing::info!(listen = %listener.local_addr()?, "flashgate is serving");
         let lifecycle = state.lifecycle.clone();

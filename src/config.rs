@@ -36,6 +36,30 @@ pub struct Settings {
     pub live: LiveSettings,
     pub webhooks: WebhookSettings,
     pub cart: CartSettings,
+    pub admin: AdminSettings,
+}
+
+/// Operator endpoints' own limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Lines one `POST /v1/admin/inventory/import` may hold.
+    pub import_lines_max: usize,
+    /// How long one import may take, end to end (it is exempt from
+    /// `http.request_timeout_ms`).
+    pub import_timeout_ms: u64,
+}
+
+pub const DEFAULT_IMPORT_LINES_MAX: usize = 10_000;
+pub const DEFAULT_IMPORT_TIMEOUT_MS: u64 = 120_000;
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            import_lines_max: DEFAULT_IMPORT_LINES_MAX,
+            import_timeout_ms: DEFAULT_IMPORT_TIMEOUT_MS,
+        }
+    }
 }
 
 /// Carts: several SKUs held all or nothing (`service::carts`).
@@ -754,6 +778,14 @@ impl Settings {
             bail!(
                 "reservation.max_extend_seconds must be positive and reservation.max_hold_seconds \
                  at least reservation.ttl_seconds"
+            );
+        }
+        if !(1..=1_000_000).contains(&self.admin.import_lines_max)
+            || self.admin.import_timeout_ms < self.http.request_timeout_ms
+        {
+            bail!(
+                "admin.import_lines_max must be from 1 to 1000000 and admin.import_timeout_ms \
+                 at least http.request_timeout_ms"
             );
         }
         if !(1..=100).contains(&self.cart.max_lines) {

@@ -5,7 +5,7 @@ use axum::{
     Json,
     extract::{Path, State},
     http::{HeaderMap, header},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
@@ -24,10 +24,14 @@ use crate::{
     auth::Caller,
     inventory::{Location, Sku, view::InventoryView},
     redis::calls::{Adjustment, AdminReply, Policy, PolicyField, PolicyUpdate, Staff, StockCounts},
+    service::{
+        ServiceError,
+        import::{ImportError, Imported, Importer},
+    },
 };
 
 /// Largest count an admin may set or add in one request.
-const COUNT_MAX: i64 = 1_000_000_000_000;
+const COUNT_MAX: i64 = crate::inventory::STOCK_COUNT_MAX;
 /// Longest hold TTL a policy may set (one day).
 const POLICY_TTL_SECONDS_MAX: i64 = 86_400;
 /// Largest per-account cap a policy may set.
@@ -397,4 +401,82 @@ pub async fn get_sku(
         view,
         policy: PolicyView::of(&sku, policy),
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ImportReport)]
+struct ImportReportDoc {
+    /// Lines applied.
+    applied: usize,
+    /// Lines not applied, by line number, each with a problem code.
+    failed: Vec<crate::service::import::FailedImportLine>,
+}
+
+/// `POST /v1/admin/inventory/import`: stock writers (each line's location
+/// is checked like `PUT …/locations/{location}`).
+#[utoipa::path(post, path = "/v1/admin/inventory/import", operation_id = "importStock", tag = "admin",
+    summary = "Set many locations' counts from NDJSON lines, streamed; a bad line fails alone",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "The same key and body answer the first import's result and change nothing \
+                       (`Idempotent-Replayed: true`); another body is `idempotency-key-reused`")),
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "One JSON object per line: `{\"sku\",\"location\",\"on_hand\",\"safety_stock\",\
+            \"low_stock_threshold\",\"backorder_limit\"}` (`location` defaults to `default`, the \
+            counts but `on_hand` to 0); at most `admin.import_lines_max` (10,000) lines of at most \
+            4,096 bytes; blank lines are skipped"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`applied` lines and the `failed` ones (`line`, `code`, `detail`)", body = ImportReportDoc),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 415, description = "`unsupported-media-type`: not `application/x-ndjson`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency-key-reused`, or a bad `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn import(
+    State(state): State<AppState>,
+    StockWriter(caller): StockWriter,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"));
+    if !ndjson {
+        return Err(ApiError::Rejected {
+            status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            detail: "the body must be application/x-ndjson".into(),
+        });
+    }
+    let key = super::reservations::idempotency_key(&headers)?;
+    let request_id = current_request_id();
+    let importer = Importer {
+        inventory: &state.inventory,
+        caller: &caller,
+        request_id: &request_id,
+        key: key.as_ref(),
+        lines_max: state.limits.import_lines_max,
+    };
+    let (report, replayed) = match importer.import(body.into_data_stream()).await {
+        Ok(Imported::Done(report)) => (report, false),
+        Ok(Imported::Replayed(report)) => (report, true),
+        Ok(Imported::KeyReused) => return Err(ApiError::IdempotencyKeyReused),
+        Err(ImportError::Body(detail)) => {
+            return Err(ApiError::Rejected {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                detail,
+            });
+        }
+        Err(ImportError::Journal(e)) => return Err(ServiceError::Journal(e).into()),
+    };
+    let mut response = Json(report).into_response();
+    if replayed {
+        response.headers_mut().insert(
+            super::reservations::IDEMPOTENT_REPLAYED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }

@@ -73,16 +73,29 @@ fn headers_too_large(request: &Request) -> Option<String> {
 /// Routes whose requests may wait for news (`wait_ms`) before answering.
 const LONG_POLL_ROUTES: &[&str] = &["/v1/admin/events"];
 
+/// The route whose requests read a long body and apply it line by line.
+pub const IMPORT_ROUTE: &str = "/v1/admin/inventory/import";
+
+/// Request deadlines: every request's, and a bulk import's.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub request: Duration,
+    pub import: Duration,
+}
+
 /// Runs the rest of the stack with a request id, a deadline and a panic net,
 /// answers every rejection as a problem document, and records the request
 /// under its route template.
-pub async fn edge(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+pub async fn edge(State(deadlines): State<Deadlines>, request: Request, next: Next) -> Response {
     let started = tokio::time::Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
     // A long poll may wait its whole `wait_ms` before the usual work.
     let timeout = match &route {
-        Some(r) if LONG_POLL_ROUTES.contains(&r.as_str()) => timeout + super::feed::WAIT_MAX,
-        _ => timeout,
+        Some(r) if LONG_POLL_ROUTES.contains(&r.as_str()) => {
+            deadlines.request + super::feed::WAIT_MAX
+        }
+        Some(r) if r.as_str() == IMPORT_ROUTE => deadlines.import,
+        _ => deadlines.request,
     };
     let method = method_label(request.method());
     let id = request

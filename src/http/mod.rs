@@ -21,8 +21,6 @@ pub mod serve;
 pub mod state;
 pub mod webhooks;
 
-use std::time::Duration;
-
 use axum::{
     Router,
     extract::DefaultBodyLimit,
@@ -32,7 +30,11 @@ use axum::{
 use problem::ApiError;
 pub use state::AppState;
 
-pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duration) -> Router {
+pub fn router(
+    state: AppState,
+    body_limit_bytes: usize,
+    deadlines: middleware::Deadlines,
+) -> Router {
     Router::new()
         .route("/v1/inventory/{sku}", get(inventory::get))
         .route("/v1/inventory/{sku}/events", get(live::events))
@@ -44,6 +46,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
         .route("/v1/admin/reservations", get(listings::all))
         .route("/v1/admin/inventory", get(listings::skus))
         .route("/v1/admin/inventory/{sku}/history", get(listings::history))
+        .route(middleware::IMPORT_ROUTE, post(admin::import))
         .route(
             "/v1/reservations/{id}",
             get(reservations::get).patch(reservations::change),
@@ -100,7 +103,7 @@ pub fn router(state: AppState, body_limit_bytes: usize, request_timeout: Duratio
             ),
         )
         .layer(axum::middleware::from_fn_with_state(
-            request_timeout,
+            deadlines,
             middleware::edge,
         ))
         .with_state(state)

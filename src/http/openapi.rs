@@ -41,6 +41,7 @@ use super::{
         reservations::extend,
         reservations::change,
         reservations::operator_release,
+        admin::import,
         carts::create,
         carts::get,
         carts::confirm,
@@ -433,6 +434,7 @@ mod tests {
             "/v1/carts/{id}",
             "/v1/carts/{id}/confirm",
             "/v1/carts/{id}/release",
+            "/v1/admin/inventory/import",
             "/v1/admin/inventory/{sku}/locations/{location}",
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
@@ -451,7 +453,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 28);
+        assert_eq!(doc.paths.paths.len(), 29);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

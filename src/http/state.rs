@@ -56,6 +56,7 @@ pub struct RequestLimits {
     pub max_extend_seconds: u32,
     pub max_hold_seconds: u64,
     pub max_cart_lines: usize,
+    pub import_lines_max: usize,
 }
 
 /// Set once shutdown begins, so `/readyz` turns traffic away first.

@@ -58,6 +58,9 @@ string_id!(Sku, "sku", 64, b"", "[A-Za-z0-9._-]");
 string_id!(Location, "location", 32, b"", "[A-Za-z0-9._-]");
 string_id!(AccountId, "account id", 64, b":@", "[A-Za-z0-9._:@-]");
 
+/// The largest count an operator may set for a location.
+pub const STOCK_COUNT_MAX: i64 = 1_000_000_000_000;
+
 /// Units in one request: from 1 to `reservation.max_qty_per_request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Qty(u32);

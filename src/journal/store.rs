@@ -306,6 +306,45 @@ impl Store {
         rows.iter().map(feed_row).collect()
     }
 
+    /// A finished import's body digest and result, by account and key.
+    pub async fn stock_import(
+        &self,
+        account: &str,
+        key: &str,
+    ) -> Result<Option<(String, serde_json::Value)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT digest, result::text FROM stock_imports
+                 WHERE account_id = $1 AND idempotency_key = $2",
+                &[&account, &key],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let result: String = r.get(1);
+            (r.get(0), serde_json::from_str(&result).unwrap_or_default())
+        }))
+    }
+
+    /// Keeps a finished import's result; the first one kept stays.
+    pub async fn save_stock_import(
+        &self,
+        account: &str,
+        key: &str,
+        digest: &str,
+        result: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO stock_imports (account_id, idempotency_key, digest, result)
+                 VALUES ($1, $2, $3, $4::text::jsonb) ON CONFLICT DO NOTHING",
+                &[&account, &key, &digest, &result.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn save_policy(&self, sku: &str, policy: &PolicyRow) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client

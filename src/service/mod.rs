@@ -8,6 +8,7 @@
 //! {redis, journal, limits} → {events, inventory}.
 
 pub mod carts;
+pub mod import;
 pub mod orphans;
 pub mod recovery;
 pub mod sweeper;

@@ -17,6 +17,7 @@ mod fuzz;
 mod holds;
 mod idempotency;
 mod identity;
+mod import;
 mod journal;
 mod lifecycle;
 mod listings;
