@@ -7,7 +7,7 @@
 -- ARGV: the partition convention, then 6 a JSON document:
 --   {expect = <version the caller saw, -1 when the SKU was absent>,
 --    ver = <version to restore>,
---    locs = [{loc, oh, rs, ss, lt, bl}], policy = {max, open, close, ttl},
+--    locs = [{loc, oh, rs, ss, lt, bl}], policy = {max, open, close, ttl, seller},
 --    records = [{rid, loc, acct, qty, state, exp, bo, created, sid, ttl_ms}]}
 -- Held records become holds again (an overdue one is expired, with its event,
 -- by the next script that touches the SKU); held and confirmed records count
@@ -33,6 +33,9 @@ end
 for _, field in ipairs({'max', 'open', 'close', 'ttl'}) do
   local v = doc.policy[field]
   if type(v) == 'number' then redis.call('HSET', sku.key, field, v) end
+end
+if type(doc.policy.seller) == 'string' then
+  redis.call('HSET', sku.key, 'seller', doc.policy.seller)
 end
 local holds = 0
 for i, r in ipairs(doc.records) do

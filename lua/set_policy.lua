@@ -4,8 +4,10 @@
 -- KEYS, ARGV: the partition convention (prelude) with one SKU, then ARGV
 --   6 max per account, 7 sale opens at (ms since the epoch), 8 sale closes
 --   at (ms), 9 hold TTL (seconds); each one of '' (leave as is), '-' (clear)
---   or an integer
--- Returns JSON: {outcome='ok', max, open, close, ttl} (cleared fields absent)
+--   or an integer; 10 seller: '' (leave as is), '-' (clear) or '=' followed
+--   by the seller
+-- Returns JSON: {outcome='ok', max, open, close, ttl, seller, ver} (cleared
+--   fields absent; ver: the SKU's version, which a policy change keeps)
 --   or the text sku_recovering (the SKU is fenced, prelude)
 -- Error replies: none on valid input.
 
@@ -20,10 +22,19 @@ for i, field in ipairs(fields) do
     redis.call('HSET', key, field, v)
   end
 end
+local seller = ARGV[10]
+if seller == '-' then
+  redis.call('HDEL', key, 'seller')
+elseif seller ~= '' then
+  redis.call('HSET', key, 'seller', string.sub(seller, 2))
+end
 if redis.call('HEXISTS', key, 'ver') == 0 then redis.call('HSET', key, 'ver', 0) end
 local reply = {outcome = 'ok'}
 local values = redis.call('HMGET', key, unpack(fields))
 for i, field in ipairs(fields) do
   if values[i] then reply[field] = tonumber(values[i]) end
 end
+local now = redis.call('HMGET', key, 'seller', 'ver')
+reply.seller = now[1] or nil
+reply.ver = tonumber(now[2])
 return cjson.encode(reply)

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::AccountId;
+use crate::inventory::{AccountId, SellerId};
 
 /// The scope that opens every admin endpoint.
 pub const ADMIN_SCOPE: &str = "inventory:admin";
@@ -25,6 +25,9 @@ pub const READ_SCOPE: &str = "inventory:read";
 /// `inventory:write:location:<location>`: stock writes and adjustments at
 /// that location only.
 pub const LOCATION_WRITE_SCOPE_PREFIX: &str = "inventory:write:location:";
+/// `inventory:seller` with a `seller` claim: the admin endpoints of the SKUs
+/// whose policy names that seller (other SKUs answer 404).
+pub const SELLER_SCOPE: &str = "inventory:seller";
 /// Location scopes one token may carry at most (the rest are ignored).
 const LOCATION_SCOPES_MAX: usize = 64;
 
@@ -40,6 +43,9 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// The seller an `inventory:seller` token acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seller: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,13 +75,24 @@ pub struct Grants {
     /// `inventory:write:location:<location>`: stock writes and adjustments
     /// at these locations.
     pub write_locations: Vec<String>,
+    /// `inventory:seller` with a valid `seller` claim: the admin endpoints
+    /// of that seller's SKUs.
+    pub seller: Option<SellerId>,
 }
 
 impl Grants {
     pub fn parse(scope: Option<&str>) -> Self {
+        Self::parse_with_seller(scope, None)
+    }
+
+    /// The grants of a token's `scope` and `seller` claims (a `seller`
+    /// claim counts only with the `inventory:seller` scope).
+    pub fn parse_with_seller(scope: Option<&str>, seller: Option<&str>) -> Self {
         let mut grants = Self::default();
         for scope in scope.unwrap_or_default().split(' ') {
-            if scope == ADMIN_SCOPE {
+            if scope == SELLER_SCOPE {
+                grants.seller = seller.and_then(|s| SellerId::parse(s).ok());
+            } else if scope == ADMIN_SCOPE {
                 grants.admin = true;
             } else if scope == READ_SCOPE {
                 grants.read = true;
@@ -102,6 +119,15 @@ impl Grants {
     /// Whether some location's stock may be written with this token.
     pub fn writes_stock(&self) -> bool {
         self.admin || !self.write_locations.is_empty()
+    }
+
+    /// The seller whose SKUs alone this token may reach through the admin
+    /// endpoints; `None` for every other token.
+    pub fn seller_only(&self) -> Option<&SellerId> {
+        if self.admin {
+            return None;
+        }
+        self.seller.as_ref()
     }
 }
 
@@ -243,7 +269,7 @@ impl Auth {
             return Err(AuthError::Invalid);
         }
         let account = AccountId::parse(&claims.sub).map_err(|_| AuthError::Invalid)?;
-        let grants = Grants::parse(claims.scope.as_deref());
+        let grants = Grants::parse_with_seller(claims.scope.as_deref(), claims.seller.as_deref());
         let role = if grants.admin {
             Role::Admin
         } else {
@@ -262,6 +288,21 @@ impl Auth {
         self.issue_scoped(account, scope, ttl_seconds)
     }
 
+    /// Signs an `inventory:seller` token for `account` acting for `seller`.
+    pub fn issue_seller(&self, account: &AccountId, seller: &SellerId, ttl_seconds: u64) -> String {
+        let now = now_seconds();
+        let claims = Claims {
+            sub: account.to_string(),
+            exp: now + ttl_seconds,
+            iat: Some(now),
+            scope: Some(SELLER_SCOPE.to_owned()),
+            seller: Some(seller.to_string()),
+        };
+        // Encoding HS256 claims made of strings and integers cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default()
+    }
+
     /// Signs a token for `account` with this `scope` claim.
     pub fn issue_scoped(
         &self,
@@ -275,6 +316,7 @@ impl Auth {
             exp: now + ttl_seconds,
             iat: Some(now),
             scope: scope.map(str::to_owned),
+            seller: None,
         };
         // Encoding HS256 claims made of strings and integers cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    extract::{Admin, JsonBody, Reader, StockWriter},
+    extract::{JsonBody, SkuOperator, SkuReader, SkuWriter, seller_may},
     inventory::view_response,
     middleware::current_request_id,
     openapi::{Forbidden, Unauthorized, Unavailable, UnknownSku, ValidationFailed},
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    inventory::{Location, Sku, view::InventoryView},
+    inventory::{Location, SellerId, Sku, view::InventoryView},
     redis::calls::{Adjustment, AdminReply, Policy, PolicyField, PolicyUpdate, Staff, StockCounts},
     service::{
         ServiceError,
@@ -46,12 +46,19 @@ fn count(name: &str, value: i64) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::Validation(format!("{name} must be from 0 to {COUNT_MAX}")))
 }
 
-/// 403 unless the caller may write stock at `location`.
-fn may_write(caller: &Caller, location: &Location) -> Result<(), ApiError> {
-    match caller.grants.writes_location(location.as_str()) {
-        true => Ok(()),
-        false => Err(ApiError::Forbidden),
+/// 403 unless the caller may write stock at `location` (a seller may at
+/// every location of its own SKUs), 404 when a seller does not own `sku`.
+async fn may_write(
+    state: &AppState,
+    caller: &Caller,
+    sku: &Sku,
+    location: &Location,
+) -> Result<(), ApiError> {
+    let seller = caller.grants.seller_only().is_some();
+    if !seller && !caller.grants.writes_location(location.as_str()) {
+        return Err(ApiError::Forbidden);
     }
+    seller_may(state, caller, sku).await
 }
 
 fn sku_and_location(sku: &str, location: &str) -> Result<(Sku, Location), ApiError> {
@@ -126,13 +133,13 @@ pub struct StockBody {
     ))]
 pub async fn set_stock(
     State(state): State<AppState>,
-    StockWriter(caller): StockWriter,
+    SkuWriter(caller): SkuWriter,
     Path((sku, location)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<StockBody>,
 ) -> Result<Response, ApiError> {
     let (sku, location) = sku_and_location(&sku, &location)?;
-    may_write(&caller, &location)?;
+    may_write(&state, &caller, &sku, &location).await?;
     let counts = StockCounts {
         on_hand: count("on_hand", body.on_hand)?,
         safety_stock: count("safety_stock", body.safety_stock)?,
@@ -203,12 +210,12 @@ pub struct AdjustBody {
     ))]
 pub async fn adjust(
     State(state): State<AppState>,
-    StockWriter(caller): StockWriter,
+    SkuWriter(caller): SkuWriter,
     Path((sku, location)): Path<(String, String)>,
     JsonBody(body): JsonBody<AdjustBody>,
 ) -> Result<Response, ApiError> {
     let (sku, location) = sku_and_location(&sku, &location)?;
-    may_write(&caller, &location)?;
+    may_write(&state, &caller, &sku, &location).await?;
     if body.delta == 0 || body.delta.abs() > COUNT_MAX {
         return Err(ApiError::Validation(format!(
             "delta must be non-zero and at most {COUNT_MAX} in size"
@@ -267,6 +274,12 @@ pub struct PolicyBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>, minimum = 1)]
     reservation_ttl_seconds: Option<Option<i64>>,
+    /// The marketplace seller who owns the SKU (1-64 characters of
+    /// `[A-Za-z0-9._:@-]`): tokens with `inventory:seller` and this `seller`
+    /// claim reach its admin endpoints. Set by `inventory:admin` only.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    seller: Option<Option<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -276,6 +289,7 @@ pub struct PolicyView {
     sale_opens_at: Option<String>,
     sale_closes_at: Option<String>,
     reservation_ttl_seconds: Option<i64>,
+    seller: Option<String>,
 }
 
 fn bounded(
@@ -322,11 +336,19 @@ fn instant(name: &str, value: Option<Option<String>>) -> Result<Option<PolicyFie
     ))]
 pub async fn set_policy(
     State(state): State<AppState>,
-    Admin(_): Admin,
+    SkuOperator(caller): SkuOperator,
     Path(sku): Path<String>,
     JsonBody(body): JsonBody<PolicyBody>,
 ) -> Result<Json<PolicyView>, ApiError> {
     let sku = Sku::parse(&sku)?;
+    if body.seller.is_some() && caller.role != crate::auth::Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    seller_may(&state, &caller, &sku).await?;
+    let seller = body
+        .seller
+        .map(|s| s.as_deref().map(SellerId::parse).transpose())
+        .transpose()?;
     let update = PolicyUpdate {
         max_per_account: bounded(
             "max_per_account",
@@ -340,6 +362,7 @@ pub async fn set_policy(
             body.reservation_ttl_seconds,
             POLICY_TTL_SECONDS_MAX,
         )?,
+        seller,
     };
     if let (Some(PolicyField::Set(open)), Some(PolicyField::Set(close))) =
         (update.opens_at_ms, update.closes_at_ms)
@@ -349,7 +372,16 @@ pub async fn set_policy(
             "sale_opens_at must be before sale_closes_at".into(),
         ));
     }
-    let policy: Policy = state.inventory.set_policy(&sku, &update).await?;
+    let request_id = current_request_id();
+    let staff = Staff {
+        actor: &caller.account,
+        request_id: &request_id,
+    };
+    let view = |p: &Policy| serde_json::to_value(PolicyView::of(&sku, p.clone())).unwrap_or_default();
+    let policy: Policy = state
+        .inventory
+        .set_policy(&sku, &update, &staff, view)
+        .await?;
     Ok(Json(PolicyView::of(&sku, policy)))
 }
 
@@ -361,6 +393,7 @@ impl PolicyView {
             sale_opens_at: policy.open.map(rfc3339),
             sale_closes_at: policy.close.map(rfc3339),
             reservation_ttl_seconds: policy.ttl,
+            seller: policy.seller,
         }
     }
 }
@@ -388,10 +421,11 @@ pub struct AdminSkuView {
     ))]
 pub async fn get_sku(
     State(state): State<AppState>,
-    Reader(_): Reader,
+    SkuReader(caller): SkuReader,
     Path(sku): Path<String>,
 ) -> Result<Json<AdminSkuView>, ApiError> {
     let sku = Sku::parse(&sku)?;
+    seller_may(&state, &caller, &sku).await?;
     let (view, policy) = state
         .inventory
         .view_and_policy(&sku)
@@ -435,7 +469,7 @@ struct ImportReportDoc {
     ))]
 pub async fn import(
     State(state): State<AppState>,
-    StockWriter(caller): StockWriter,
+    SkuWriter(caller): SkuWriter,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {

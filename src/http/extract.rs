@@ -118,3 +118,69 @@ impl FromRequestParts<AppState> for Admin {
         }
     }
 }
+
+/// A caller that may read one SKU's admin views: a reader (`inventory:admin`,
+/// `inventory:read`) or a seller (`inventory:seller`, who reaches only its
+/// own SKUs: `seller_may`); 403 for any other valid token.
+pub struct SkuReader(pub Caller);
+
+impl FromRequestParts<AppState> for SkuReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = caller(parts, state)?;
+        match caller.grants.reads() || caller.grants.seller.is_some() {
+            true => Ok(SkuReader(caller)),
+            false => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// A caller that may write some SKU's stock: a stock writer (see
+/// `StockWriter`) or a seller (its own SKUs only: `seller_may`); 403 for
+/// any other valid token.
+pub struct SkuWriter(pub Caller);
+
+impl FromRequestParts<AppState> for SkuWriter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = caller(parts, state)?;
+        match caller.grants.writes_stock() || caller.grants.seller.is_some() {
+            true => Ok(SkuWriter(caller)),
+            false => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// A caller that may change a SKU's policy and its holds: an admin, or a
+/// seller (its own SKUs only: `seller_may`); 403 for any other valid token.
+pub struct SkuOperator(pub Caller);
+
+impl FromRequestParts<AppState> for SkuOperator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = caller(parts, state)?;
+        match caller.role == Role::Admin || caller.grants.seller.is_some() {
+            true => Ok(SkuOperator(caller)),
+            false => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// 404 `unknown-sku` unless a seller's token reaches `sku` (its policy
+/// names that seller); every other token passes.
+pub async fn seller_may(
+    state: &AppState,
+    caller: &Caller,
+    sku: &crate::inventory::Sku,
+) -> Result<(), ApiError> {
+    let Some(seller) = caller.grants.seller_only() else {
+        return Ok(());
+    };
+    match state.inventory.seller_of(sku).await? {
+        Some(owner) if owner == seller.as_str() => Ok(()),
+        _ => Err(ApiError::UnknownSku),
+    }
+}

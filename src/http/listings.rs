@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    extract::{Authenticated, Reader},
+    extract::{Authenticated, SkuReader, seller_may},
     openapi::{Forbidden, Unauthorized, Unavailable, ValidationFailed},
     paging,
     problem::ApiError,
@@ -140,6 +140,7 @@ pub async fn mine(
         account: Some(caller.account.as_str()),
         sku: None,
         status,
+        seller: None,
     };
     let limit = paging::limit(query.limit)?;
     Ok(Json(
@@ -163,7 +164,7 @@ pub async fn mine(
     ))]
 pub async fn all(
     State(state): State<AppState>,
-    _reader: Reader,
+    SkuReader(caller): SkuReader,
     Query(query): Query<AllQuery>,
 ) -> Result<Json<ReservationPage>, ApiError> {
     let status = paging::one_of("status", query.status.as_deref(), RESERVATION_STATUSES)?;
@@ -181,6 +182,7 @@ pub async fn all(
         account: account.as_ref().map(AccountId::as_str),
         sku: sku.as_ref().map(Sku::as_str),
         status,
+        seller: caller.grants.seller_only().map(|s| s.as_str()),
     };
     let limit = paging::limit(query.limit)?;
     Ok(Json(
@@ -232,7 +234,7 @@ pub struct SkuPage {
     ))]
 pub async fn skus(
     State(state): State<AppState>,
-    _reader: Reader,
+    SkuReader(caller): SkuReader,
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<SkuPage>, ApiError> {
     let status = paging::one_of("status", query.status.as_deref(), STOCK_STATUSES)?
@@ -244,6 +246,7 @@ pub async fn skus(
         status,
         after.as_ref().map_or("", Sku::as_str),
         limit,
+        caller.grants.seller_only().map(|s| s.as_str()),
     )
     .await
     .map_err(unavailable)?;
@@ -260,17 +263,19 @@ pub async fn skus(
     }))
 }
 
-/// One stock change of a SKU's history.
+/// One stock or policy change of a SKU's history.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StockChangeView {
+    /// The SKU's version after the change (a policy change keeps it).
     version: i64,
-    /// `stock_set` or `adjusted`.
+    /// `stock_set`, `adjusted` or `policy`.
     kind: String,
-    location: String,
+    /// Null on policy changes, as are the counts.
+    location: Option<String>,
     /// The on-hand change.
-    delta: i32,
-    on_hand_after: i64,
-    reserved_after: i64,
+    delta: Option<i32>,
+    on_hand_after: Option<i64>,
+    reserved_after: Option<i64>,
     occurred_at: String,
     reason: Option<String>,
     reference: Option<String>,
@@ -279,6 +284,11 @@ pub struct StockChangeView {
     actor: Option<String>,
     /// The request's `X-Request-Id`.
     request_id: Option<String>,
+    /// A policy change: the policy after it (`max_per_account`,
+    /// `sale_opens_at`, `sale_closes_at`, `reservation_ttl_seconds`, `seller`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    policy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -300,8 +310,8 @@ pub struct HistoryQuery {
 
 /// `GET /v1/admin/inventory/{sku}/history`
 #[utoipa::path(get, path = "/v1/admin/inventory/{sku}/history", operation_id = "getStockHistory", tag = "admin",
-    summary = "A SKU's stock changes, newest first, with who made each and through which request",
-    description = "Read from the journal. Policy changes are not in it yet.",
+    summary = "A SKU's stock and policy changes, newest first, with who made each and through which request",
+    description = "Read from the journal.",
     params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"), HistoryQuery),
     security(("bearer" = [])),
     responses(
@@ -313,17 +323,21 @@ pub struct HistoryQuery {
     ))]
 pub async fn history(
     State(state): State<AppState>,
-    _reader: Reader,
+    SkuReader(caller): SkuReader,
     axum::extract::Path(sku): axum::extract::Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let sku = Sku::parse(&sku)?;
-    let before = paging::seq_cursor(query.cursor.as_deref())?;
+    seller_may(&state, &caller, &sku).await?;
+    let before = history_cursor(query.cursor.as_deref())?;
     let limit = paging::limit(query.limit)?;
     let rows = listings::stock_changes(state.journal.store.pool(), sku.as_str(), before, limit)
         .await
         .map_err(unavailable)?;
-    let next = paging::next(&rows, limit, |r| r.version.to_string());
+    let next = paging::next(&rows, limit, |r| match r.sub {
+        0 => r.version.to_string(),
+        sub => format!("{}.{sub}", r.version),
+    });
     Ok(Json(HistoryPage {
         changes: rows
             .into_iter()
@@ -339,8 +353,20 @@ pub async fn history(
                 reference: r.reference,
                 actor: r.actor,
                 request_id: r.request_id,
+                policy: r.policy,
             })
             .collect(),
         next,
     }))
+}
+
+/// A history cursor: `<version>` after a stock change, `<version>.<id>`
+/// after a policy change.
+fn history_cursor(raw: Option<&str>) -> Result<Option<listings::HistoryCursor>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let (version, sub) = raw.split_once('.').unwrap_or((raw, "0"));
+    let bad = || ApiError::Validation("cursor must be a `next` from a page".into());
+    let version = paging::seq_cursor(Some(version))?.ok_or_else(bad)?;
+    let sub = sub.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(bad)?;
+    Ok(Some((version, sub)))
 }

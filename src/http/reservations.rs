@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
-    extract::{Admin, Authenticated, JsonBody},
+    extract::{Authenticated, JsonBody, SkuOperator, seller_may},
     middleware::current_request_id,
     openapi::{RateLimited, ReservationNotFound, Unauthorized, Unavailable, UnknownSku},
     problem::{ApiError, Problem, insert_rate_headers},
@@ -463,7 +463,7 @@ pub struct OperatorReleaseBody {
     responses(
         (status = 200, description = "Released", body = ReservationView),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "`forbidden`: not `inventory:admin`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: neither `inventory:admin` nor `inventory:seller` (a seller reaches its own SKUs' holds only; others are 404)", body = Problem, content_type = "application/problem+json"),
         (status = 404, response = ReservationNotFound),
         (status = 409, description = "`reservation-confirmed`, `reservation-expired` or `reservation-released`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation-failed`: no reason, or one over 200 characters", body = Problem, content_type = "application/problem+json"),
@@ -471,10 +471,15 @@ pub struct OperatorReleaseBody {
     ))]
 pub async fn operator_release(
     State(state): State<AppState>,
-    Admin(caller): Admin,
+    SkuOperator(caller): SkuOperator,
     Path(raw): Path<String>,
     JsonBody(body): JsonBody<OperatorReleaseBody>,
 ) -> Result<Json<ReservationView>, ApiError> {
+    // A seller releases holds of its own SKUs only; others read as unknown.
+    let id = parse_id(&state, &raw)?;
+    if seller_may(&state, &caller, id.sku()).await.is_err() {
+        return Err(ApiError::ReservationNotFound);
+    }
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 200 || reason.contains('|') {
         return Err(ApiError::Validation(

@@ -57,6 +57,8 @@ macro_rules! string_id {
 string_id!(Sku, "sku", 64, b"", "[A-Za-z0-9._-]");
 string_id!(Location, "location", 32, b"", "[A-Za-z0-9._-]");
 string_id!(AccountId, "account id", 64, b":@", "[A-Za-z0-9._:@-]");
+// The owner of a SKU in a marketplace (policy `seller`, token claim `seller`).
+string_id!(SellerId, "seller", 64, b":@", "[A-Za-z0-9._:@-]");
 
 /// The largest count an operator may set for a location.
 pub const STOCK_COUNT_MAX: i64 = 1_000_000_000_000;

@@ -15,6 +15,8 @@ pub struct ReservationFilter<'a> {
     /// `held` (live holds only: deadline ahead), `expired` (past their
     /// deadline, swept or not), `confirmed` or `released`.
     pub status: Option<&'a str>,
+    /// Only reservations of SKUs whose policy names this seller.
+    pub seller: Option<&'a str>,
 }
 
 /// One listed reservation, times in ms since the epoch.
@@ -57,6 +59,13 @@ pub async fn reservations(
     if let Some(sku) = &filter.sku {
         params.push(sku);
         predicates.push(format!("sku = ${}", params.len()));
+    }
+    if let Some(seller) = &filter.seller {
+        params.push(seller);
+        predicates.push(format!(
+            "sku IN (SELECT sku FROM sku_policies WHERE seller = ${})",
+            params.len()
+        ));
     }
     match filter.status {
         Some("held") => predicates.push("state = 'held' AND expires_at > now()".into()),
@@ -113,20 +122,24 @@ pub struct ListedSku {
 }
 
 /// SKUs whose status is `status`, after `after` in SKU order, at most
-/// `limit`.
+/// `limit`; with `seller`, only that seller's.
 pub async fn skus_by_status(
     pool: &Pool,
     status: &str,
     after: &str,
     limit: i64,
+    seller: Option<&str>,
 ) -> Result<Vec<ListedSku>, StoreError> {
     let client = pool.get().await?;
     let rows = client
         .query(
             "SELECT sku, status, version, locations::text,
                  (extract(epoch FROM updated_at) * 1000)::int8
-             FROM sku_status WHERE status = $1 AND sku > $2 ORDER BY sku LIMIT $3",
-            &[&status, &after, &limit],
+             FROM sku_status WHERE status = $1 AND sku > $2
+                 AND ($4::text IS NULL
+                      OR sku IN (SELECT sku FROM sku_policies WHERE seller = $4))
+             ORDER BY sku LIMIT $3",
+            &[&status, &after, &limit, &seller],
         )
         .await?;
     rows.iter()
@@ -142,58 +155,86 @@ pub async fn skus_by_status(
         .collect()
 }
 
-/// One stock change of a SKU's history.
+/// One stock or policy change of a SKU's history.
 #[derive(Debug, Clone)]
 pub struct StockChange {
     pub version: i64,
-    /// `stock_set` or `adjusted`.
+    /// 0 for a stock change, the policy change's id otherwise.
+    pub sub: i64,
+    /// `stock_set`, `adjusted` or `policy`.
     pub kind: String,
-    pub location: String,
+    /// Absent on policy changes, as are the counts.
+    pub location: Option<String>,
     /// The on-hand change.
-    pub delta: i32,
-    pub on_hand_after: i64,
-    pub reserved_after: i64,
+    pub delta: Option<i32>,
+    pub on_hand_after: Option<i64>,
+    pub reserved_after: Option<i64>,
     pub occurred_at_ms: i64,
     pub reason: Option<String>,
     pub reference: Option<String>,
     pub actor: Option<String>,
     pub request_id: Option<String>,
+    /// A policy change: the policy after it.
+    pub policy: Option<serde_json::Value>,
 }
 
-/// The stock changes of `sku` older than version `before` (the newest
-/// when `None`), newest first, at most `limit`.
+/// Where a history page starts: below this (version, change) pair. A stock
+/// change is `(version, 0)`; a policy change, which keeps the SKU's
+/// version, is `(version, its id)`, so it sorts after the stock change that
+/// made that version and before the next.
+pub type HistoryCursor = (i64, i64);
+
+/// The stock and policy changes of `sku` below `before` (the newest when
+/// `None`), newest first, at most `limit`.
 pub async fn stock_changes(
     pool: &Pool,
     sku: &str,
-    before: Option<i64>,
+    before: Option<HistoryCursor>,
     limit: i64,
 ) -> Result<Vec<StockChange>, StoreError> {
     let client = pool.get().await?;
+    let (version, sub) = before.unwrap_or((i64::MAX, 0));
     let rows = client
         .query(
-            "SELECT version, kind, location, qty, on_hand_after, reserved_after,
-                 (extract(epoch FROM occurred_at) * 1000)::int8, reason, reference, actor,
-                 request_id
-             FROM inventory_events
-             WHERE sku = $1 AND kind IN ('stock_set', 'adjusted') AND version < $2
-             ORDER BY version DESC LIMIT $3",
-            &[&sku, &before.unwrap_or(i64::MAX), &limit],
+            "SELECT version, sub, kind, location, qty, on_hand_after, reserved_after, at_ms,
+                 reason, reference, actor, request_id, policy
+             FROM (
+                 (SELECT version, 0::int8 AS sub, kind, location, qty, on_hand_after,
+                      reserved_after, (extract(epoch FROM occurred_at) * 1000)::int8 AS at_ms,
+                      reason, reference, actor, request_id, NULL::text AS policy
+                  FROM inventory_events
+                  WHERE sku = $1 AND kind IN ('stock_set', 'adjusted')
+                      AND (version, 0::int8) < ($2, $3)
+                  ORDER BY version DESC LIMIT $4)
+                 UNION ALL
+                 (SELECT version, id, 'policy', NULL, NULL, NULL, NULL,
+                      (extract(epoch FROM changed_at) * 1000)::int8, NULL, NULL, actor,
+                      request_id, policy::text
+                  FROM policy_changes
+                  WHERE sku = $1 AND (version, id) < ($2, $3)
+                  ORDER BY version DESC, id DESC LIMIT $4)
+             ) c
+             ORDER BY version DESC, sub DESC LIMIT $4",
+            &[&sku, &version, &sub, &limit],
         )
         .await?;
     rows.iter()
         .map(|r| {
+            let policy: Option<String> = r.try_get(12)?;
             Ok(StockChange {
                 version: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                location: r.try_get(2)?,
-                delta: r.try_get(3)?,
-                on_hand_after: r.try_get(4)?,
-                reserved_after: r.try_get(5)?,
-                occurred_at_ms: r.try_get(6)?,
-                reason: r.try_get(7)?,
-                reference: r.try_get(8)?,
-                actor: r.try_get(9)?,
-                request_id: r.try_get(10)?,
+                sub: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                location: r.try_get(3)?,
+                delta: r.try_get(4)?,
+                on_hand_after: r.try_get(5)?,
+                reserved_after: r.try_get(6)?,
+                occurred_at_ms: r.try_get(7)?,
+                reason: r.try_get(8)?,
+                reference: r.try_get(9)?,
+                actor: r.try_get(10)?,
+                request_id: r.try_get(11)?,
+                policy: policy.and_then(|p| serde_json::from_str(&p).ok()),
             })
         })
         .collect()

@@ -122,7 +122,8 @@ pub async fn rebuild_sku(
         "sku": sku.as_str(),
         "locs": locs,
         "policy": {"max": policy.max_per_account, "open": policy.opens_at_ms,
-                   "close": policy.closes_at_ms, "ttl": policy.hold_ttl_seconds},
+                   "close": policy.closes_at_ms, "ttl": policy.hold_ttl_seconds,
+                   "seller": policy.seller},
         "records": records,
     });
     Ok(match redis.restore(sku, &ids, &doc).await? {

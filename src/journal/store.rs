@@ -98,12 +98,23 @@ pub struct FeedRow {
 }
 
 /// A SKU's sale policy as the journal keeps it; `None` where unset.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRow {
     pub max_per_account: Option<i64>,
     pub opens_at_ms: Option<i64>,
     pub closes_at_ms: Option<i64>,
     pub hold_ttl_seconds: Option<i64>,
+    pub seller: Option<String>,
+}
+
+/// Who changed a SKU's policy, at which version, to what.
+#[derive(Debug, Clone)]
+pub struct PolicyChange<'a> {
+    pub version: i64,
+    pub actor: &'a str,
+    pub request_id: &'a str,
+    /// The policy after the change, as the API answers it.
+    pub policy: &'a serde_json::Value,
 }
 
 /// One `stock_levels` row.
@@ -345,26 +356,48 @@ impl Store {
         Ok(())
     }
 
-    pub async fn save_policy(&self, sku: &str, policy: &PolicyRow) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO sku_policies AS p (sku, max_per_account, opens_at, closes_at,
-                     hold_ttl_seconds, updated_at)
-                 VALUES ($1, $2::int8, to_timestamp($3::int8 / 1000.0), to_timestamp($4::int8 / 1000.0),
-                     $5::int8, now())
-                 ON CONFLICT (sku) DO UPDATE SET max_per_account = EXCLUDED.max_per_account,
-                     opens_at = EXCLUDED.opens_at, closes_at = EXCLUDED.closes_at,
-                     hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, updated_at = now()",
-                &[
-                    &sku,
-                    &policy.max_per_account,
-                    &policy.opens_at_ms,
-                    &policy.closes_at_ms,
-                    &policy.hold_ttl_seconds,
-                ],
-            )
-            .await?;
+    /// Keeps the SKU's policy and the change that made it, in one
+    /// transaction.
+    pub async fn save_policy(
+        &self,
+        sku: &str,
+        policy: &PolicyRow,
+        change: &PolicyChange<'_>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO sku_policies AS p (sku, max_per_account, opens_at, closes_at,
+                 hold_ttl_seconds, seller, updated_at)
+             VALUES ($1, $2::int8, to_timestamp($3::int8 / 1000.0), to_timestamp($4::int8 / 1000.0),
+                 $5::int8, $6, now())
+             ON CONFLICT (sku) DO UPDATE SET max_per_account = EXCLUDED.max_per_account,
+                 opens_at = EXCLUDED.opens_at, closes_at = EXCLUDED.closes_at,
+                 hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, seller = EXCLUDED.seller,
+                 updated_at = now()",
+            &[
+                &sku,
+                &policy.max_per_account,
+                &policy.opens_at_ms,
+                &policy.closes_at_ms,
+                &policy.hold_ttl_seconds,
+                &policy.seller,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO policy_changes (sku, version, actor, request_id, policy)
+             VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+            &[
+                &sku,
+                &change.version,
+                &change.actor,
+                &change.request_id,
+                &change.policy.to_string(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -373,7 +406,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT max_per_account, (extract(epoch FROM opens_at) * 1000)::bigint,
-                     (extract(epoch FROM closes_at) * 1000)::bigint, hold_ttl_seconds
+                     (extract(epoch FROM closes_at) * 1000)::bigint, hold_ttl_seconds, seller
                  FROM sku_policies WHERE sku = $1",
                 &[&sku],
             )
@@ -383,6 +416,7 @@ impl Store {
             opens_at_ms: r.get(1),
             closes_at_ms: r.get(2),
             hold_ttl_seconds: r.get(3),
+            seller: r.get(4),
         }))
     }
 

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     events::{Event, StreamEntry, parse_packed},
     inventory::{
-        AccountId, CartId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku,
+        AccountId, CartId, IdempotencyKey, Location, Partition, Qty, ReservationId, SellerId, Sku,
         view::InventoryView,
     },
     metrics as names,
@@ -212,6 +212,8 @@ pub struct PolicyUpdate {
     pub opens_at_ms: Option<PolicyField>,
     pub closes_at_ms: Option<PolicyField>,
     pub ttl_seconds: Option<PolicyField>,
+    /// `Some(None)` clears the seller.
+    pub seller: Option<Option<SellerId>>,
 }
 
 /// A signed change of a location's on-hand count, with why.
@@ -276,11 +278,17 @@ pub struct Policy {
     pub open: Option<i64>,
     pub close: Option<i64>,
     pub ttl: Option<i64>,
+    /// The marketplace seller who owns the SKU.
+    #[serde(default)]
+    pub seller: Option<String>,
+    /// The SKU's version when the policy was read or set.
+    #[serde(default)]
+    pub ver: Option<i64>,
 }
 
 impl Policy {
     /// The policy fields of a SKU hash (`lua/prelude.lua`: `max`, `open`,
-    /// `close`, `ttl`).
+    /// `close`, `ttl`; and `seller`).
     pub fn from_hash<S: AsRef<str>>(fields: &[(S, S)]) -> Self {
         let field = |name: &str| {
             fields
@@ -288,11 +296,19 @@ impl Policy {
                 .find(|(k, _)| k.as_ref() == name)
                 .and_then(|(_, v)| v.as_ref().parse().ok())
         };
+        let text = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k.as_ref() == name)
+                .map(|(_, v)| v.as_ref().to_owned())
+        };
         Self {
             max: field("max"),
             open: field("open"),
             close: field("close"),
             ttl: field("ttl"),
+            seller: text("seller"),
+            ver: field("ver"),
         }
     }
 }
@@ -680,6 +696,15 @@ impl Redis {
             .map(|view| (view, Policy::from_hash(&fields))))
     }
 
+    /// The SKU's `seller` policy field.
+    pub async fn seller_of(&self, sku: &Sku) -> Result<Option<String>, RedisError> {
+        let key = &self.keys().sku(self.keys().partition_of(sku), sku);
+        self.command(key, "seller", Caller::Request, |client| async move {
+            client.hget(key, "seller").await
+        })
+        .await
+    }
+
     async fn sku_fields(
         &self,
         sku: &Sku,
@@ -752,6 +777,11 @@ impl Redis {
             arg(update.opens_at_ms),
             arg(update.closes_at_ms),
             arg(update.ttl_seconds),
+            match &update.seller {
+                None => String::new(),
+                Some(None) => "-".to_owned(),
+                Some(Some(seller)) => format!("={seller}"),
+            },
         ]);
         let json: String = self.eval(ScriptName::SetPolicy, keys, args).await?;
         decode(ScriptName::SetPolicy, &json)

@@ -62,7 +62,8 @@ struct ImportLine {
 pub struct FailedImportLine {
     /// 1-based line number in the body.
     pub line: usize,
-    /// A problem code: `validation-failed`, `forbidden`, `insufficient-stock`,
+    /// A problem code: `validation-failed`, `forbidden`, `unknown-sku` (a
+    /// seller's line for a SKU it does not own), `insufficient-stock`,
     /// `line-too-long`, `too-many-lines`, `sku-recovering` or `unavailable`.
     pub code: String,
     pub detail: String,
@@ -198,7 +199,8 @@ impl Importer<'_> {
         let sku = Sku::parse(&line.sku).map_err(|e| validation(number, e.0))?;
         let location = Location::parse(line.location.as_deref().unwrap_or("default"))
             .map_err(|e| validation(number, e.0))?;
-        if !self.caller.grants.writes_location(location.as_str()) {
+        let grants = &self.caller.grants;
+        if !grants.writes_location(location.as_str()) && grants.seller_only().is_none() {
             return Err(FailedImportLine {
                 line: number,
                 code: "forbidden".into(),
@@ -253,6 +255,15 @@ impl Importer<'_> {
             code: code.into(),
             detail,
         };
+        // A seller's line names one of its own SKUs, or none it can see.
+        if let Some(seller) = self.caller.grants.seller_only() {
+            let owner = self.inventory.seller_of(&line.sku).await;
+            match owner {
+                Ok(Some(owner)) if owner == seller.as_str() => {}
+                Ok(_) => return Err(fail("unknown-sku", format!("no SKU {}", line.sku))),
+                Err(_) => return Err(fail("unavailable", "redis did not answer; retry the import".into())),
+            }
+        }
         let reply = self
             .inventory
             .set_stock(

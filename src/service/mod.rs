@@ -230,12 +230,16 @@ impl Inventory {
     }
 
     /// Sets or clears the SKU's sale policy. Policy is configuration, not
-    /// an event: it is acknowledged only once the journal has it, so
-    /// `flashgate rebuild` can restore caps and windows.
+    /// an event: it is acknowledged only once the journal has it and the
+    /// change (with `staff` and `view`, the policy as the API shows it) is
+    /// in the SKU's history, so `flashgate rebuild` can restore caps,
+    /// windows and sellers.
     pub async fn set_policy(
         &self,
         sku: &Sku,
         update: &crate::redis::calls::PolicyUpdate,
+        staff: &Staff<'_>,
+        view: impl FnOnce(&crate::redis::calls::Policy) -> serde_json::Value,
     ) -> Result<crate::redis::calls::Policy, ServiceError> {
         let policy = self.redis.set_policy(sku, update).await?;
         let row = crate::journal::store::PolicyRow {
@@ -243,12 +247,25 @@ impl Inventory {
             opens_at_ms: policy.open,
             closes_at_ms: policy.close,
             hold_ttl_seconds: policy.ttl,
+            seller: policy.seller.clone(),
+        };
+        let change = crate::journal::store::PolicyChange {
+            version: policy.ver.unwrap_or(0),
+            actor: staff.actor.as_str(),
+            request_id: staff.request_id,
+            policy: &view(&policy),
         };
         self.journal
             .store
-            .save_policy(sku.as_str(), &row)
+            .save_policy(sku.as_str(), &row, &change)
             .await
             .map_err(JournalError::from)?;
         Ok(policy)
+    }
+
+    /// The seller that owns the SKU (its policy's `seller`), read from
+    /// Redis; `None` when it has none or does not exist.
+    pub async fn seller_of(&self, sku: &Sku) -> Result<Option<String>, RedisError> {
+        self.redis.seller_of(sku).await
     }
 }
