@@ -82,6 +82,10 @@ pub enum Command {
         /// "inventory:write:location:east".
         #[arg(long)]
         scope: Option<String>,
+        /// Act for this marketplace seller: adds the inventory:seller scope
+        /// and the `seller` claim.
+        #[arg(long)]
+        seller: Option<String>,
         /// How long the token is valid.
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,

@@ -39,8 +39,17 @@ fn main() -> ExitCode {
             account,
             admin,
             scope,
+            seller,
             ttl_seconds,
         } => {
+            let seller = match seller.as_deref().map(flashgate::inventory::SellerId::parse) {
+                None => None,
+                Some(Ok(seller)) => Some(seller),
+                Some(Err(_)) => {
+                    eprintln!("flashgate: --seller must be 1-64 characters of [A-Za-z0-9._:@-]");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
             let Ok(account) = AccountId::parse(&account) else {
                 eprintln!("flashgate: --account must be 1-64 characters of [A-Za-z0-9._:@-]");
                 return ExitCode::from(EXIT_BAD_CONFIG);
@@ -55,13 +64,14 @@ fn main() -> ExitCode {
             let scopes: Vec<&str> = admin
                 .then_some(ADMIN_SCOPE)
                 .into_iter()
+                .chain(seller.is_some().then_some(flashgate::auth::SELLER_SCOPE))
                 .chain(scope.as_deref().unwrap_or_default().split_whitespace())
                 .collect();
             let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
             let auth = Auth::new(settings.auth.secret_or_development());
             println!(
                 "{}",
-                auth.issue_scoped(&account, scope.as_deref(), ttl_seconds)
+                auth.issue_with(&account, scope.as_deref(), seller.as_ref(), ttl_seconds)
             );
             ExitCode::SUCCESS
         }

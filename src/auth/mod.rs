@@ -288,26 +288,22 @@ impl Auth {
         self.issue_scoped(account, scope, ttl_seconds)
     }
 
-    /// Signs an `inventory:seller` token for `account` acting for `seller`.
-    pub fn issue_seller(&self, account: &AccountId, seller: &SellerId, ttl_seconds: u64) -> String {
-        let now = now_seconds();
-        let claims = Claims {
-            sub: account.to_string(),
-            exp: now + ttl_seconds,
-            iat: Some(now),
-            scope: Some(SELLER_SCOPE.to_owned()),
-            seller: Some(seller.to_string()),
-        };
-        // Encoding HS256 claims made of strings and integers cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .unwrap_or_default()
-    }
-
     /// Signs a token for `account` with this `scope` claim.
     pub fn issue_scoped(
         &self,
         account: &AccountId,
         scope: Option<&str>,
+        ttl_seconds: u64,
+    ) -> String {
+        self.issue_with(account, scope, None, ttl_seconds)
+    }
+
+    /// Signs a token for `account` with these `scope` and `seller` claims.
+    pub fn issue_with(
+        &self,
+        account: &AccountId,
+        scope: Option<&str>,
+        seller: Option<&SellerId>,
         ttl_seconds: u64,
     ) -> String {
         let now = now_seconds();
@@ -316,7 +312,7 @@ impl Auth {
             exp: now + ttl_seconds,
             iat: Some(now),
             scope: scope.map(str::to_owned),
-            seller: None,
+            seller: seller.map(SellerId::to_string),
         };
         // Encoding HS256 claims made of strings and integers cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -345,6 +341,20 @@ mod tests {
         );
         let caller = auth.verify(Some(&format!("Bearer {admin}"))).unwrap();
         assert_eq!(caller.role, Role::Admin);
+    }
+
+    #[test]
+    fn a_seller_claim_counts_only_with_the_seller_scope() {
+        let g = Grants::parse_with_seller(Some("inventory:seller"), Some("acme"));
+        assert_eq!(g.seller_only().map(SellerId::as_str), Some("acme"));
+        assert!(!g.reads() && !g.writes_stock());
+        let without_scope = Grants::parse_with_seller(Some("inventory:read"), Some("acme"));
+        assert_eq!(without_scope.seller, None);
+        let bad_claim = Grants::parse_with_seller(Some("inventory:seller"), Some("a b"));
+        assert_eq!(bad_claim.seller, None);
+        let admin =
+            Grants::parse_with_seller(Some("inventory:seller inventory:admin"), Some("acme"));
+        assert_eq!(admin.seller_only(), None);
     }
 
     #[test]

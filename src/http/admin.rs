@@ -377,7 +377,8 @@ pub async fn set_policy(
         actor: &caller.account,
         request_id: &request_id,
     };
-    let view = |p: &Policy| serde_json::to_value(PolicyView::of(&sku, p.clone())).unwrap_or_default();
+    let view =
+        |p: &Policy| serde_json::to_value(PolicyView::of(&sku, p.clone())).unwrap_or_default();
     let policy: Policy = state
         .inventory
         .set_policy(&sku, &update, &staff, view)

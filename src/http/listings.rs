@@ -367,6 +367,10 @@ fn history_cursor(raw: Option<&str>) -> Result<Option<listings::HistoryCursor>, 
     let (version, sub) = raw.split_once('.').unwrap_or((raw, "0"));
     let bad = || ApiError::Validation("cursor must be a `next` from a page".into());
     let version = paging::seq_cursor(Some(version))?.ok_or_else(bad)?;
-    let sub = sub.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(bad)?;
+    let sub = sub
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s >= 0)
+        .ok_or_else(bad)?;
     Ok(Some((version, sub)))
 }

@@ -261,7 +261,12 @@ impl Importer<'_> {
             match owner {
                 Ok(Some(owner)) if owner == seller.as_str() => {}
                 Ok(_) => return Err(fail("unknown-sku", format!("no SKU {}", line.sku))),
-                Err(_) => return Err(fail("unavailable", "redis did not answer; retry the import".into())),
+                Err(_) => {
+                    return Err(fail(
+                        "unavailable",
+                        "redis did not answer; retry the import".into(),
+                    ));
+                }
             }
         }
         let reply = self

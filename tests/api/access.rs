@@ -340,9 +340,12 @@ async fn scoped_tokens_reach_only_what_their_scopes_grant(backend: Backend) {
         (newest["actor"].as_str(), newest["delta"].as_i64()),
         (Some("keeper-east"), Some(9))
     );
-    // The adjustment before it, then the page ends at the limit.
-    assert_eq!(changes["changes"][1]["kind"], "adjusted");
-    assert_eq!(changes["changes"][1]["actor"], "keeper-east");
+    // The admin's policy change before it (a policy change keeps the
+    // version, and sorts after the stock change that made it), then the
+    // page ends at the limit.
+    assert_eq!(changes["changes"][1]["kind"], "policy");
+    assert_eq!(changes["changes"][1]["actor"], "ops-admin");
+    assert_eq!(changes["changes"][1]["location"], serde_json::Value::Null);
     let next = changes["next"].as_str().unwrap();
     let r = app
         .send(
@@ -354,13 +357,15 @@ async fn scoped_tokens_reach_only_what_their_scopes_grant(backend: Backend) {
         )
         .await;
     let older = r.body["changes"].as_array().unwrap();
-    // The keeper's first write, and the admin's two first stockings.
+    // The keeper's adjustment and first write, and the admin's two first
+    // stockings.
     let actors: Vec<&str> = older.iter().map(|c| c["actor"].as_str().unwrap()).collect();
     assert_eq!(
         actors,
-        ["keeper-east", "ops-admin", "ops-admin"],
+        ["keeper-east", "keeper-east", "ops-admin", "ops-admin"],
         "{older:?}"
     );
+    assert_eq!(older[0]["kind"], "adjusted");
     // The change feed names the actor too.
     let r = app
         .send(
@@ -377,3 +382,244 @@ async fn scoped_tokens_reach_only_what_their_scopes_grant(backend: Backend) {
 }
 
 on_both_topologies!(scoped_tokens_reach_only_what_their_scopes_grant);
+
+async fn a_seller_reaches_only_its_own_skus(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for sku in ["SELL-A", "SELL-B"] {
+        app.stock(sku, 10).await;
+    }
+    for (sku, seller) in [("SELL-A", "acme"), ("SELL-B", "other")] {
+        let r = app.policy(sku, json!({ "seller": seller })).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.body["seller"], seller);
+    }
+    let auth = flashgate::auth::Auth::new(TEST_SECRET);
+    let staff = flashgate::inventory::AccountId::parse("acme-staff").unwrap();
+    let acme = flashgate::inventory::SellerId::parse("acme").unwrap();
+    let seller = auth.issue_with(&staff, Some("inventory:seller"), Some(&acme), 3600);
+    let no_claim = auth.issue_with(&staff, Some("inventory:seller"), None, 3600);
+    let send = |method: Method, path: String, t: String, body: Option<serde_json::Value>| {
+        let app = &app;
+        async move {
+            app.send(method, &path, Some(&t), &[], body.map(|b| b.to_string()))
+                .await
+        }
+    };
+
+    // Reads: its own SKU, nothing of another's.
+    let r = send(
+        Method::GET,
+        "/v1/admin/inventory/SELL-A".into(),
+        seller.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["policy"]["seller"], "acme");
+    for path in [
+        "/v1/admin/inventory/SELL-B",
+        "/v1/admin/inventory/SELL-NONE",
+        "/v1/admin/inventory/SELL-B/history",
+    ] {
+        let r = send(Method::GET, path.into(), seller.clone(), None).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::NOT_FOUND, "unknown-sku"),
+            "{path}"
+        );
+    }
+    let r = send(
+        Method::GET,
+        "/v1/admin/inventory/SELL-A".into(),
+        no_claim,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    for path in ["/v1/admin/events", "/v1/admin/webhooks"] {
+        let r = send(Method::GET, path.into(), seller.clone(), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+
+    // Writes: stock, adjustments and policy of its own SKU only; never the
+    // seller field.
+    let stock = json!({ "on_hand": 12 });
+    let r = send(
+        Method::PUT,
+        "/v1/admin/inventory/SELL-A/locations/default".into(),
+        seller.clone(),
+        Some(stock.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = send(
+        Method::PUT,
+        "/v1/admin/inventory/SELL-B/locations/default".into(),
+        seller.clone(),
+        Some(stock),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let adjust = json!({ "delta": -1, "reason": "shrinkage" });
+    let r = send(
+        Method::POST,
+        "/v1/admin/inventory/SELL-B/locations/default/adjustments".into(),
+        seller.clone(),
+        Some(adjust),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(
+        Method::PUT,
+        "/v1/admin/inventory/SELL-A".into(),
+        seller.clone(),
+        Some(json!({ "max_per_account": 2 })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = send(
+        Method::PUT,
+        "/v1/admin/inventory/SELL-A".into(),
+        seller.clone(),
+        Some(json!({ "seller": "acme" })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(
+        Method::PUT,
+        "/v1/admin/inventory/SELL-B".into(),
+        seller.clone(),
+        Some(json!({ "max_per_account": 2 })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Holds: it releases its own SKU's, and lists only those.
+    let shopper = token("sell-shopper");
+    let mut ids = Vec::new();
+    for sku in ["SELL-A", "SELL-B"] {
+        let r = app
+            .reserve(&shopper, json!({ "sku": sku, "qty": 1 }), None)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        ids.push(r.body["reservation_id"].as_str().unwrap().to_owned());
+    }
+    let why = json!({ "reason": "seller cancelled" });
+    let r = send(
+        Method::POST,
+        format!("/v1/admin/reservations/{}/release", ids[0]),
+        seller.clone(),
+        Some(why.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = send(
+        Method::POST,
+        format!("/v1/admin/reservations/{}/release", ids[1]),
+        seller.clone(),
+        Some(why),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let started = std::time::Instant::now();
+    loop {
+        let all = send(
+            Method::GET,
+            "/v1/admin/reservations".into(),
+            admin_token(),
+            None,
+        )
+        .await;
+        if all.body["reservations"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            all.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mine = send(
+        Method::GET,
+        "/v1/admin/reservations".into(),
+        seller.clone(),
+        None,
+    )
+    .await;
+    let skus: Vec<&str> = mine.body["reservations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(skus, ["SELL-A"]);
+    let started = std::time::Instant::now();
+    loop {
+        let r = send(
+            Method::GET,
+            "/v1/admin/inventory?status=IN_STOCK".into(),
+            seller.clone(),
+            None,
+        )
+        .await;
+        let listed: Vec<&str> = r.body["skus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sku"].as_str().unwrap())
+            .collect();
+        if listed == ["SELL-A"] {
+            break;
+        }
+        assert!(!listed.contains(&"SELL-B"), "{listed:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{listed:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // An import applies its own SKU's lines; another's fail alone.
+    let lines = format!(
+        "{}\n{}\n",
+        json!({ "sku": "SELL-A", "on_hand": 30 }),
+        json!({ "sku": "SELL-B", "on_hand": 30 })
+    );
+    let r = app
+        .http
+        .post(app.url("/v1/admin/inventory/import"))
+        .bearer_auth(&seller)
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["applied"], 1, "{report}");
+    assert_eq!(report["failed"][0]["code"], "unknown-sku");
+    assert_eq!(app.view("SELL-B").await.body["on_hand"], 10);
+
+    // The SKU's history shows both policy changes, each with its actor.
+    let r = send(
+        Method::GET,
+        "/v1/admin/inventory/SELL-A/history".into(),
+        seller,
+        None,
+    )
+    .await;
+    let policies: Vec<(&str, &serde_json::Value)> = r.body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "policy")
+        .map(|c| (c["actor"].as_str().unwrap(), &c["policy"]))
+        .collect();
+    assert_eq!(policies.len(), 2, "{:?}", r.body);
+    assert_eq!(policies[0].0, "acme-staff");
+    assert_eq!(policies[0].1["max_per_account"], 2);
+    assert_eq!(policies[1].0, "ops-admin");
+    assert_eq!(policies[1].1["seller"], "acme");
+}
+
+on_both_topologies!(a_seller_reaches_only_its_own_skus);
