@@ -39,13 +39,6 @@ const POLICY_MAX_PER_ACCOUNT_MAX: i64 = 1_000_000;
 /// Longest adjustment reference.
 const REFERENCE_LEN_MAX: usize = 128;
 
-fn count(name: &str, value: i64) -> Result<u64, ApiError> {
-    u64::try_from(value)
-        .ok()
-        .filter(|v| *v <= COUNT_MAX as u64)
-        .ok_or_else(|| ApiError::Validation(format!("{name} must be from 0 to {COUNT_MAX}")))
-}
-
 /// 403 unless the caller may write stock at `location` (a seller may at
 /// every location of its own SKUs), 404 when a seller does not own `sku`.
 async fn may_write(
@@ -140,12 +133,13 @@ pub async fn set_stock(
 ) -> Result<Response, ApiError> {
     let (sku, location) = sku_and_location(&sku, &location)?;
     may_write(&state, &caller, &sku, &location).await?;
-    let counts = StockCounts {
-        on_hand: count("on_hand", body.on_hand)?,
-        safety_stock: count("safety_stock", body.safety_stock)?,
-        low_stock_threshold: count("low_stock_threshold", body.low_stock_threshold)?,
-        backorder_limit: count("backorder_limit", body.backorder_limit)?,
-    };
+    let counts = StockCounts::parse(
+        body.on_hand,
+        body.safety_stock,
+        body.low_stock_threshold,
+        body.backorder_limit,
+    )
+    .map_err(ApiError::Validation)?;
     let expected = if_match(&headers)?;
     let reply = state
         .inventory

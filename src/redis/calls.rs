@@ -188,6 +188,35 @@ pub struct StockCounts {
     pub backorder_limit: u64,
 }
 
+impl StockCounts {
+    /// Counts as a request gives them: each from 0 to
+    /// `inventory::STOCK_COUNT_MAX`, else a message naming the field.
+    pub fn parse(
+        on_hand: i64,
+        safety_stock: i64,
+        low_stock_threshold: i64,
+        backorder_limit: i64,
+    ) -> Result<Self, String> {
+        let count = |name: &str, v: i64| {
+            u64::try_from(v)
+                .ok()
+                .filter(|v| *v <= crate::inventory::STOCK_COUNT_MAX as u64)
+                .ok_or_else(|| {
+                    format!(
+                        "{name} must be from 0 to {}",
+                        crate::inventory::STOCK_COUNT_MAX
+                    )
+                })
+        };
+        Ok(Self {
+            on_hand: count("on_hand", on_hand)?,
+            safety_stock: count("safety_stock", safety_stock)?,
+            low_stock_threshold: count("low_stock_threshold", low_stock_threshold)?,
+            backorder_limit: count("backorder_limit", backorder_limit)?,
+        })
+    }
+}
+
 /// A policy field in a `set_policy` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyField {

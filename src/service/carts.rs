@@ -478,6 +478,34 @@ impl Carts {
         finished
     }
 
+    /// Moves a due cart from `from` to `to` (still due, for the next sweep
+    /// should this one stop) and voids every line; false when another
+    /// driver moved it first.
+    async fn take_over(
+        &self,
+        id: &CartId,
+        record: &CartRecord,
+        from: &[CartStatus],
+        to: CartStatus,
+        reason: &str,
+    ) -> Result<bool, ServiceError> {
+        let step = Move {
+            from,
+            to,
+            ttl_ms: self.recovery_ms() + self.retention_ms(),
+            due_in_ms: Some(self.recovery_ms()),
+            guard_ms: None,
+            record: None,
+        };
+        let redis = &self.inventory.redis;
+        if !matches!(redis.move_cart(id, None, &step).await?, CartStep::Done(_)) {
+            return Ok(false);
+        }
+        let all: Vec<usize> = (0..record.lines.len()).collect();
+        self.void_lines(id, record, &all, reason).await?;
+        Ok(true)
+    }
+
     /// Finishes one due cart; returns what it did (a metric label).
     async fn recover(&self, id: &CartId) -> Result<&'static str, ServiceError> {
         let redis = &self.inventory.redis;
@@ -485,21 +513,15 @@ impl Carts {
             redis.forget_cart(id).await?;
             return Ok("gone");
         };
-        let all: Vec<usize> = (0..record.lines.len()).collect();
         match record.status {
             CartStatus::Pending | CartStatus::Recovering => {
-                let step = Move {
-                    from: &[CartStatus::Pending],
-                    to: CartStatus::Recovering,
-                    ttl_ms: self.recovery_ms() + self.retention_ms(),
-                    due_in_ms: Some(self.recovery_ms()),
-                    guard_ms: None,
-                    record: None,
-                };
-                if !matches!(redis.move_cart(id, None, &step).await?, CartStep::Done(_)) {
+                let from = [CartStatus::Pending];
+                if !self
+                    .take_over(id, &record, &from, CartStatus::Recovering, "cart_recovered")
+                    .await?
+                {
                     return Ok("retried");
                 }
-                self.void_lines(id, &record, &all, "cart_recovered").await?;
                 tracing::info!(
                     cart = id.as_str(),
                     "rolled back a cart whose gateway stopped placing it"
@@ -523,18 +545,13 @@ impl Carts {
             CartStatus::Held | CartStatus::Expired => {
                 // Held here only when its lines' deadlines differ: at the
                 // cart's deadline every line ends.
-                let step = Move {
-                    from: &[CartStatus::Held],
-                    to: CartStatus::Expired,
-                    ttl_ms: self.recovery_ms() + self.retention_ms(),
-                    due_in_ms: Some(self.recovery_ms()),
-                    guard_ms: None,
-                    record: None,
-                };
-                if !matches!(redis.move_cart(id, None, &step).await?, CartStep::Done(_)) {
+                let from = [CartStatus::Held];
+                if !self
+                    .take_over(id, &record, &from, CartStatus::Expired, "cart_expired")
+                    .await?
+                {
                     return Ok("retried");
                 }
-                self.void_lines(id, &record, &all, "cart_expired").await?;
                 redis.forget_cart(id).await?;
                 Ok("expired")
             }

@@ -38,8 +38,6 @@ pub const IMPORT_LINE_BYTES_MAX: usize = 4_096;
 pub const IMPORT_CHUNK_LINES: usize = 256;
 /// SKUs of one chunk written at once.
 pub const IMPORT_CONCURRENCY: usize = 32;
-/// Largest count a line may set (as `PUT …/locations/{location}`).
-const COUNT_MAX: i64 = crate::inventory::STOCK_COUNT_MAX;
 
 /// One line as it must read.
 #[derive(Debug, Deserialize)]
@@ -177,13 +175,6 @@ struct Parsed {
     op_id: String,
 }
 
-fn count(name: &str, v: i64) -> Result<u64, String> {
-    u64::try_from(v)
-        .ok()
-        .filter(|v| *v <= COUNT_MAX as u64)
-        .ok_or_else(|| format!("{name} must be from 0 to {COUNT_MAX}"))
-}
-
 pub struct Importer<'a> {
     pub inventory: &'a Inventory,
     pub caller: &'a Caller,
@@ -207,14 +198,12 @@ impl Importer<'_> {
                 detail: format!("the token may not write stock at {location}"),
             });
         }
-        let counts = (|| {
-            Ok::<_, String>(StockCounts {
-                on_hand: count("on_hand", line.on_hand)?,
-                safety_stock: count("safety_stock", line.safety_stock)?,
-                low_stock_threshold: count("low_stock_threshold", line.low_stock_threshold)?,
-                backorder_limit: count("backorder_limit", line.backorder_limit)?,
-            })
-        })()
+        let counts = StockCounts::parse(
+            line.on_hand,
+            line.safety_stock,
+            line.low_stock_threshold,
+            line.backorder_limit,
+        )
         .map_err(|e| validation(number, e))?;
         let op_id = match self.key {
             Some(key) => {
