@@ -40,7 +40,8 @@ use crate::{
     redis::{
         RedisError,
         calls::{
-            Amendment, ReservationReply, ReserveReply, ReserveRequest, SettleRequest, Settlement,
+            Amendment, ReservationReply, ReservationStatus, ReserveReply, ReserveRequest,
+            SettleRequest, Settlement,
         },
         carts::{CartLine, CartRecord, CartStatus, CartStep, FailedLine, Move},
     },
@@ -396,6 +397,11 @@ impl Carts {
             Settlement::Release => (CartStatus::Releasing, CartStatus::Released, 0),
         };
         let redis = &self.inventory.redis;
+        if settlement == Settlement::Confirm
+            && let Some(refusal) = self.line_ended(id, owner).await?
+        {
+            return Ok(Err(refusal));
+        }
         let step = Move {
             from: &[CartStatus::Held],
             to: during,
@@ -413,6 +419,42 @@ impl Carts {
         };
         self.settle_lines(id, &record, settlement).await?;
         Ok(self.finish(id, during, done).await?)
+    }
+
+    /// Why a held cart cannot be confirmed whole: one of its lines was
+    /// released or expired on its own (each line is a reservation its
+    /// owner may release). `None` when every line is held or confirmed, or
+    /// the cart is not held (the move decides then).
+    async fn line_ended(
+        &self,
+        id: &CartId,
+        owner: &AccountId,
+    ) -> Result<Option<Refused>, RedisError> {
+        let Some(record) = self.inventory.redis.cart(id, Some(owner)).await? else {
+            return Ok(None);
+        };
+        if record.status != CartStatus::Held {
+            return Ok(None);
+        }
+        let partitions = self.partitions();
+        let lines = record.lines.iter().enumerate().filter_map(|(i, line)| {
+            let sku = Sku::parse(&line.sku).ok()?;
+            Some(id.line(i, &sku, partitions))
+        });
+        let replies = join_all(
+            lines.map(|rid| async move { self.inventory.reservation(&rid, Some(owner)).await }),
+        )
+        .await;
+        for reply in replies {
+            if let ReservationReply::Ok(r) = reply? {
+                match r.status {
+                    ReservationStatus::Released => return Ok(Some(Refused::Released)),
+                    ReservationStatus::Expired => return Ok(Some(Refused::Expired)),
+                    ReservationStatus::Held | ReservationStatus::Confirmed => {}
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// `during → done`, out of the due index.

@@ -366,6 +366,27 @@ async fn a_cart_answers_its_idempotency_key_and_refuses_bad_carts(backend: Backe
     assert_eq!(app.view(&b).await.body["available"], 1);
     let r = cart_action(&app, &t, "12.nothex", None).await;
     assert_eq!(r.code(), "cart-not-found");
+
+    // A line released on its own: the cart can no longer be confirmed
+    // whole, and nothing of it is confirmed.
+    let cart = post_cart(&url, &app.http, &t, &body, Some("k-3")).await;
+    assert_eq!(cart.status, StatusCode::CREATED, "{:?}", cart.body);
+    let line = cart.body["lines"][1]["reservation_id"].as_str().unwrap();
+    assert_eq!(
+        app.reservation(&t, line, Some("release")).await.status,
+        StatusCode::OK
+    );
+    let id = cart.body["cart_id"].as_str().unwrap();
+    let r = cart_action(&app, &t, id, Some("confirm")).await;
+    assert_eq!(r.code(), "reservation-released");
+    let first = cart.body["lines"][0]["reservation_id"].as_str().unwrap();
+    assert_eq!(
+        app.reservation(&t, first, None).await.body["status"],
+        "held"
+    );
+    let r = cart_action(&app, &t, id, Some("release")).await;
+    assert_eq!(r.body["status"], "released");
+    assert_eq!(app.view(&a).await.body["reserved"], 0);
 }
 
 /// Every cart's `GET` answer: id, owner's token, reply.
