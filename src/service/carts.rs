@@ -618,6 +618,15 @@ fn refused(status: CartStatus) -> Refused {
 
 /// Runs the cart sweep every `cart.sweep_interval_ms` until shutdown.
 pub async fn run(carts: Carts, shutdown: CancellationToken) {
+    // Exported at 0 from the start, so rates and the dashboard see the first.
+    for outcome in ["held", "failed"] {
+        metrics::counter!(names::CARTS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(names::CART_RECOVERIES_TOTAL, "outcome" => "rolled_back").increment(0);
+    for kind in ["extend", "shrink", "release"] {
+        metrics::counter!(names::HOLD_CHANGES_TOTAL, "kind" => kind, "outcome" => "ok")
+            .increment(0);
+    }
     let mut ticker = tokio::time::interval(Duration::from_millis(carts.settings.sweep_interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
