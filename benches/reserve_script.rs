@@ -95,6 +95,7 @@ async fn main() {
                     location: None,
                     idempotency_key: None,
                     cart: None,
+                    admission: None,
                 }
             })
             .collect();

@@ -24,6 +24,9 @@
 --   ver                       version, bumped by every stock mutation, never reused
 --   max, open, close, ttl     policy: per-account cap (units), sale window (ms since
 --                             the epoch), hold TTL (seconds); absent when unset
+--   wra, wrt                  policy: waiting room admissions per second, admission
+--                             TTL (seconds); both present while the room is on
+--   seller                    policy: the marketplace seller who owns the SKU (text)
 --   l:<loc>:oh                on hand (may be negative: units owed to backorders)
 --   l:<loc>:rs                reserved (units held)
 --   l:<loc>:ss, l:<loc>:lt    safety stock, low-stock threshold
@@ -386,6 +389,16 @@ local function record_reply(rec, now)
   local reply = 'ok|' .. encode_record(rec)
   rec.state = stored
   return reply
+end
+
+-- A waiting-room ticket (lua/room.lua): `acct|state|order|admission deadline`.
+local function decode_ticket(v)
+  local acct, state, order, deadline = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  return {acct = acct, state = state, order = order, deadline = deadline}
+end
+
+local function encode_ticket(t)
+  return t.acct .. '|' .. t.state .. '|' .. t.order .. '|' .. t.deadline
 end
 
 -- Admin mutations carry an operation id so that a command re-sent by the

@@ -12,7 +12,9 @@
 -- KEYS: the partition convention (prelude), then per request j (0-based,
 --   m requests): 3n+3+j its reservation record (the request's new id); then
 --   the idempotency record of each request that carries an
---   Idempotency-Key, in request order
+--   Idempotency-Key, in request order; then, for each request that carries
+--   a waiting-room admission, in request order, its SKU's room tickets and
+--   outstanding admissions (lua/room.lua)
 -- ARGV: the partition convention, then from 5+n:
 --   default hold TTL (ms, >= 1000), idempotency record TTL (ms),
 --   record retention after the hold's deadline (ms),
@@ -20,7 +22,8 @@
 --   SKU index (1..n), account id, qty (integer >= 1), location ('' = choose),
 --   request fingerprint when the client sent an Idempotency-Key ('' = none),
 --   cart id when the hold is a cart's line ('' = none: the event then says
---   which cart, in the third layout)
+--   which cart, in the third layout), waiting-room ticket whose admission the
+--   request carries ('' = none)
 -- Returns the partition convention's array, one packed reply per request:
 --   held|<reservation record>       (a new hold, or this very request re-sent)
 --   replayed|<reservation record>   (the hold an earlier Idempotency-Key made)
@@ -31,6 +34,9 @@
 --   sale_not_open|opens_at_ms | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused | sku_recovering (the SKU is fenced, prelude)
 --   voided (a cart rolled this line back before it arrived: a tombstone)
+--   admission_required (the SKU has a waiting room, and the request carries
+--   no admission of this account that is unused and unexpired; a hold uses
+--   its admission up)
 -- A request's item lists the stream entries it appended (lazy expiries too).
 -- Idempotency record: `<fingerprint>\n<reservation record>` (JSON
 -- `{fp, reply}` when written by an older gateway; still read).
@@ -40,13 +46,39 @@ local ctx = open_partition()
 local a, k = ctx.arg, ctx.key
 local default_ttl, idem_ttl, retention = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
 local first_arg = a + 3
-local count = (#ARGV - first_arg + 1) / 7
+local count = (#ARGV - first_arg + 1) / 8
 
 -- Every request's reservation id is its own: an existing record means the
 -- client library re-sent this very command after a dropped connection.
 local prior = redis.call('MGET', unpack(KEYS, k, k + count - 1))
 -- The next keyed request's idempotency record.
 local next_idem = k + count
+-- The next admission-carrying request's room keys: after every idempotency
+-- record.
+local next_adm = next_idem
+for i = 1, count do
+  if ARGV[a + 3 + 8 * (i - 1) + 5] ~= '' then next_adm = next_adm + 1 end
+end
+
+-- Whether the request may hold in a SKU with a waiting room: its admission
+-- is this account's, admitted, unused and unexpired.
+local function admitted(req, room_keys)
+  if not room_keys then return false end
+  local deadline = tonumber(redis.call('ZSCORE', room_keys.admissions, req.ticket))
+  if not deadline or deadline <= ctx.now then return false end
+  local v = redis.call('HGET', room_keys.tickets, req.ticket)
+  if not v then return false end
+  local t = decode_ticket(v)
+  return t.acct == req.account and t.state == 'admitted'
+end
+
+-- A hold used the admission up.
+local function use_admission(req, room_keys)
+  local t = decode_ticket(redis.call('HGET', room_keys.tickets, req.ticket))
+  t.state = 'used'
+  redis.call('HSET', room_keys.tickets, req.ticket, encode_ticket(t))
+  redis.call('ZREM', room_keys.admissions, req.ticket)
+end
 
 -- The reservation record an idempotency record answers with, and the
 -- fingerprint of the body that made it.
@@ -129,10 +161,15 @@ local function hold(s, req, loc, backorder, record_key)
 end
 
 local function reserve(_, i)
-  local base = first_arg + 7 * (i - 1)
+  local base = first_arg + 8 * (i - 1)
   local req = {rid = ARGV[base], sku = tonumber(ARGV[base + 1]), account = ARGV[base + 2],
     qty = tonumber(ARGV[base + 3]), qty_s = ARGV[base + 3], loc = ARGV[base + 4],
-    fp = ARGV[base + 5], cart = ARGV[base + 6]}
+    fp = ARGV[base + 5], cart = ARGV[base + 6], ticket = ARGV[base + 7]}
+  local room_keys
+  if req.ticket ~= '' then
+    room_keys = {tickets = KEYS[next_adm], admissions = KEYS[next_adm + 1]}
+    next_adm = next_adm + 2
+  end
   req.keyed = req.fp ~= ''
   local record_key, idem_key = KEYS[k + i - 1], nil
   if req.keyed then
@@ -153,6 +190,8 @@ local function reserve(_, i)
   if s.fenced then return FENCED end
   if not s.exists then return 'unknown_sku' end
   if req.loc ~= '' and not s.locs[req.loc] then return 'unknown_location' end
+  local room = s.policy.wra ~= nil
+  if room and not admitted(req, room_keys) then return 'admission_required' end
   local refusal, loc, bo = decide(s, req)
   if refusal and s.more_overdue then
     -- More overdue holds than one batch: they must not cause a refusal.
@@ -168,6 +207,7 @@ local function reserve(_, i)
     return table.concat(refusal, '|')
   end
   local record = hold(s, req, loc, bo, record_key)
+  if room then use_admission(req, room_keys) end
   if req.keyed then
     redis.call('SET', idem_key, req.fp .. '\n' .. record, 'PX', idem_ttl)
   end

@@ -7,7 +7,7 @@
 -- ARGV: the partition convention, then 6 a JSON document:
 --   {expect = <version the caller saw, -1 when the SKU was absent>,
 --    ver = <version to restore>,
---    locs = [{loc, oh, rs, ss, lt, bl}], policy = {max, open, close, ttl, seller},
+--    locs = [{loc, oh, rs, ss, lt, bl}], policy = {max, open, close, ttl, wra, wrt, seller},
 --    records = [{rid, loc, acct, qty, state, exp, bo, created, sid, ttl_ms}]}
 -- Held records become holds again (an overdue one is expired, with its event,
 -- by the next script that touches the SKU); held and confirmed records count
@@ -30,7 +30,7 @@ for _, l in ipairs(doc.locs) do
   redis.call('HSET', sku.key, p .. 'oh', l.oh, p .. 'rs', l.rs, p .. 'ss', l.ss,
     p .. 'lt', l.lt, p .. 'bo', l.bl)
 end
-for _, field in ipairs({'max', 'open', 'close', 'ttl'}) do
+for _, field in ipairs({'max', 'open', 'close', 'ttl', 'wra', 'wrt'}) do
   local v = doc.policy[field]
   if type(v) == 'number' then redis.call('HSET', sku.key, field, v) end
 end

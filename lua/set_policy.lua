@@ -5,8 +5,9 @@
 --   6 max per account, 7 sale opens at (ms since the epoch), 8 sale closes
 --   at (ms), 9 hold TTL (seconds); each one of '' (leave as is), '-' (clear)
 --   or an integer; 10 seller: '' (leave as is), '-' (clear) or '=' followed
---   by the seller
--- Returns JSON: {outcome='ok', max, open, close, ttl, seller, ver} (cleared
+--   by the seller; 11 waiting room admissions per second, 12 admission TTL
+--   (seconds), like 6-9
+-- Returns JSON: {outcome='ok', max, open, close, ttl, wra, wrt, seller, ver} (cleared
 --   fields absent; ver: the SKU's version, which a policy change keeps)
 --   or the text sku_recovering (the SKU is fenced, prelude)
 -- Error replies: none on valid input.
@@ -22,6 +23,16 @@ for i, field in ipairs(fields) do
     redis.call('HSET', key, field, v)
   end
 end
+for i, field in ipairs({'wra', 'wrt'}) do
+  local v = ARGV[10 + i]
+  if v == '-' then
+    redis.call('HDEL', key, field)
+  elseif v ~= '' then
+    redis.call('HSET', key, field, v)
+  end
+end
+fields[#fields + 1] = 'wra'
+fields[#fields + 1] = 'wrt'
 local seller = ARGV[10]
 if seller == '-' then
   redis.call('HDEL', key, 'seller')

@@ -175,6 +175,9 @@ impl App {
             settings: settings.cart.clone(),
         };
         let state = AppState::new(Shared {
+            room_admissions: Arc::new(service::room::Admissions::new(
+                settings.auth.secret_or_development(),
+            )),
             carts,
             inventory,
             auth: Arc::new(auth),

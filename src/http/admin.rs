@@ -274,6 +274,25 @@ pub struct PolicyBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     seller: Option<Option<String>>,
+    /// An inventory-aware waiting room: while it is on, reservations need a
+    /// `Queue-Admission` token (README, "Waiting room"). `null` turns it off.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<WaitingRoomBody>)]
+    waiting_room: Option<Option<WaitingRoomBody>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRoomBody {
+    /// Tickets admitted per second at most (1-100,000).
+    admit_per_second: i64,
+    /// How long an admission is good for (1-3,600 s; default 60).
+    #[serde(default = "default_admission_ttl")]
+    admission_ttl_seconds: i64,
+}
+
+fn default_admission_ttl() -> i64 {
+    60
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -284,6 +303,7 @@ pub struct PolicyView {
     sale_closes_at: Option<String>,
     reservation_ttl_seconds: Option<i64>,
     seller: Option<String>,
+    waiting_room: Option<WaitingRoomBody>,
 }
 
 fn bounded(
@@ -357,7 +377,24 @@ pub async fn set_policy(
             POLICY_TTL_SECONDS_MAX,
         )?,
         seller,
+        admit_per_second: None,
+        admission_ttl_seconds: None,
     };
+    let mut update = update;
+    match body.waiting_room {
+        None => {}
+        Some(None) => {
+            update.admit_per_second = Some(PolicyField::Clear);
+            update.admission_ttl_seconds = Some(PolicyField::Clear);
+        }
+        Some(Some(room)) => {
+            let rate = Some(Some(room.admit_per_second));
+            let ttl = Some(Some(room.admission_ttl_seconds));
+            update.admit_per_second = bounded("waiting_room.admit_per_second", rate, 100_000)?;
+            update.admission_ttl_seconds =
+                bounded("waiting_room.admission_ttl_seconds", ttl, 3_600)?;
+        }
+    }
     if let (Some(PolicyField::Set(open)), Some(PolicyField::Set(close))) =
         (update.opens_at_ms, update.closes_at_ms)
         && open >= close
@@ -389,6 +426,13 @@ impl PolicyView {
             sale_closes_at: policy.close.map(rfc3339),
             reservation_ttl_seconds: policy.ttl,
             seller: policy.seller,
+            waiting_room: policy
+                .wra
+                .zip(policy.wrt)
+                .map(|(rate, ttl)| WaitingRoomBody {
+                    admit_per_second: rate,
+                    admission_ttl_seconds: ttl,
+                }),
         }
     }
 }

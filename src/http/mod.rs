@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod ops;
 pub mod paging;
 pub mod problem;
+pub mod queue;
 pub mod reservations;
 pub mod serve;
 pub mod state;
@@ -56,6 +57,8 @@ pub fn router(
             "/v1/admin/reservations/{id}/release",
             post(reservations::operator_release),
         )
+        .route("/v1/queue/{sku}/tickets", post(queue::take))
+        .route("/v1/queue/{sku}/tickets/{ticket}", get(queue::get))
         .route("/v1/carts", post(carts::create))
         .route("/v1/carts/{id}", get(carts::get))
         .route("/v1/carts/{id}/confirm", post(carts::confirm))

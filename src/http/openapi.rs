@@ -15,7 +15,8 @@ use utoipa::{
 };
 
 use super::{
-    admin, carts, feed, inventory, listings, live, ops, problem::Problem, reservations, webhooks,
+    admin, carts, feed, inventory, listings, live, ops, problem::Problem, queue, reservations,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -42,6 +43,8 @@ use super::{
         reservations::change,
         reservations::operator_release,
         admin::import,
+        queue::take,
+        queue::get,
         carts::create,
         carts::get,
         carts::confirm,
@@ -437,6 +440,8 @@ mod tests {
             "/v1/carts/{id}/confirm",
             "/v1/carts/{id}/release",
             "/v1/admin/inventory/import",
+            "/v1/queue/{sku}/tickets",
+            "/v1/queue/{sku}/tickets/{ticket}",
             "/v1/admin/inventory/{sku}/locations/{location}",
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
@@ -455,7 +460,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 29);
+        assert_eq!(doc.paths.paths.len(), 31);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

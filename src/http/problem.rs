@@ -71,6 +71,14 @@ pub enum ApiError {
     Unauthorized(#[from] AuthError),
     #[error("the token's scopes do not allow this")]
     Forbidden,
+    #[error(
+        "this SKU has a waiting room: reserve with the Queue-Admission token of an admitted ticket of this account, unused and unexpired"
+    )]
+    AdmissionRequired,
+    #[error("the SKU has no waiting room")]
+    NoWaitingRoom,
+    #[error("no such ticket")]
+    TicketNotFound,
     #[error("unknown sku")]
     UnknownSku,
     #[error("unknown location for this sku")]
@@ -143,6 +151,9 @@ impl ApiError {
             PayloadTooLarge => ("payload-too-large", StatusCode::PAYLOAD_TOO_LARGE),
             Unauthorized(_) => ("unauthorized", StatusCode::UNAUTHORIZED),
             Forbidden => ("forbidden", StatusCode::FORBIDDEN),
+            AdmissionRequired => ("admission-required", StatusCode::FORBIDDEN),
+            NoWaitingRoom => ("no-waiting-room", StatusCode::NOT_FOUND),
+            TicketNotFound => ("ticket-not-found", StatusCode::NOT_FOUND),
             UnknownSku => ("unknown-sku", StatusCode::NOT_FOUND),
             UnknownLocation => ("unknown-location", StatusCode::NOT_FOUND),
             ReservationNotFound => ("reservation-not-found", StatusCode::NOT_FOUND),

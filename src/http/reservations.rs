@@ -117,12 +117,16 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Ap
     summary = "Hold units of a SKU for the caller's account",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1-128 printable ASCII characters: the same key and body within its TTL \
-                       (24 h) return the original answer with `Idempotent-Replayed: true`")),
+                       (24 h) return the original answer with `Idempotent-Replayed: true`"),
+        ("Queue-Admission" = Option<String>, Header,
+        description = "For a SKU with a waiting room: the `admission` of the caller's admitted \
+                       ticket; good for one reservation")),
     request_body = ReserveBody,
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Held until `expires_at`", body = HoldView),
         (status = 401, response = Unauthorized),
+        (status = 403, description = "`admission-required`: the SKU has a waiting room and the request carries no usable `Queue-Admission` of this account", body = Problem, content_type = "application/problem+json"),
         (status = 404, response = UnknownSku),
         (status = 409, description = "`insufficient-stock` (`available`), `purchase-limit` (`limit`, `already`), \
             `sale-not-open` (`opens_at`) or `sale-closed`", body = Problem, content_type = "application/problem+json"),
@@ -169,6 +173,7 @@ async fn admit_and_reserve(
     let qty = Qty::parse(body.qty, state.limits.max_qty_per_request)?;
     let location = body.location.as_deref().map(Location::parse).transpose()?;
     let key = idempotency_key(headers)?;
+    let ticket = queue_admission(state, headers, &sku, &caller.account)?;
     let admission = &state.admission;
     let ip = admission.client_ip(peer.ip(), headers);
     let passed = admission.check_local(&caller.account, ip)?;
@@ -193,6 +198,7 @@ async fn admit_and_reserve(
             location,
             idempotency_key: key,
             cart: None,
+            admission: ticket,
         })
         .await?;
     let hold = match reply {
@@ -212,6 +218,27 @@ async fn admit_and_reserve(
     Ok(response)
 }
 
+pub const QUEUE_ADMISSION_HEADER: &str = "queue-admission";
+
+/// The ticket of a `Queue-Admission` header the caller may use for `sku`
+/// now; 403 `admission-required` for a forged, expired or foreign one.
+fn queue_admission(
+    state: &AppState,
+    headers: &HeaderMap,
+    sku: &Sku,
+    account: &crate::inventory::AccountId,
+) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(QUEUE_ADMISSION_HEADER) else {
+        return Ok(None);
+    };
+    let token = value.to_str().map_err(|_| ApiError::AdmissionRequired)?;
+    state
+        .room_admissions
+        .check(token, sku, account, crate::clock::now_ms())
+        .map(Some)
+        .ok_or(ApiError::AdmissionRequired)
+}
+
 /// The problem a reserve refusal is answered with.
 pub fn refusal(reply: ReserveReply) -> ApiError {
     match reply {
@@ -228,6 +255,7 @@ pub fn refusal(reply: ReserveReply) -> ApiError {
         ReserveReply::UnknownSku => ApiError::UnknownSku,
         ReserveReply::UnknownLocation => ApiError::UnknownLocation,
         ReserveReply::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+        ReserveReply::AdmissionRequired => ApiError::AdmissionRequired,
         // A new reservation's id is random: no cart ever voided it.
         ReserveReply::Voided => ApiError::Internal("a new reservation id was voided".into()),
         ReserveReply::Held(_) => ApiError::Internal("a hold answered as a refusal".into()),

@@ -47,6 +47,8 @@ pub struct Shared {
     pub webhooks: Arc<Webhooks>,
     /// Carts, all or nothing.
     pub carts: crate::service::carts::Carts,
+    /// Signs and checks waiting-room admission tokens.
+    pub room_admissions: Arc<crate::service::room::Admissions>,
 }
 
 /// Request-shape limits, from `Settings`.

@@ -123,7 +123,8 @@ pub async fn rebuild_sku(
         "locs": locs,
         "policy": {"max": policy.max_per_account, "open": policy.opens_at_ms,
                    "close": policy.closes_at_ms, "ttl": policy.hold_ttl_seconds,
-                   "seller": policy.seller},
+                   "seller": policy.seller, "wra": policy.admit_per_second,
+                   "wrt": policy.admission_ttl_seconds},
         "records": records,
     });
     Ok(match redis.restore(sku, &ids, &doc).await? {

@@ -105,6 +105,8 @@ pub struct PolicyRow {
     pub closes_at_ms: Option<i64>,
     pub hold_ttl_seconds: Option<i64>,
     pub seller: Option<String>,
+    pub admit_per_second: Option<i64>,
+    pub admission_ttl_seconds: Option<i64>,
 }
 
 /// Who changed a SKU's policy, at which version, to what.
@@ -368,13 +370,14 @@ impl Store {
         let tx = client.transaction().await?;
         tx.execute(
             "INSERT INTO sku_policies AS p (sku, max_per_account, opens_at, closes_at,
-                 hold_ttl_seconds, seller, updated_at)
+                 hold_ttl_seconds, seller, admit_per_second, admission_ttl_seconds, updated_at)
              VALUES ($1, $2::int8, to_timestamp($3::int8 / 1000.0), to_timestamp($4::int8 / 1000.0),
-                 $5::int8, $6, now())
+                 $5::int8, $6, $7::int8, $8::int8, now())
              ON CONFLICT (sku) DO UPDATE SET max_per_account = EXCLUDED.max_per_account,
                  opens_at = EXCLUDED.opens_at, closes_at = EXCLUDED.closes_at,
                  hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, seller = EXCLUDED.seller,
-                 updated_at = now()",
+                 admit_per_second = EXCLUDED.admit_per_second,
+                 admission_ttl_seconds = EXCLUDED.admission_ttl_seconds, updated_at = now()",
             &[
                 &sku,
                 &policy.max_per_account,
@@ -382,6 +385,8 @@ impl Store {
                 &policy.closes_at_ms,
                 &policy.hold_ttl_seconds,
                 &policy.seller,
+                &policy.admit_per_second,
+                &policy.admission_ttl_seconds,
             ],
         )
         .await?;
@@ -406,7 +411,8 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT max_per_account, (extract(epoch FROM opens_at) * 1000)::bigint,
-                     (extract(epoch FROM closes_at) * 1000)::bigint, hold_ttl_seconds, seller
+                     (extract(epoch FROM closes_at) * 1000)::bigint, hold_ttl_seconds, seller,
+                     admit_per_second, admission_ttl_seconds
                  FROM sku_policies WHERE sku = $1",
                 &[&sku],
             )
@@ -417,6 +423,8 @@ impl Store {
             closes_at_ms: r.get(2),
             hold_ttl_seconds: r.get(3),
             seller: r.get(4),
+            admit_per_second: r.get(5),
+            admission_ttl_seconds: r.get(6),
         }))
     }
 

@@ -63,6 +63,9 @@ pub enum ReserveReply {
     /// The cart whose line this is rolled the line back before the
     /// command arrived (a tombstone): nothing was held.
     Voided,
+    /// The SKU has a waiting room and the request carries no admission of
+    /// its account that is admitted, unused and unexpired.
+    AdmissionRequired,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -243,6 +246,9 @@ pub struct PolicyUpdate {
     pub ttl_seconds: Option<PolicyField>,
     /// `Some(None)` clears the seller.
     pub seller: Option<Option<SellerId>>,
+    /// The waiting room: admissions per second and admission TTL (seconds).
+    pub admit_per_second: Option<PolicyField>,
+    pub admission_ttl_seconds: Option<PolicyField>,
 }
 
 /// A signed change of a location's on-hand count, with why.
@@ -300,6 +306,54 @@ pub enum AmendReply {
     QtyNotSmaller { held: u32 },
 }
 
+/// What lua/room.lua is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomAction {
+    Take,
+    Read,
+}
+
+impl RoomAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Take => "take",
+            Self::Read => "read",
+        }
+    }
+}
+
+/// A waiting-room ticket's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketStatus {
+    /// In the queue, at this 1-based position.
+    Waiting {
+        position: u64,
+    },
+    /// Admitted until this deadline (ms since the epoch).
+    Admitted {
+        deadline_ms: i64,
+    },
+    /// Admitted, and a reservation used the admission.
+    Used {
+        deadline_ms: i64,
+    },
+    Expired,
+    SoldOut,
+}
+
+/// What lua/room.lua answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomReply {
+    Ticket {
+        ticket: String,
+        status: TicketStatus,
+        admit_per_second: i64,
+    },
+    NotFound,
+    NoRoom,
+    UnknownSku,
+}
+
 /// A SKU's policy after an update; `None` where unset.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Policy {
@@ -310,6 +364,12 @@ pub struct Policy {
     /// The marketplace seller who owns the SKU.
     #[serde(default)]
     pub seller: Option<String>,
+    /// The waiting room's admissions per second, while it is on.
+    #[serde(default)]
+    pub wra: Option<i64>,
+    /// The waiting room's admission TTL (seconds), while it is on.
+    #[serde(default)]
+    pub wrt: Option<i64>,
     /// The SKU's version when the policy was read or set.
     #[serde(default)]
     pub ver: Option<i64>,
@@ -337,6 +397,8 @@ impl Policy {
             close: field("close"),
             ttl: field("ttl"),
             seller: text("seller"),
+            wra: field("wra"),
+            wrt: field("wrt"),
             ver: field("ver"),
         }
     }
@@ -351,6 +413,9 @@ pub struct ReserveRequest {
     pub idempotency_key: Option<IdempotencyKey>,
     /// The cart this hold is a line of: its event names the cart.
     pub cart: Option<CartId>,
+    /// The waiting-room ticket whose admission the request carries (its
+    /// signature already checked at the edge).
+    pub admission: Option<String>,
 }
 
 impl ReserveRequest {
@@ -438,12 +503,18 @@ impl BatchKind for ReserveBatch {
                     .as_ref()
                     .map_or(String::new(), |c| c.as_str().to_owned()),
             );
+            args.push(req.admission.clone().unwrap_or_default());
         }
         // The keyed requests' idempotency records, in request order.
         keys.extend(batch.iter().filter_map(|req| {
             let key = req.idempotency_key.as_ref()?;
             Some(core.keys().idempotency(p, req.id.sku(), &req.account, key))
         }));
+        // The admission-carrying requests' room tickets and admissions.
+        for req in batch.iter().filter(|r| r.admission.is_some()) {
+            let [_, tickets, _, admissions, _] = core.keys().room(p, req.id.sku());
+            keys.extend([tickets, admissions]);
+        }
         (keys, args)
     }
 }
@@ -692,6 +763,28 @@ impl Redis {
         self.eval_one(ScriptName::Amend, p, keys, args).await
     }
 
+    /// Takes (`RoomAction::Take`) or reads a waiting-room ticket of
+    /// `account` (lua/room.lua), admitting what may be admitted first.
+    pub async fn room(
+        &self,
+        sku: &Sku,
+        action: RoomAction,
+        account: &AccountId,
+        ticket: &str,
+        draw: u64,
+    ) -> Result<Applied<RoomReply>, RedisError> {
+        let p = self.keys().partition_of(sku);
+        let (mut keys, mut args) = self.partition_call(p, &[sku]);
+        keys.extend(self.keys().room(p, sku));
+        args.extend([
+            action.as_str().to_owned(),
+            account.as_str().to_owned(),
+            ticket.to_owned(),
+            draw.to_string(),
+        ]);
+        self.eval_one(ScriptName::Room, p, keys, args).await
+    }
+
     /// Reads a reservation; `owner` limits it to one account (None: admin).
     pub async fn reservation(
         &self,
@@ -811,6 +904,8 @@ impl Redis {
                 Some(None) => "-".to_owned(),
                 Some(Some(seller)) => format!("={seller}"),
             },
+            arg(update.admit_per_second),
+            arg(update.admission_ttl_seconds),
         ]);
         let json: String = self.eval(ScriptName::SetPolicy, keys, args).await?;
         decode(ScriptName::SetPolicy, &json)

@@ -85,6 +85,12 @@ impl Keys {
         self.tagged(p, format_args!("op:{sku}:{op_id}"))
     }
 
+    /// A SKU's waiting-room keys in the order lua/room.lua takes them:
+    /// queue, tickets, accounts, admissions, token bucket.
+    pub fn room(&self, p: Partition, sku: &Sku) -> [String; 5] {
+        ["q", "t", "a", "adm", "tb"].map(|part| self.tagged(p, format_args!("room:{sku}:{part}")))
+    }
+
     /// A cart's record (lua/cart.lua), in the cart's own partition.
     pub fn cart(&self, id: &CartId) -> String {
         self.tagged(id.partition(), format_args!("cart:{}", id.as_str()))
@@ -148,6 +154,7 @@ mod tests {
                 keys.operation(p, &sku, "op-1"),
             ];
             every.extend(keys.sku_keys(p, &sku));
+            every.extend(keys.room(p, &sku));
             let cart = CartId::for_key(&account, &idem, 256);
             let sets = [
                 every,

@@ -13,7 +13,7 @@ use super::{
     ScriptName,
     calls::{
         AdminReply, AmendReply, Hold, Reservation, ReservationReply, ReservationStatus,
-        ReserveReply,
+        ReserveReply, RoomReply, TicketStatus,
     },
 };
 
@@ -197,6 +197,7 @@ impl ScriptReply for ReserveReply {
             "unknown_location" => Self::UnknownLocation,
             "idempotency_key_reused" => Self::IdempotencyKeyReused,
             "voided" => Self::Voided,
+            "admission_required" => Self::AdmissionRequired,
             other => return Err(format!("outcome {other:?}")),
         })
     }
@@ -228,6 +229,47 @@ impl ScriptReply for AmendReply {
                 held: f.int("held")?,
             },
             _ => Self::Reservation(ReservationReply::parse(text)?),
+        })
+    }
+}
+
+impl ScriptReply for RoomReply {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (outcome, rest) = text.split_once('|').unwrap_or((text, ""));
+        let mut f = Fields::new(rest);
+        Ok(match outcome {
+            "ticket" => {
+                let ticket = f.text("ticket")?.to_owned();
+                let status = match f.text("status")? {
+                    "waiting" => TicketStatus::Waiting {
+                        position: f.int("position")?,
+                    },
+                    "admitted" => TicketStatus::Admitted {
+                        deadline_ms: f.int("deadline")?,
+                    },
+                    "used" => TicketStatus::Used {
+                        deadline_ms: f.int("deadline")?,
+                    },
+                    "expired" => {
+                        f.text("nothing")?;
+                        TicketStatus::Expired
+                    }
+                    "sold_out" => {
+                        f.text("nothing")?;
+                        TicketStatus::SoldOut
+                    }
+                    other => return Err(format!("ticket status {other:?}")),
+                };
+                Self::Ticket {
+                    ticket,
+                    status,
+                    admit_per_second: f.int("rate")?,
+                }
+            }
+            "not_found" => Self::NotFound,
+            "no_room" => Self::NoRoom,
+            "unknown_sku" => Self::UnknownSku,
+            other => return Err(format!("outcome {other:?}")),
         })
     }
 }

@@ -25,10 +25,11 @@ pub enum ScriptName {
     RateLimit,
     Amend,
     Cart,
+    Room,
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 12] = [
+    pub const ALL: [ScriptName; 13] = [
         Self::Reserve,
         Self::Settle,
         Self::Expire,
@@ -41,6 +42,7 @@ impl ScriptName {
         Self::RateLimit,
         Self::Amend,
         Self::Cart,
+        Self::Room,
     ];
 
     pub fn stem(self) -> &'static str {
@@ -57,6 +59,7 @@ impl ScriptName {
             Self::RateLimit => "rate_limit",
             Self::Amend => "amend",
             Self::Cart => "cart",
+            Self::Room => "room",
         }
     }
 
@@ -84,6 +87,7 @@ impl ScriptName {
             Self::RateLimit => include_str!("../../lua/rate_limit.lua"),
             Self::Amend => include_str!("../../lua/amend.lua"),
             Self::Cart => include_str!("../../lua/cart.lua"),
+            Self::Room => include_str!("../../lua/room.lua"),
         }
     }
 }

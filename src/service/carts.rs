@@ -123,6 +123,7 @@ fn refusal(reply: &ReserveReply) -> (&'static str, Option<i64>) {
         ReserveReply::UnknownLocation => ("unknown-location", None),
         ReserveReply::IdempotencyKeyReused => ("idempotency-key-reused", None),
         ReserveReply::Voided => ("cart-unavailable", None),
+        ReserveReply::AdmissionRequired => ("admission-required", None),
     }
 }
 
@@ -191,6 +192,7 @@ impl Carts {
                 location: line.location.clone(),
                 idempotency_key: None,
                 cart: Some(id.clone()),
+                admission: None,
             })
         }))
         .await;

@@ -11,6 +11,7 @@ pub mod carts;
 pub mod import;
 pub mod orphans;
 pub mod recovery;
+pub mod room;
 pub mod sweeper;
 
 use std::sync::Arc;
@@ -248,6 +249,8 @@ impl Inventory {
             closes_at_ms: policy.close,
             hold_ttl_seconds: policy.ttl,
             seller: policy.seller.clone(),
+            admit_per_second: policy.wra,
+            admission_ttl_seconds: policy.wrt,
         };
         let change = crate::journal::store::PolicyChange {
             version: policy.ver.unwrap_or(0),

@@ -116,6 +116,7 @@ fn random_requests(p: Partition, skus: &[Sku], seed: u64, count: usize) -> Vec<R
                     .map(|l| Location::parse(l).unwrap()),
                 idempotency_key: key,
                 cart: None,
+                admission: None,
             }
         })
         .collect()
@@ -238,6 +239,7 @@ async fn a_sell_out_in_the_middle_of_a_batch_holds_exactly_the_stock(backend: Ba
             location: None,
             idempotency_key: None,
             cart: None,
+            admission: None,
         })
         .collect();
     let replies = apply(&redis, p, &requests.iter().collect::<Vec<_>>()).await;
@@ -270,6 +272,7 @@ async fn one_idempotency_key_twice_in_a_batch_holds_once_and_replays_once(backen
         location: None,
         idempotency_key: Some(IdempotencyKey::parse("same-key").unwrap()),
         cart: None,
+        admission: None,
     };
     let (first, second) = (request(), request());
     let replies = apply(&redis, p, &[&first, &second]).await;
@@ -306,6 +309,7 @@ async fn a_resent_batch_holds_nothing_twice(backend: Backend) {
             location: None,
             idempotency_key: None,
             cart: None,
+            admission: None,
         })
         .collect();
     let batch: Vec<&ReserveRequest> = requests.iter().collect();

@@ -107,6 +107,7 @@ async fn a_resent_reserve_command_holds_once(backend: Backend) {
         location: None,
         idempotency_key: None,
         cart: None,
+        admission: None,
     };
     let first = redis.reserve(request()).await.unwrap();
     let second = redis.reserve(request()).await.unwrap();

@@ -26,6 +26,7 @@ mod live_page;
 mod observability;
 mod operations;
 mod resilience;
+mod room;
 mod sse;
 mod stock;
 mod tls;

@@ -51,6 +51,7 @@ fn request(sku: &Sku, redis: &Redis, key: Option<&str>) -> ReserveRequest {
         location: None,
         idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
         cart: None,
+        admission: None,
     }
 }
 

@@ -332,6 +332,7 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<(f64,
         location: None,
         idempotency_key: None,
         cart: None,
+        admission: None,
     };
     let (keys, args) = redis.reserve_call(&request);
     let reserved = || async {
