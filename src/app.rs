@@ -286,6 +286,7 @@ impl App {
         }
         tokio::spawn(state.admission.clone().housekeep(background.clone()));
         tokio::spawn(crate::metrics::upkeep(background.clone()));
+        http::queue::export_metrics();
         let router = http::router(
             state.clone(),
             settings.http.body_limit_bytes,

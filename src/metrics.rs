@@ -159,6 +159,11 @@ metric_table! {
     /// by what it did (`rolled_back`, `confirmed`, `released`, `expired`,
     /// `retried`).
     CART_RECOVERIES_TOTAL: Counter = "flashgate_cart_recoveries_total";
+    /// Waiting-room tickets taken, by outcome (`new`, `existing`).
+    QUEUE_TICKETS_TOTAL: Counter = "flashgate_queue_tickets_total";
+    /// Waiting-room ticket takes and reads, by the status they answered
+    /// (`waiting`, `admitted`, `sold_out`, `expired`).
+    QUEUE_TICKET_READS_TOTAL: Counter = "flashgate_queue_ticket_reads_total";
     /// Changes of live holds by kind (`extend`, `shrink`, `release`) and
     /// outcome (`ok` or the problem code).
     HOLD_CHANGES_TOTAL: Counter = "flashgate_hold_changes_total";

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     inventory::{AccountId, Sku},
+    metrics as names,
     redis::calls::{RoomAction, RoomReply, TicketStatus},
     service::room::{is_ticket_id, new_ticket_id},
 };
@@ -93,7 +94,19 @@ fn view(
         TicketStatus::Expired => view.status = "expired",
         TicketStatus::SoldOut => view.status = "sold_out",
     }
+    metrics::counter!(names::QUEUE_TICKET_READS_TOTAL, "status" => view.status).increment(1);
     Ok(view)
+}
+
+/// Exports the waiting room's counters at 0, so rates and the dashboard
+/// see the first ticket.
+pub fn export_metrics() {
+    for outcome in ["new", "existing"] {
+        metrics::counter!(names::QUEUE_TICKETS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for status in ["waiting", "admitted", "sold_out", "expired"] {
+        metrics::counter!(names::QUEUE_TICKET_READS_TOTAL, "status" => status).increment(0);
+    }
 }
 
 /// `POST /v1/queue/{sku}/tickets`
@@ -121,11 +134,12 @@ pub async fn take(
         .ticket(&sku, RoomAction::Take, &caller.account, &id)
         .await?;
     let view = view(&state, &sku, &caller.account, reply)?;
-    let status = if view.ticket == id {
-        StatusCode::CREATED
+    let (status, outcome) = if view.ticket == id {
+        (StatusCode::CREATED, "new")
     } else {
-        StatusCode::OK
+        (StatusCode::OK, "existing")
     };
+    metrics::counter!(names::QUEUE_TICKETS_TOTAL, "outcome" => outcome).increment(1);
     Ok((status, Json(view)).into_response())
 }
 
