@@ -59,6 +59,10 @@ pub fn router(
         )
         .route("/v1/queue/{sku}/tickets", post(queue::take))
         .route("/v1/queue/{sku}/tickets/{ticket}", get(queue::get))
+        .route(
+            "/v1/queue/{sku}/tickets/{ticket}/events",
+            get(queue::events),
+        )
         .route("/v1/carts", post(carts::create))
         .route("/v1/carts/{id}", get(carts::get))
         .route("/v1/carts/{id}/confirm", post(carts::confirm))

@@ -45,6 +45,7 @@ use super::{
         admin::import,
         queue::take,
         queue::get,
+        queue::events,
         carts::create,
         carts::get,
         carts::confirm,
@@ -442,6 +443,7 @@ mod tests {
             "/v1/admin/inventory/import",
             "/v1/queue/{sku}/tickets",
             "/v1/queue/{sku}/tickets/{ticket}",
+            "/v1/queue/{sku}/tickets/{ticket}/events",
             "/v1/admin/inventory/{sku}/locations/{location}",
             "/v1/admin/inventory/{sku}",
             "/v1/admin/inventory/{sku}/locations/{location}/adjustments",
@@ -460,7 +462,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 31);
+        assert_eq!(doc.paths.paths.len(), 32);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

@@ -1,17 +1,26 @@
 //! The waiting room: shoppers take a ticket for a SKU and read it until it
 //! is admitted (`service::room`).
 
+use std::{convert::Infallible, time::Duration};
+
 use axum::{
     Json,
     extract::{Path, State},
-    http::StatusCode,
-    response::{IntoResponse, Response},
+    http::{HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
 };
+use futures_util::{Stream, StreamExt, stream};
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use super::{
     extract::Authenticated,
+    inventory::current_view,
     openapi::{Unauthorized, Unavailable},
     problem::{ApiError, Problem},
     rfc3339,
@@ -19,12 +28,13 @@ use super::{
 };
 use crate::{
     inventory::{AccountId, Sku},
+    live::feed::{Snapshot, StreamSlot},
     metrics as names,
     redis::calls::{RoomAction, RoomReply, TicketStatus},
     service::room::{is_ticket_id, new_ticket_id},
 };
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TicketView {
     ticket: String,
     /// `waiting`, `admitted`, `sold_out` or `expired`.
@@ -170,4 +180,135 @@ pub async fn get(
         .ticket(&sku, RoomAction::Read, &caller.account, &ticket)
         .await?;
     Ok(Json(view(&state, &sku, &caller.account, reply)?))
+}
+
+/// A ticket stream re-reads its ticket at least this often while it waits.
+const TICKET_READ_MIN: Duration = Duration::from_secs(1);
+/// ... and at most this rarely (a ticket far back in a slow queue).
+const TICKET_READ_MAX: Duration = Duration::from_secs(15);
+/// Browsers reconnect this long after a stream breaks.
+const RECONNECT_AFTER: Duration = Duration::from_millis(2000);
+
+/// How long a stream may wait before reading its ticket again: a tenth of
+/// its estimated wait, within `TICKET_READ_MIN..=TICKET_READ_MAX`.
+fn next_read_in(view: &TicketView) -> Duration {
+    let tenth = view.estimated_wait_seconds.unwrap_or(0) * 100;
+    Duration::from_millis(tenth).clamp(TICKET_READ_MIN, TICKET_READ_MAX)
+}
+
+fn ticket_event(view: &TicketView) -> Event {
+    Event::default()
+        .event("ticket")
+        .json_data(view)
+        .unwrap_or_else(|_| Event::default().event("ticket"))
+}
+
+/// One client's ticket stream: an event whenever what its ticket says
+/// changes. It reads the ticket again when the SKU's stock changes (the
+/// live-stock fan-out: one Redis subscription per partition per instance)
+/// and at least every `next_read_in`, since admissions also come with time.
+struct TicketStream {
+    state: AppState,
+    sku: Sku,
+    account: AccountId,
+    last: Option<TicketView>,
+    stock: watch::Receiver<Snapshot>,
+    closing: CancellationToken,
+    /// Dropped with the stream: the client's place is given back.
+    _slot: StreamSlot,
+}
+
+impl TicketStream {
+    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
+        stream::unfold(self, |mut s| async move {
+            let event = s.next_event().await?;
+            Some((Ok(event), s))
+        })
+    }
+
+    /// The next change of the ticket; `None` ends the stream (the gateway
+    /// is draining, or the ticket went away).
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(last) = &self.last {
+                let wait = next_read_in(last);
+                tokio::select! {
+                    _ = self.closing.cancelled() => return None,
+                    changed = self.stock.changed() => changed.ok()?,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            let ticket = self.last.as_ref().map(|v| v.ticket.clone())?;
+            let reply = self
+                .state
+                .inventory
+                .ticket(&self.sku, RoomAction::Read, &self.account, &ticket)
+                .await;
+            // Redis away: try again at the next wake-up.
+            let Ok(reply) = reply else { continue };
+            let view = view(&self.state, &self.sku, &self.account, reply).ok()?;
+            if self.last.as_ref() != Some(&view) {
+                let event = ticket_event(&view);
+                self.last = Some(view);
+                return Some(event);
+            }
+        }
+    }
+}
+
+/// `GET /v1/queue/{sku}/tickets/{ticket}/events`
+#[utoipa::path(get, path = "/v1/queue/{sku}/tickets/{ticket}/events", operation_id = "streamTicket", tag = "shopper",
+    summary = "Server-sent events: the caller's ticket whenever what it says changes",
+    description = "The first event at once: `event: ticket`, `data:` the `GET` body. Then one \
+        after each change (position, status, admission), read again on the SKU's stock changes and \
+        at least every 1-15 s (a tenth of the estimated wait).",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`"),
+        ("ticket" = String, Path, description = "The ticket")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`ticket-not-found`, `unknown-sku` or `no-waiting-room`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn events(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((sku, ticket)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let sku = Sku::parse(&sku)?;
+    if !is_ticket_id(&ticket) {
+        return Err(ApiError::TicketNotFound);
+    }
+    let slot = state.live.admit().ok_or(ApiError::Overloaded)?;
+    let reply = state
+        .inventory
+        .ticket(&sku, RoomAction::Read, &caller.account, &ticket)
+        .await?;
+    let first = view(&state, &sku, &caller.account, reply)?;
+    let stock = current_view(&state, &sku)
+        .await?
+        .ok_or(ApiError::UnknownSku)?;
+    let stock = state.live.watch(&sku, &stock);
+    let event = ticket_event(&first).retry(RECONNECT_AFTER);
+    let rest = TicketStream {
+        closing: state.live.closing(),
+        state: state.clone(),
+        sku,
+        account: caller.account,
+        last: Some(first),
+        stock,
+        _slot: slot,
+    };
+    let events = stream::once(async move { Ok::<_, Infallible>(event) }).chain(rest.into_stream());
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(state.live.heartbeat))
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }

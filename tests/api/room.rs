@@ -340,7 +340,86 @@ async fn an_admission_expires_and_a_sku_without_a_room_has_no_tickets(backend: B
     assert_eq!(take(&app, "late", "ROOM-NONE").await.code(), "unknown-sku");
 }
 
+/// The `ticket` events of a stream, read until one says `status`.
+async fn ticket_events_until(mut response: reqwest::Response, status: &str) -> Vec<Value> {
+    let (mut buffer, mut events) = (String::new(), Vec::new());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if block.lines().any(|l| l == "event: ticket") {
+                let event: Value = serde_json::from_str(&data).unwrap();
+                let done = event["status"] == status;
+                events.push(event);
+                if done {
+                    return events;
+                }
+            }
+        }
+    }
+    panic!("the stream ended before {status}: {events:?}")
+}
+
+async fn a_ticket_stream_tells_its_shopper_when_a_release_admits_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let sku = "ROOM-SSE";
+    app.stock(sku, 1).await;
+    let r = app
+        .policy(
+            sku,
+            json!({ "waiting_room": { "admit_per_second": 100, "admission_ttl_seconds": 60 } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let first = take(&app, "s0", sku).await;
+    assert_eq!(first.body["status"], "admitted");
+    let second = take(&app, "s1", sku).await;
+    let ticket = second.body["ticket"].as_str().unwrap().to_owned();
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/queue/{sku}/tickets/{ticket}/events")))
+        .bearer_auth(token("s1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let stranger = app
+        .http
+        .get(app.url(&format!("/v1/queue/{sku}/tickets/{ticket}/events")))
+        .bearer_auth(token("s0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), StatusCode::NOT_FOUND);
+    let reader = tokio::spawn(ticket_events_until(response, "admitted"));
+    // s0 holds its unit and gives it back: s1's stream says it is admitted.
+    let admission = first.body["admission"].as_str().unwrap();
+    let held = reserve_with(&app, "s0", sku, Some(admission)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
+    let id = held.body["reservation_id"].as_str().unwrap();
+    let t = token("s0");
+    assert_eq!(
+        app.reservation(&t, id, Some("release")).await.status,
+        StatusCode::OK
+    );
+    let events = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the stream said admitted")
+        .unwrap();
+    assert_eq!(events[0]["status"], "waiting");
+    assert_eq!(events[0]["position"], 1);
+    let last = events.last().unwrap();
+    assert!(last["admission"].is_string(), "{last}");
+}
+
 on_both_topologies!(
+    a_ticket_stream_tells_its_shopper_when_a_release_admits_it,
     a_drop_admits_queued_shoppers_at_random_never_past_the_stock_then_sells_out,
     after_the_opening_tickets_queue_in_order_and_a_release_readmits,
     an_admission_expires_and_a_sku_without_a_room_has_no_tickets,
