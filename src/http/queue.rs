@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use super::{
     extract::Authenticated,
     inventory::current_view,
-    openapi::{Unauthorized, Unavailable},
+    openapi::{Unauthorized, Unavailable, ValidationFailed},
     problem::{ApiError, Problem},
     rfc3339,
     state::AppState,
@@ -129,6 +129,7 @@ pub fn export_metrics() {
         (status = 200, description = "The account's ticket, taken before", body = TicketView),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`unknown-sku`, or `no-waiting-room` (the SKU's policy has none)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
         (status = 503, response = Unavailable),
     ))]
 pub async fn take(
@@ -163,6 +164,7 @@ pub async fn take(
         (status = 200, description = "The ticket", body = TicketView),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`ticket-not-found` (unknown, or another account's), `unknown-sku` or `no-waiting-room`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
         (status = 503, response = Unavailable),
     ))]
 pub async fn get(
@@ -269,6 +271,7 @@ impl TicketStream {
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`ticket-not-found`, `unknown-sku` or `no-waiting-room`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, response = ValidationFailed),
         (status = 503, response = Unavailable),
     ))]
 pub async fn events(
