@@ -14,25 +14,17 @@
 
 local key = KEYS[3]
 if redis.call('HEXISTS', key, 'fence') == 1 then return FENCED end
-local fields = {'max', 'open', 'close', 'ttl'}
+-- The numeric fields and the ARGV each comes in.
+local fields = {'max', 'open', 'close', 'ttl', 'wra', 'wrt'}
+local at = {6, 7, 8, 9, 11, 12}
 for i, field in ipairs(fields) do
-  local v = ARGV[5 + i]
+  local v = ARGV[at[i]]
   if v == '-' then
     redis.call('HDEL', key, field)
   elseif v ~= '' then
     redis.call('HSET', key, field, v)
   end
 end
-for i, field in ipairs({'wra', 'wrt'}) do
-  local v = ARGV[10 + i]
-  if v == '-' then
-    redis.call('HDEL', key, field)
-  elseif v ~= '' then
-    redis.call('HSET', key, field, v)
-  end
-end
-fields[#fields + 1] = 'wra'
-fields[#fields + 1] = 'wrt'
 local seller = ARGV[10]
 if seller == '-' then
   redis.call('HDEL', key, 'seller')

@@ -74,18 +74,25 @@ pub async fn events(
     if last_seen != Some(first.version) {
         events.slot.feed().sent(0);
     }
-    let heartbeat = state.live.heartbeat;
-    let mut response = Sse::new(events.into_stream())
+    Ok(sse_response(events.into_stream(), state.live.heartbeat))
+}
+
+/// An event stream's response: a comment every `heartbeat`, and headers
+/// that tell proxies to pass events on as they come.
+pub fn sse_response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    heartbeat: Duration,
+) -> Response {
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(heartbeat))
         .into_response();
-    // Proxies must pass events on as they come.
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 fn stock_event(snapshot: &Snapshot) -> Event {

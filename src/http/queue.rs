@@ -6,11 +6,8 @@ use std::{convert::Infallible, time::Duration};
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderValue, StatusCode, header},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, KeepAlive, Sse},
-    },
+    http::StatusCode,
+    response::{IntoResponse, Response, sse::Event},
 };
 use futures_util::{Stream, StreamExt, stream};
 use serde::Serialize;
@@ -304,14 +301,5 @@ pub async fn events(
         _slot: slot,
     };
     let events = stream::once(async move { Ok::<_, Infallible>(event) }).chain(rest.into_stream());
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(state.live.heartbeat))
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(super::live::sse_response(events, state.live.heartbeat))
 }
