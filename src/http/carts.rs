@@ -111,6 +111,7 @@ fn parse_lines(state: &AppState, body: CartBody) -> Result<Vec<LineRequest>, Api
             sku,
             qty: Qty::parse(line.qty, state.limits.max_qty_per_request)?,
             location: line.location.as_deref().map(Location::parse).transpose()?,
+            admission: None,
         });
     }
     Ok(lines)
@@ -121,7 +122,11 @@ fn parse_lines(state: &AppState, body: CartBody) -> Result<Vec<LineRequest>, Api
     summary = "Hold every line of a cart, or none",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "1-128 printable ASCII characters: the same key and body answer the original \
-                       cart with `Idempotent-Replayed: true`")),
+                       cart with `Idempotent-Replayed: true`"),
+        ("Queue-Admission" = Option<String>, Header,
+        description = "For lines of SKUs with a waiting room: the admissions of the caller's admitted \
+                       tickets (comma-separated, or the header repeated); each goes to the line of \
+                       its SKU")),
     request_body = CartBody,
     security(("bearer" = [])),
     responses(
@@ -130,6 +135,7 @@ fn parse_lines(state: &AppState, body: CartBody) -> Result<Vec<LineRequest>, Api
         (status = 409, description = "`cart-unavailable` (`failed_lines`; nothing is held), or \
             `cart-pending` (the cart with this Idempotency-Key is still being placed or rolled \
             back; `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`admission-required`: a `Queue-Admission` token good for no line (forged, expired, another account's or SKU's)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation-failed`, or `idempotency-key-reused`", body = Problem, content_type = "application/problem+json"),
         (status = 429, response = super::openapi::RateLimited),
         (status = 503, response = Unavailable),
@@ -162,7 +168,8 @@ async fn place(
     headers: &HeaderMap,
     body: CartBody,
 ) -> Result<Response, ApiError> {
-    let lines = parse_lines(state, body)?;
+    let mut lines = parse_lines(state, body)?;
+    admit_lines(state, headers, account, &mut lines)?;
     let key = idempotency_key(headers)?;
     // A cart is one shopper action: it passes the limits once.
     state.admission.check_local(account, ip)?;
@@ -187,6 +194,37 @@ async fn place(
         headers.insert(IDEMPOTENT_REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Gives each line the `Queue-Admission` token (the header may come more
+/// than once, or hold several tokens separated by commas) that is good for
+/// its SKU and this account now; 403 `admission-required` for a token good
+/// for no line.
+fn admit_lines(
+    state: &AppState,
+    headers: &HeaderMap,
+    account: &AccountId,
+    lines: &mut [LineRequest],
+) -> Result<(), ApiError> {
+    let now = crate::clock::now_ms();
+    let tokens = headers
+        .get_all(super::reservations::QUEUE_ADMISSION_HEADER)
+        .iter()
+        .map(|v| v.to_str().map_err(|_| ApiError::AdmissionRequired))
+        .collect::<Result<Vec<_>, _>>()?;
+    for token in tokens.iter().flat_map(|t| t.split(',')).map(str::trim) {
+        let line = lines.iter_mut().find_map(|line| {
+            let ticket = state
+                .room_admissions
+                .check(token, &line.sku, account, now)?;
+            Some((line, ticket))
+        });
+        match line {
+            Some((line, ticket)) => line.admission = Some(ticket),
+            None => return Err(ApiError::AdmissionRequired),
+        }
+    }
+    Ok(())
 }
 
 fn parse_id(state: &AppState, raw: &str) -> Result<CartId, ApiError> {

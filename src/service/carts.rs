@@ -61,6 +61,9 @@ pub struct LineRequest {
     pub sku: Sku,
     pub qty: Qty,
     pub location: Option<Location>,
+    /// The waiting-room ticket whose admission this line carries (a SKU
+    /// with a room needs one; see `service::room`).
+    pub admission: Option<String>,
 }
 
 /// What placing a cart came to.
@@ -192,7 +195,7 @@ impl Carts {
                 location: line.location.clone(),
                 idempotency_key: None,
                 cart: Some(id.clone()),
-                admission: None,
+                admission: line.admission.clone(),
             })
         }))
         .await;

@@ -418,7 +418,55 @@ async fn a_ticket_stream_tells_its_shopper_when_a_release_admits_it(backend: Bac
     assert!(last["admission"].is_string(), "{last}");
 }
 
+async fn a_cart_line_of_a_room_sku_needs_its_admission(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (room_sku, plain) = ("ROOM-CART", "ROOM-PLAIN");
+    app.stock(room_sku, 2).await;
+    app.stock(plain, 2).await;
+    let r = app
+        .policy(
+            room_sku,
+            json!({ "waiting_room": { "admit_per_second": 10, "admission_ttl_seconds": 60 } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let body =
+        json!({ "lines": [{ "sku": plain, "qty": 1 }, { "sku": room_sku, "qty": 1 }] }).to_string();
+    let cart = |account: &str, admission: Option<String>| {
+        let app = &app;
+        let (t, body) = (token(account), body.clone());
+        async move {
+            let headers: Vec<(&str, &str)> = admission
+                .as_deref()
+                .map(|a| vec![("queue-admission", a)])
+                .unwrap_or_default();
+            app.send(Method::POST, "/v1/carts", Some(&t), &headers, Some(body))
+                .await
+        }
+    };
+    let without = cart("c0", None).await;
+    assert_eq!(without.code(), "cart-unavailable");
+    assert_eq!(
+        without.body["failed_lines"][0]["code"],
+        "admission-required"
+    );
+    assert_eq!(app.view(plain).await.body["reserved"], 0);
+    let admission = take(&app, "c0", room_sku).await.body["admission"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another account's admission is good for no line.
+    assert_eq!(
+        cart("c1", Some(admission.clone())).await.code(),
+        "admission-required"
+    );
+    let held = cart("c0", Some(admission)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.body);
+    assert_eq!(app.view(room_sku).await.body["reserved"], 1);
+}
+
 on_both_topologies!(
+    a_cart_line_of_a_room_sku_needs_its_admission,
     a_ticket_stream_tells_its_shopper_when_a_release_admits_it,
     a_drop_admits_queued_shoppers_at_random_never_past_the_stock_then_sells_out,
     after_the_opening_tickets_queue_in_order_and_a_release_readmits,
