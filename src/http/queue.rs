@@ -169,16 +169,29 @@ pub async fn get(
     Authenticated(caller): Authenticated,
     Path((sku, ticket)): Path<(String, String)>,
 ) -> Result<Json<TicketView>, ApiError> {
-    let sku = Sku::parse(&sku)?;
-    if !is_ticket_id(&ticket) {
+    let _permit = state.admission.enter_redis()?;
+    let (_, view) = read_ticket(&state, &caller.account, &sku, &ticket).await?;
+    Ok(Json(view))
+}
+
+/// The caller's ticket as its path names it (parsed here), read (and
+/// admitted) through Redis.
+async fn read_ticket(
+    state: &AppState,
+    account: &AccountId,
+    sku: &str,
+    ticket: &str,
+) -> Result<(Sku, TicketView), ApiError> {
+    let sku = Sku::parse(sku)?;
+    if !is_ticket_id(ticket) {
         return Err(ApiError::TicketNotFound);
     }
-    let _permit = state.admission.enter_redis()?;
     let reply = state
         .inventory
-        .ticket(&sku, RoomAction::Read, &caller.account, &ticket)
+        .ticket(&sku, RoomAction::Read, account, ticket)
         .await?;
-    Ok(Json(view(&state, &sku, &caller.account, reply)?))
+    let view = view(state, &sku, account, reply)?;
+    Ok((sku, view))
 }
 
 /// A ticket stream re-reads its ticket at least this often while it waits.
@@ -276,16 +289,8 @@ pub async fn events(
     Authenticated(caller): Authenticated,
     Path((sku, ticket)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let sku = Sku::parse(&sku)?;
-    if !is_ticket_id(&ticket) {
-        return Err(ApiError::TicketNotFound);
-    }
     let slot = state.live.admit().ok_or(ApiError::Overloaded)?;
-    let reply = state
-        .inventory
-        .ticket(&sku, RoomAction::Read, &caller.account, &ticket)
-        .await?;
-    let first = view(&state, &sku, &caller.account, reply)?;
+    let (sku, first) = read_ticket(&state, &caller.account, &sku, &ticket).await?;
     let stock = current_view(&state, &sku)
         .await?
         .ok_or(ApiError::UnknownSku)?;

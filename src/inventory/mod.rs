@@ -170,8 +170,10 @@ impl ReservationId {
     }
 }
 
-/// 32 lowercase hex digits of SHA-256 over `parts`, each ended by a newline.
-fn digest_hex(parts: &[&str]) -> String {
+/// 32 lowercase hex digits of SHA-256 over `parts`, each ended by a newline:
+/// the stable ids derived from a client's `Idempotency-Key` (carts, their
+/// lines, import lines).
+pub fn digest_hex(parts: &[&str]) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     for part in parts {

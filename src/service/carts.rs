@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Inventory, ServiceError};
 use crate::{
     config::CartSettings,
-    inventory::{AccountId, CartId, IdempotencyKey, Location, Partition, Qty, Sku},
+    inventory::{AccountId, CartId, IdempotencyKey, Location, Partition, Qty, ReservationId, Sku},
     metrics as names,
     redis::{
         RedisError,
@@ -314,6 +314,23 @@ impl Carts {
         }
     }
 
+    /// The reservation ids of the cart's lines, by index.
+    fn line_ids<'r>(
+        &self,
+        id: &'r CartId,
+        record: &'r CartRecord,
+    ) -> impl Iterator<Item = (usize, ReservationId)> + 'r {
+        let partitions = self.partitions();
+        record
+            .lines
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, line)| {
+                let sku = Sku::parse(&line.sku).ok()?;
+                Some((i, id.line(i, &sku, partitions)))
+            })
+    }
+
     /// Voids lines `indexes` of the cart (see `Amendment::Void`); the first
     /// error stops nothing, but is returned.
     async fn void_lines(
@@ -323,15 +340,16 @@ impl Carts {
         indexes: &[usize],
         reason: &str,
     ) -> Result<(), RedisError> {
-        let partitions = self.partitions();
-        let results = join_all(indexes.iter().filter_map(|&i| {
-            let sku = Sku::parse(&record.lines.get(i)?.sku).ok()?;
-            let line = id.line(i, &sku, partitions);
-            let account = AccountId::parse(&record.account).ok()?;
-            Some(async move {
-                let void = Amendment::Void { cart: id, reason };
-                self.inventory.amend(&line, Some(&account), &void).await
-            })
+        let Ok(account) = AccountId::parse(&record.account) else {
+            return Ok(());
+        };
+        let account = &account;
+        let lines = self
+            .line_ids(id, record)
+            .filter(|(i, _)| indexes.contains(i));
+        let results = join_all(lines.map(|(_, line)| async move {
+            let void = Amendment::Void { cart: id, reason };
+            self.inventory.amend(&line, Some(account), &void).await
         }))
         .await;
         results.into_iter().try_for_each(|r| r.map(drop))
@@ -344,18 +362,15 @@ impl Carts {
         record: &CartRecord,
         settlement: Settlement,
     ) -> Result<(), ServiceError> {
-        let partitions = self.partitions();
         let Ok(account) = AccountId::parse(&record.account) else {
             return Ok(());
         };
-        let results = join_all(record.lines.iter().enumerate().filter_map(|(i, line)| {
-            let sku = Sku::parse(&line.sku).ok()?;
-            let req = SettleRequest {
-                id: id.line(i, &sku, partitions),
+        let results = join_all(self.line_ids(id, record).map(|(_, line)| {
+            self.inventory.settle(SettleRequest {
+                id: line,
                 account: account.clone(),
                 settlement,
-            };
-            Some(self.inventory.settle(req))
+            })
         }))
         .await;
         for result in results {

@@ -207,21 +207,13 @@ impl Importer<'_> {
         .map_err(|e| validation(number, e))?;
         let op_id = match self.key {
             Some(key) => {
-                let mut h = Sha256::new();
-                for part in [
+                let parts = [
                     self.caller.account.as_str(),
                     key.as_str(),
                     &number.to_string(),
                     text,
-                ] {
-                    h.update(part.as_bytes());
-                    h.update(b"\n");
-                }
-                let digest: String = h.finalize()[..16]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                format!("import-{digest}")
+                ];
+                format!("import-{}", crate::inventory::digest_hex(&parts))
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
@@ -363,6 +355,10 @@ impl Importer<'_> {
                     break;
                 }
                 seen += 1;
+                // A replay only reads the body for its digest.
+                if !apply {
+                    continue;
+                }
                 match r {
                     Read::Failed(f) => report.failed.push(f),
                     Read::Line(n, text) => match self.parse(n, &text) {
@@ -374,8 +370,6 @@ impl Importer<'_> {
             if apply && (chunk.len() >= IMPORT_CHUNK_LINES || ended) {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(IMPORT_CHUNK_LINES));
                 self.apply_chunk(full, &mut report).await;
-            } else if !apply {
-                chunk.clear();
             }
         }
         report.failed.sort_by_key(|f| f.line);

@@ -1,7 +1,7 @@
 //! The waiting room's use cases: tickets (lua/room.lua) and the admission
 //! tokens a reservation carries.
 //!
-//! An admission token is `<ticket>.<deadline ms>.<HMAC-SHA256 hex>` over the
+//! An admission token is `<ticket>.<deadline ms>.<HMAC-SHA256, base64url>` over the
 //! SKU, ticket, account and deadline, keyed by a key derived from
 //! `auth.secret`: the edge refuses a token that is forged, expired, for
 //! another SKU or of another account without touching Redis, and the
@@ -9,6 +9,7 @@
 //! outstanding and uses it up with the hold (one reservation per
 //! admission).
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -40,7 +41,8 @@ impl Admissions {
         }
     }
 
-    fn mac(&self, sku: &Sku, ticket: &str, account: &AccountId, deadline_ms: i64) -> String {
+    /// The MAC over what a token stands for, ready to finish or verify.
+    fn mac(&self, sku: &Sku, ticket: &str, account: &AccountId, deadline_ms: i64) -> Hmac<Sha256> {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_mac());
         for part in [
@@ -52,17 +54,16 @@ impl Admissions {
             mac.update(part.as_bytes());
             mac.update(b"\n");
         }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        mac
     }
 
     /// The token of `account`'s admission through `ticket`.
     pub fn sign(&self, sku: &Sku, ticket: &str, account: &AccountId, deadline_ms: i64) -> String {
-        let mac = self.mac(sku, ticket, account, deadline_ms);
-        format!("{ticket}.{deadline_ms}.{mac}")
+        let tag = self
+            .mac(sku, ticket, account, deadline_ms)
+            .finalize()
+            .into_bytes();
+        format!("{ticket}.{deadline_ms}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
     /// The ticket of a token that `account` may use for `sku` now; `None`
@@ -75,20 +76,18 @@ impl Admissions {
         now_ms: i64,
     ) -> Option<String> {
         let mut parts = token.splitn(3, '.');
-        let (ticket, deadline, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        let (ticket, deadline, tag) = (parts.next()?, parts.next()?, parts.next()?);
         if !is_ticket_id(ticket) {
             return None;
         }
         let deadline: i64 = deadline.parse().ok()?;
-        let expected = self.mac(sku, ticket, account, deadline);
-        // Compared in constant time: the MAC is a secret until it matches.
-        let same = expected.len() == mac.len()
-            && expected
-                .bytes()
-                .zip(mac.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        (same && deadline > now_ms).then(|| ticket.to_owned())
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        // `verify_slice` compares in constant time.
+        let genuine = self
+            .mac(sku, ticket, account, deadline)
+            .verify_slice(&tag)
+            .is_ok();
+        (genuine && deadline > now_ms).then(|| ticket.to_owned())
     }
 }
 
