@@ -588,10 +588,12 @@ async fn background_work_backs_off_from_a_stalled_master_and_resumes_when_it_ans
         control_statuses.iter().all(|s| *s == StatusCode::CREATED),
         "a SKU on a healthy master was refused while another stalled: {control_statuses:?}"
     );
-    assert_eq!(
-        metric_value(&during, "flashgate_redis_nodes_backing_off", &[]),
-        1.0,
-        "the stalled master is backed off"
+    // At least the stalled master; a healthy one slowed past the command
+    // timeout by a loaded machine may be backed off for a moment too.
+    let backing_off = metric_value(&during, "flashgate_redis_nodes_backing_off", &[]);
+    assert!(
+        backing_off >= 1.0,
+        "the stalled master is not backed off ({backing_off} nodes are)"
     );
     let waited =
         background_calls(&during, "unavailable") - background_calls(&before, "unavailable");
@@ -618,8 +620,12 @@ async fn background_work_backs_off_from_a_stalled_master_and_resumes_when_it_ans
             break;
         }
         assert!(
-            resumed.elapsed() < flashgate::redis::health::BACKOFF_MAX + Duration::from_secs(3),
-            "background work did not pick the master up again"
+            // The next probe comes within one longest window of the last
+            // failed one, once a sweep or reconciler pass asks for the node;
+            // twice that leaves room for a loaded machine.
+            resumed.elapsed() < flashgate::redis::health::BACKOFF_MAX * 2 + Duration::from_secs(3),
+            "background work did not pick the master up again in {:?}",
+            resumed.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
