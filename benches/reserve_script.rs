@@ -96,6 +96,7 @@ async fn main() {
                     idempotency_key: None,
                     cart: None,
                     admission: None,
+                    claimed: false,
                 }
             })
             .collect();

@@ -27,6 +27,11 @@
 --   wra, wrt                  policy: waiting room admissions per second, admission
 --                             TTL (seconds); both present while the room is on
 --   seller                    policy: the marketplace seller who owns the SKU (text)
+--   bk                        the SKU's stock lives in buckets: their partitions, comma
+--                             separated (each bucket is a SKU named `<sku>~<partition>`
+--                             in that partition, with a copy of the policy); the SKU's
+--                             own hash then holds no stock, and scripts that would hold
+--                             or change its stock answer `bucketed|<bk>` instead
 --   l:<loc>:oh                on hand (may be negative: units owed to backorders)
 --   l:<loc>:rs                reserved (units held)
 --   l:<loc>:ss, l:<loc>:lt    safety stock, low-stock threshold
@@ -247,6 +252,8 @@ local function sku_state(ctx, i)
       s.ver = value
     elseif field == 'fence' then
       s.fenced = true
+    elseif field == 'bk' then
+      s.buckets = raw
     else
       s.policy[field] = value
     end

@@ -18,12 +18,14 @@
 -- ARGV: the partition convention, then from 5+n:
 --   default hold TTL (ms, >= 1000), idempotency record TTL (ms),
 --   record retention after the hold's deadline (ms),
---   then 7 per request: reservation id (string, carries the partition),
+--   then 9 per request: reservation id (string, carries the partition),
 --   SKU index (1..n), account id, qty (integer >= 1), location ('' = choose),
 --   request fingerprint when the client sent an Idempotency-Key ('' = none),
 --   cart id when the hold is a cart's line ('' = none: the event then says
 --   which cart, in the third layout), waiting-room ticket whose admission the
---   request carries ('' = none)
+--   request carries ('' = none), '1' when the account's cap was already
+--   counted in its home bucket (a stock bucket's hold that spilled over from
+--   it: the cap is not checked here) or 
 -- Returns the partition convention's array, one packed reply per request:
 --   held|<reservation record>       (a new hold, or this very request re-sent)
 --   replayed|<reservation record>   (the hold an earlier Idempotency-Key made)
@@ -34,6 +36,7 @@
 --   sale_not_open|opens_at_ms | sale_closed | unknown_sku | unknown_location
 --   idempotency_key_reused | sku_recovering (the SKU is fenced, prelude)
 --   voided (a cart rolled this line back before it arrived: a tombstone)
+--   bucketed|<partitions> (the SKU's stock lives in buckets, prelude `bk`)
 --   admission_required (the SKU has a waiting room, and the request carries
 --   no admission of this account that is unused and unexpired; a hold uses
 --   its admission up)
@@ -46,7 +49,7 @@ local ctx = open_partition()
 local a, k = ctx.arg, ctx.key
 local default_ttl, idem_ttl, retention = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
 local first_arg = a + 3
-local count = (#ARGV - first_arg + 1) / 8
+local count = (#ARGV - first_arg + 1) / 9
 
 -- Every request's reservation id is its own: an existing record means the
 -- client library re-sent this very command after a dropped connection.
@@ -57,7 +60,7 @@ local next_idem = k + count
 -- record.
 local next_adm = next_idem
 for i = 1, count do
-  if ARGV[a + 3 + 8 * (i - 1) + 5] ~= '' then next_adm = next_adm + 1 end
+  if ARGV[a + 3 + 9 * (i - 1) + 5] ~= '' then next_adm = next_adm + 1 end
 end
 
 -- Whether the request may hold in a SKU with a waiting room: its admission
@@ -97,7 +100,7 @@ local function decide(s, req)
   local p = s.policy
   if p.open and ctx.now < p.open then return {'sale_not_open', p.open} end
   if p.close and ctx.now >= p.close then return {'sale_closed'} end
-  if p.max then
+  if p.max and not req.claimed then
     local already = account_units(s, req.account)
     if already + req.qty > p.max then
       return {'purchase_limit', p.max, already}
@@ -161,10 +164,11 @@ local function hold(s, req, loc, backorder, record_key)
 end
 
 local function reserve(_, i)
-  local base = first_arg + 8 * (i - 1)
+  local base = first_arg + 9 * (i - 1)
   local req = {rid = ARGV[base], sku = tonumber(ARGV[base + 1]), account = ARGV[base + 2],
     qty = tonumber(ARGV[base + 3]), qty_s = ARGV[base + 3], loc = ARGV[base + 4],
-    fp = ARGV[base + 5], cart = ARGV[base + 6], ticket = ARGV[base + 7]}
+    fp = ARGV[base + 5], cart = ARGV[base + 6], ticket = ARGV[base + 7],
+    claimed = ARGV[base + 8] ~= ''}
   local room_keys
   if req.ticket ~= '' then
     room_keys = {tickets = KEYS[next_adm], admissions = KEYS[next_adm + 1]}
@@ -189,6 +193,7 @@ local function reserve(_, i)
   local s = sku_state(ctx, req.sku)
   if s.fenced then return FENCED end
   if not s.exists then return 'unknown_sku' end
+  if s.buckets then return 'bucketed|' .. s.buckets end
   if req.loc ~= '' and not s.locs[req.loc] then return 'unknown_location' end
   local room = s.policy.wra ~= nil
   if room and not admitted(req, room_keys) then return 'admission_required' end

@@ -7,7 +7,7 @@
 --   or an integer; 10 seller: '' (leave as is), '-' (clear) or '=' followed
 --   by the seller; 11 waiting room admissions per second, 12 admission TTL
 --   (seconds), like 6-9
--- Returns JSON: {outcome='ok', max, open, close, ttl, wra, wrt, seller, ver} (cleared
+-- Returns JSON: {outcome='ok', max, open, close, ttl, wra, wrt, seller, ver, bk} (cleared
 --   fields absent; ver: the SKU's version, which a policy change keeps)
 --   or the text sku_recovering (the SKU is fenced, prelude)
 -- Error replies: none on valid input.
@@ -37,7 +37,8 @@ local values = redis.call('HMGET', key, unpack(fields))
 for i, field in ipairs(fields) do
   if values[i] then reply[field] = tonumber(values[i]) end
 end
-local now = redis.call('HMGET', key, 'seller', 'ver')
+local now = redis.call('HMGET', key, 'seller', 'ver', 'bk')
 reply.seller = now[1] or nil
 reply.ver = tonumber(now[2])
+reply.bk = now[3] or nil
 return cjson.encode(reply)

@@ -154,6 +154,7 @@ impl App {
             sold_out: admission.sold_out.clone(),
             orphans: Arc::default(),
             views,
+            layouts: Arc::default(),
         };
         let mut auth = Auth::new(settings.auth.secret_or_development())
             .with_max_lifetime(settings.auth.max_token_lifetime_seconds);

@@ -279,6 +279,12 @@ pub struct PolicyBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<WaitingRoomBody>)]
     waiting_room: Option<Option<WaitingRoomBody>>,
+    /// Hot-SKU stock buckets (1-64, default 1): the SKU's stock spread over
+    /// this many partitions on distinct Redis masters (README, "Stock
+    /// buckets"). Laid out while the SKU has no holds and no stock (409
+    /// `buckets-locked` otherwise); not changed once laid out.
+    #[schema(minimum = 1, maximum = 64)]
+    buckets: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
@@ -304,6 +310,7 @@ pub struct PolicyView {
     reservation_ttl_seconds: Option<i64>,
     seller: Option<String>,
     waiting_room: Option<WaitingRoomBody>,
+    buckets: i64,
 }
 
 fn bounded(
@@ -379,6 +386,15 @@ pub async fn set_policy(
         seller,
         admit_per_second: None,
         admission_ttl_seconds: None,
+        buckets: match body.buckets {
+            Some(k) if !(1..=crate::service::buckets::BUCKETS_MAX).contains(&k) => {
+                return Err(ApiError::Validation(format!(
+                    "buckets must be from 1 to {}",
+                    crate::service::buckets::BUCKETS_MAX
+                )));
+            }
+            k => k,
+        },
     };
     let mut update = update;
     match body.waiting_room {
@@ -419,6 +435,7 @@ pub async fn set_policy(
 
 impl PolicyView {
     fn of(sku: &Sku, policy: Policy) -> Self {
+        let buckets = policy.buckets();
         Self {
             sku: sku.to_string(),
             max_per_account: policy.max,
@@ -433,6 +450,7 @@ impl PolicyView {
                     admit_per_second: rate,
                     admission_ttl_seconds: ttl,
                 }),
+            buckets,
         }
     }
 }

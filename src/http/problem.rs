@@ -133,6 +133,8 @@ pub enum ApiError {
     SkuRecovering,
     #[error("the request took too long; retry shortly")]
     Timeout,
+    #[error("{0}")]
+    BucketsLocked(String),
     #[error("internal error")]
     Internal(String),
     /// A rejection made below the handlers (the router, an extractor, the
@@ -180,6 +182,7 @@ impl ApiError {
             Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
             SkuRecovering => ("sku-recovering", StatusCode::SERVICE_UNAVAILABLE),
             Timeout => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
+            BucketsLocked(_) => ("buckets-locked", StatusCode::CONFLICT),
             Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
             Rejected { status, .. } => (rejection_code(*status), *status),
         }
@@ -319,6 +322,7 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Redis(e) => e.into(),
             ServiceError::Journal(_) => Self::Unavailable(e.to_string()),
+            ServiceError::Buckets(why) => Self::BucketsLocked(why),
         }
     }
 }

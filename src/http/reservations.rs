@@ -199,6 +199,7 @@ async fn admit_and_reserve(
             idempotency_key: key,
             cart: None,
             admission: ticket,
+            claimed: false,
         })
         .await?;
     let hold = match reply {
@@ -259,6 +260,7 @@ pub fn refusal(reply: ReserveReply) -> ApiError {
         // A new reservation's id is random: no cart ever voided it.
         ReserveReply::Voided => ApiError::Internal("a new reservation id was voided".into()),
         ReserveReply::Held(_) => ApiError::Internal("a hold answered as a refusal".into()),
+        ReserveReply::Bucketed(_) => ApiError::Internal("a bucketed SKU reached the edge".into()),
     }
 }
 

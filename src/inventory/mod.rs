@@ -61,6 +61,61 @@ string_id!(AccountId, "account id", 64, b":@", "[A-Za-z0-9._:@-]");
 string_id!(SellerId, "seller", 64, b":@", "[A-Za-z0-9._:@-]");
 
 /// The largest count an operator may set for a location.
+/// The mark between a SKU and the partition of one of its stock buckets:
+/// bucket `ABC-1~17` holds part of `ABC-1`'s stock in partition 17. Public
+/// SKUs never contain it, so a bucket's name is never a client's SKU.
+pub const BUCKET_MARK: char = '~';
+
+impl Sku {
+    /// The name of this SKU's stock bucket in partition `p`.
+    pub fn bucket(&self, p: Partition) -> Sku {
+        Sku(format!("{}{BUCKET_MARK}{}", self.parent_str(), p.0))
+    }
+
+    /// The partition a bucket names; `None` for a SKU itself.
+    pub fn bucket_partition(&self) -> Option<Partition> {
+        let (_, p) = self.0.rsplit_once(BUCKET_MARK)?;
+        p.parse().ok().map(Partition)
+    }
+
+    /// The name of the SKU clients know (`parent` without a copy).
+    pub fn parent_str(&self) -> &str {
+        self.0
+            .split_once(BUCKET_MARK)
+            .map_or(self.0.as_str(), |(parent, _)| parent)
+    }
+
+    /// The SKU clients know: itself, or the SKU a bucket belongs to.
+    pub fn parent(&self) -> Sku {
+        Sku(self.parent_str().to_owned())
+    }
+
+    pub fn is_bucket(&self) -> bool {
+        self.0.contains(BUCKET_MARK)
+    }
+
+    /// A SKU as flashgate stores it: a client's SKU or one of its buckets
+    /// (in reservation ids, due indexes, the journal).
+    pub fn parse_stored(raw: &str) -> Result<Self, InvalidValue> {
+        match raw.split_once(BUCKET_MARK) {
+            Some((parent, p))
+                if !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Sku::parse(parent).map(|_| Self(raw.to_owned()))
+            }
+            Some(_) => Err(InvalidValue(format!("{raw:?} is not a stock bucket"))),
+            None => Sku::parse(raw),
+        }
+    }
+
+    /// The partition whose slot holds the SKU's keys: a bucket's own, or
+    /// the hash of the name.
+    pub fn partition(&self, partitions: u32) -> Partition {
+        self.bucket_partition()
+            .unwrap_or_else(|| Partition::of(&self.0, partitions))
+    }
+}
+
 pub const STOCK_COUNT_MAX: i64 = 1_000_000_000_000;
 
 /// Units in one request: from 1 to `reservation.max_qty_per_request`.
@@ -145,16 +200,14 @@ impl ReservationId {
         let (p, rest) = raw.split_once('.')?;
         let (random, sku) = rest.split_once('.')?;
         let partition = Partition(p.parse().ok()?);
-        let sku = Sku::parse(sku).ok()?;
+        let sku = Sku::parse_stored(sku).ok()?;
         let random_ok = random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit());
         let canonical = p == partition.0.to_string();
-        (random_ok && canonical && Partition::of(sku.as_str(), partitions) == partition).then(
-            || Self {
-                text: raw.to_owned(),
-                partition,
-                sku,
-            },
-        )
+        (random_ok && canonical && sku.partition(partitions) == partition).then(|| Self {
+            text: raw.to_owned(),
+            partition,
+            sku,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -167,6 +220,23 @@ impl ReservationId {
 
     pub fn sku(&self) -> &Sku {
         &self.sku
+    }
+
+    /// The 32 hex digits between the partition and the SKU.
+    pub fn random_part(&self) -> &str {
+        self.text.split('.').nth(1).unwrap_or_default()
+    }
+
+    /// The id the same request takes in another stock bucket of its SKU:
+    /// the same random part, so every attempt of one reservation across
+    /// buckets is recognisable (see `service::buckets`).
+    pub fn in_bucket(&self, bucket: &Sku, partitions: u32) -> Self {
+        let partition = bucket.partition(partitions);
+        Self {
+            text: format!("{}.{}.{bucket}", partition.0, self.random_part()),
+            partition,
+            sku: bucket.clone(),
+        }
     }
 }
 
@@ -239,7 +309,7 @@ impl CartId {
 
     /// The reservation id of the cart's line `index` (its SKU `sku`).
     pub fn line(&self, index: usize, sku: &Sku, partitions: u32) -> ReservationId {
-        let partition = Partition::of(sku.as_str(), partitions);
+        let partition = sku.partition(partitions);
         let hex = digest_hex(&["line", &self.text, &index.to_string()]);
         ReservationId {
             text: format!("{}.{hex}.{sku}", partition.0),

@@ -202,7 +202,7 @@ pub async fn recover_lost(
     static OUTCOMES: names::LabelledCounter =
         names::LabelledCounter::new(names::SKU_RECOVERIES_TOTAL, "outcome");
     for d in drift.iter().filter(|d| d.reason.is_lost_write()) {
-        let Ok(sku) = Sku::parse(&d.sku) else {
+        let Ok(sku) = Sku::parse_stored(&d.sku) else {
             continue;
         };
         let result = recover_sku(redis, store, &sku, d.postgres_version, mode).await;

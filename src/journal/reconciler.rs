@@ -322,7 +322,7 @@ pub async fn drift_in_partition(
     }
     let mut drift = Vec::new();
     for (sku, pg_rows) in &by_sku {
-        let Ok(parsed) = Sku::parse(sku) else {
+        let Ok(parsed) = Sku::parse_stored(sku) else {
             continue;
         };
         let view = redis.inventory(&parsed, Caller::Background).await?;

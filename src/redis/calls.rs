@@ -2,8 +2,6 @@
 //! and `ARGV` and the script's reply into an enum (`reply` parses them). Mutating calls
 //! return the events their scripts appended, for the caller to journal.
 
-use std::collections::HashMap;
-
 use fred::prelude::*;
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -66,6 +64,9 @@ pub enum ReserveReply {
     /// The SKU has a waiting room and the request carries no admission of
     /// its account that is admitted, unused and unexpired.
     AdmissionRequired,
+    /// The SKU keeps its stock in buckets in these partitions: the request
+    /// goes there instead (see `service::buckets`).
+    Bucketed(Vec<crate::inventory::Partition>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -249,6 +250,9 @@ pub struct PolicyUpdate {
     /// The waiting room: admissions per second and admission TTL (seconds).
     pub admit_per_second: Option<PolicyField>,
     pub admission_ttl_seconds: Option<PolicyField>,
+    /// Stock buckets (1-64): laid out by `service::buckets`, not this
+    /// script.
+    pub buckets: Option<i64>,
 }
 
 /// A signed change of a location's on-hand count, with why.
@@ -373,6 +377,19 @@ pub struct Policy {
     /// The SKU's version when the policy was read or set.
     #[serde(default)]
     pub ver: Option<i64>,
+    /// The partitions of the SKU's stock buckets, comma separated, when it
+    /// has them.
+    #[serde(default)]
+    pub bk: Option<String>,
+}
+
+impl Policy {
+    /// How many stock buckets the SKU's stock is spread over.
+    pub fn buckets(&self) -> i64 {
+        self.bk
+            .as_deref()
+            .map_or(1, |bk| bk.split(',').count() as i64)
+    }
 }
 
 impl Policy {
@@ -400,6 +417,7 @@ impl Policy {
             wra: field("wra"),
             wrt: field("wrt"),
             ver: field("ver"),
+            bk: text("bk"),
         }
     }
 }
@@ -416,13 +434,16 @@ pub struct ReserveRequest {
     /// The waiting-room ticket whose admission the request carries (its
     /// signature already checked at the edge).
     pub admission: Option<String>,
+    /// The account's cap was already counted in its home stock bucket (a
+    /// hold spilled over from it, see `service::buckets`): not checked here.
+    pub claimed: bool,
 }
 
 impl ReserveRequest {
     /// What makes two requests "the same body" for an idempotency key.
     pub fn fingerprint(&self) -> String {
         let loc = self.location.as_ref().map_or("*", |l| l.as_str());
-        format!("{}|{}|{}", self.id.sku(), loc, self.qty.get())
+        format!("{}|{}|{}", self.id.sku().parent_str(), loc, self.qty.get())
     }
 }
 
@@ -504,6 +525,7 @@ impl BatchKind for ReserveBatch {
                     .map_or(String::new(), |c| c.as_str().to_owned()),
             );
             args.push(req.admission.clone().unwrap_or_default());
+            args.push(if req.claimed { "1" } else { "" }.to_owned());
         }
         // The keyed requests' idempotency records, in request order.
         keys.extend(batch.iter().filter_map(|req| {
@@ -832,13 +854,7 @@ impl Redis {
         sku: &Sku,
         caller: Caller,
     ) -> Result<Vec<(String, String)>, RedisError> {
-        let key = &self.keys().sku(self.keys().partition_of(sku), sku);
-        let fields: HashMap<String, String> = self
-            .command(key, "inventory", caller, |client| async move {
-                client.hgetall(key).await
-            })
-            .await?;
-        Ok(fields.into_iter().collect())
+        self.summed_fields(sku, caller).await
     }
 
     pub async fn set_stock(

@@ -60,6 +60,11 @@ impl Health {
         }
     }
 
+    /// The node's address.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Whether a background call may go to the node now: always while it
     /// answers; while it does not, once per backoff window (the probe).
     pub fn admit_background(&self) -> bool {

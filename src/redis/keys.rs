@@ -28,7 +28,7 @@ impl Keys {
     }
 
     pub fn partition_of(&self, sku: &Sku) -> Partition {
-        Partition::of(sku.as_str(), self.partitions)
+        sku.partition(self.partitions)
     }
 
     fn tagged(&self, p: Partition, rest: std::fmt::Arguments<'_>) -> String {
@@ -89,6 +89,23 @@ impl Keys {
     /// queue, tickets, accounts, admissions, token bucket.
     pub fn room(&self, p: Partition, sku: &Sku) -> [String; 5] {
         ["q", "t", "a", "adm", "tb"].map(|part| self.tagged(p, format_args!("room:{sku}:{part}")))
+    }
+
+    /// A SKU's claims hash: caps its accounts claimed for holds in other
+    /// stock buckets (lua/bucket.lua).
+    pub fn claims(&self, p: Partition, sku: &Sku) -> String {
+        self.tagged(p, format_args!("claims:{sku}"))
+    }
+
+    /// The partition's transfers between stock buckets not completed yet.
+    pub fn transfers(&self, p: Partition) -> String {
+        self.tagged(p, format_args!("xfers"))
+    }
+
+    /// A transfer's record in one of its two buckets' slots (`side`: `out`
+    /// in the source, `in` in the destination).
+    pub fn transfer(&self, p: Partition, side: &str, id: &str) -> String {
+        self.tagged(p, format_args!("xfer:{side}:{id}"))
     }
 
     /// A cart's record (lua/cart.lua), in the cart's own partition.

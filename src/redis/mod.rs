@@ -8,6 +8,7 @@
 //! nothing of the journal that writes them (see `crate::service`).
 
 pub mod batch;
+pub mod buckets;
 pub mod calls;
 pub mod carts;
 pub mod health;
@@ -412,6 +413,15 @@ impl Core {
         match &self.slots {
             Some(slots) => slots.fence_raised().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// The master serving partition `p` (its address; one name for a
+    /// standalone Redis), for placing a SKU's stock buckets.
+    pub fn master_of(&self, p: Partition) -> Option<String> {
+        match &self.slots {
+            Some(slots) => slots.master_of(self.slot_of(p)),
+            None => Some("standalone".to_owned()),
         }
     }
 

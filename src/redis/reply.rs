@@ -140,7 +140,7 @@ impl<'a> Record<'a> {
     fn hold(&self, replayed: bool) -> Hold {
         Hold {
             reservation_id: self.rid.to_owned(),
-            sku: self.sku.to_owned(),
+            sku: client_sku(self.sku).to_owned(),
             location: self.loc.to_owned(),
             qty: self.qty,
             expires_at_ms: self.exp,
@@ -160,7 +160,7 @@ impl<'a> Record<'a> {
         };
         Ok(Reservation {
             reservation_id: self.rid.to_owned(),
-            sku: self.sku.to_owned(),
+            sku: client_sku(self.sku).to_owned(),
             location: self.loc.to_owned(),
             qty: self.qty,
             status,
@@ -170,6 +170,13 @@ impl<'a> Record<'a> {
             stream_id: self.sid.to_owned(),
         })
     }
+}
+
+/// The SKU a client knows a record by: a stock bucket's owner.
+fn client_sku(stored: &str) -> &str {
+    stored
+        .split_once(crate::inventory::BUCKET_MARK)
+        .map_or(stored, |(sku, _)| sku)
 }
 
 impl ScriptReply for ReserveReply {
@@ -198,6 +205,12 @@ impl ScriptReply for ReserveReply {
             "idempotency_key_reused" => Self::IdempotencyKeyReused,
             "voided" => Self::Voided,
             "admission_required" => Self::AdmissionRequired,
+            "bucketed" => Self::Bucketed(
+                rest.split(',')
+                    .map(|p| p.parse().map(crate::inventory::Partition))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("bucket partitions {rest:?}"))?,
+            ),
             other => return Err(format!("outcome {other:?}")),
         })
     }
@@ -271,6 +284,13 @@ impl ScriptReply for RoomReply {
             "unknown_sku" => Self::UnknownSku,
             other => return Err(format!("outcome {other:?}")),
         })
+    }
+}
+
+/// A reply kept as its text (lua/bucket.lua's).
+impl ScriptReply for String {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(text.to_owned())
     }
 }
 

@@ -229,6 +229,16 @@ impl Slots {
         Some((node.pool.next().clone(), node.health.clone()))
     }
 
+    /// The master serving `slot`, as its address, or `None` while no known
+    /// master serves it.
+    pub fn master_of(&self, slot: u16) -> Option<String> {
+        let table = self.table.read().ok()?;
+        let node = table
+            .nodes
+            .get(usize::from(table.slots.get(usize::from(slot)).copied()??))?;
+        Some(node.health.node().to_owned())
+    }
+
     /// Whether `slot` is fenced: its master changed and the failover check
     /// has not cleared it yet.
     pub fn fenced(&self, slot: u16) -> bool {

@@ -26,10 +26,11 @@ pub enum ScriptName {
     Amend,
     Cart,
     Room,
+    Bucket,
 }
 
 impl ScriptName {
-    pub const ALL: [ScriptName; 13] = [
+    pub const ALL: [ScriptName; 14] = [
         Self::Reserve,
         Self::Settle,
         Self::Expire,
@@ -43,6 +44,7 @@ impl ScriptName {
         Self::Amend,
         Self::Cart,
         Self::Room,
+        Self::Bucket,
     ];
 
     pub fn stem(self) -> &'static str {
@@ -60,6 +62,7 @@ impl ScriptName {
             Self::Amend => "amend",
             Self::Cart => "cart",
             Self::Room => "room",
+            Self::Bucket => "bucket",
         }
     }
 
@@ -88,6 +91,7 @@ impl ScriptName {
             Self::Amend => include_str!("../../lua/amend.lua"),
             Self::Cart => include_str!("../../lua/cart.lua"),
             Self::Room => include_str!("../../lua/room.lua"),
+            Self::Bucket => include_str!("../../lua/bucket.lua"),
         }
     }
 }

@@ -127,6 +127,7 @@ fn refusal(reply: &ReserveReply) -> (&'static str, Option<i64>) {
         ReserveReply::IdempotencyKeyReused => ("idempotency-key-reused", None),
         ReserveReply::Voided => ("cart-unavailable", None),
         ReserveReply::AdmissionRequired => ("admission-required", None),
+        ReserveReply::Bucketed(_) => ("unknown-sku", None),
     }
 }
 
@@ -196,6 +197,7 @@ impl Carts {
                 idempotency_key: None,
                 cart: Some(id.clone()),
                 admission: line.admission.clone(),
+                claimed: false,
             })
         }))
         .await;

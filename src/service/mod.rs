@@ -7,6 +7,7 @@
 //! no handler can forget either. Dependencies point down: http → service →
 //! {redis, journal, limits} → {events, inventory}.
 
+pub mod buckets;
 pub mod carts;
 pub mod import;
 pub mod orphans;
@@ -40,6 +41,9 @@ pub enum ServiceError {
     /// (a `sync` confirmation, a policy); the client's retry answers the same.
     #[error("journaling the change: {0}")]
     Journal(#[from] JournalError),
+    /// A SKU's stock buckets cannot be laid out as asked.
+    #[error("{0}")]
+    Buckets(String),
 }
 
 /// The inventory use cases, shared by every handler.
@@ -52,6 +56,8 @@ pub struct Inventory {
     pub orphans: Arc<orphans::Orphans>,
     /// The inventory views shoppers' pages poll.
     pub views: Arc<crate::live::views::Views>,
+    /// The stock-bucket layouts this instance has met.
+    pub layouts: Arc<buckets::Layouts>,
 }
 
 impl Inventory {
@@ -59,6 +65,12 @@ impl Inventory {
     /// `JournalQueue::offer`).
     fn offer(&self, events: Vec<crate::events::Event>) {
         if !events.is_empty() {
+            if events
+                .iter()
+                .any(|e| e.sku.contains(crate::inventory::BUCKET_MARK))
+            {
+                self.end_claims(&events);
+            }
             self.journal.queue.offer(events);
         }
     }
@@ -81,8 +93,25 @@ impl Inventory {
     }
 
     /// `reserve` without the orphan rule: for a cart's line, whose cart
-    /// rolls it back itself when its outcome is unknown.
+    /// rolls it back itself when its outcome is unknown. A SKU whose stock
+    /// lives in buckets is held there (`buckets`).
     pub async fn hold(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
+        if let Some(layout) = self.layouts.get(req.id.sku()) {
+            return self.hold_in_buckets(layout, req).await;
+        }
+        let again = req.clone();
+        match self.hold_once(req).await? {
+            ReserveReply::Bucketed(partitions) => {
+                let layout = buckets::Layout::new(again.id.sku(), &partitions);
+                let layout = self.layouts.insert(layout);
+                self.hold_in_buckets(layout, again).await
+            }
+            reply => Ok(reply),
+        }
+    }
+
+    /// Holds units in the one SKU (or bucket) `req` names.
+    async fn hold_once(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
         let sku = req.id.sku().clone();
         let Applied { reply, events } = self.redis.reserve(req).await?;
         self.offer(events);
@@ -109,7 +138,7 @@ impl Inventory {
     ) -> Result<AmendReply, RedisError> {
         let Applied { reply, events } = self.redis.amend(id, owner, amendment).await?;
         if !matches!(amendment, Amendment::Extend { .. }) && !events.is_empty() {
-            self.sold_out.forget(id.sku());
+            self.sold_out.forget(&id.sku().parent());
         }
         self.offer(events);
         Ok(reply)
@@ -120,7 +149,7 @@ impl Inventory {
     /// it in Redis, its stream and the queue, and the client's retry
     /// answers the same confirmation and checks again.
     pub async fn settle(&self, req: SettleRequest) -> Result<ReservationReply, ServiceError> {
-        let (p, sku, settlement) = (req.id.partition(), req.id.sku().clone(), req.settlement);
+        let (p, sku, settlement) = (req.id.partition(), req.id.sku().parent(), req.settlement);
         let Applied { reply, events } = self.redis.settle(req).await?;
         let ReservationReply::Ok(reservation) = &reply else {
             self.offer(events);
@@ -157,6 +186,11 @@ impl Inventory {
         staff: &Staff<'_>,
         op_id: &str,
     ) -> Result<AdminReply, RedisError> {
+        if let Some(layout) = self.layout_of(sku).await? {
+            return self
+                .set_bucketed_stock(&layout, location, counts, if_match, staff, op_id)
+                .await;
+        }
         let applied = self
             .redis
             .set_stock(sku, location, counts, if_match, staff, op_id)
@@ -172,6 +206,11 @@ impl Inventory {
         staff: &Staff<'_>,
         op_id: &str,
     ) -> Result<AdminReply, RedisError> {
+        if let Some(layout) = self.layout_of(sku).await? {
+            return self
+                .adjust_bucketed(&layout, location, adjustment, staff, op_id)
+                .await;
+        }
         let applied = self
             .redis
             .adjust(sku, location, adjustment, staff, op_id)
@@ -242,7 +281,13 @@ impl Inventory {
         staff: &Staff<'_>,
         view: impl FnOnce(&crate::redis::calls::Policy) -> serde_json::Value,
     ) -> Result<crate::redis::calls::Policy, ServiceError> {
+        if let Some(k) = update.buckets {
+            self.lay_out(sku, k).await?;
+        }
         let policy = self.redis.set_policy(sku, update).await?;
+        if let Some(layout) = self.layout_of(sku).await? {
+            self.copy_policy(&layout, &policy).await?;
+        }
         let row = crate::journal::store::PolicyRow {
             max_per_account: policy.max,
             opens_at_ms: policy.open,

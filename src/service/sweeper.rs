@@ -23,6 +23,12 @@ use crate::{
 
 /// Partitions swept concurrently.
 const SWEEP_CONCURRENCY: usize = 8;
+/// Every this many passes, a pass also finishes transfers between stock
+/// buckets whose mover stopped between the steps (`buckets`).
+const TRANSFER_CHECK_EVERY: u32 = 10;
+/// A transfer withdrawn this long ago is taken as abandoned: a live mover
+/// finishes in milliseconds, and finishing it twice changes nothing.
+const ABANDONED_TRANSFER_MS: i64 = 2_000;
 
 pub async fn run(
     inventory: Inventory,
@@ -34,12 +40,17 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     metrics::counter!(names::EXPIRY_SWEPT_HOLDS_TOTAL).increment(0);
     let mut outage = Outage::new("expiry sweeper");
+    let mut pass: u32 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let partitions = inventory.redis.keys().partitions();
+        pass = pass.wrapping_add(1);
+        if pass.is_multiple_of(TRANSFER_CHECK_EVERY) {
+            finish_transfers(&inventory, partitions).await;
+        }
         let swept = stream::iter(0..partitions)
             .map(|p| sweep_partition(&inventory, Partition(p), skus_max))
             .buffer_unordered(SWEEP_CONCURRENCY)
@@ -58,6 +69,28 @@ pub async fn run(
         }
         let error = swept.error.as_ref().map(|e| e as &dyn std::fmt::Display);
         outage.round(swept.failed, swept.attempted, error);
+    }
+}
+
+async fn finish_transfers(inventory: &Inventory, partitions: u32) {
+    let finished = stream::iter(0..partitions)
+        .map(|p| inventory.finish_transfers(Partition(p), ABANDONED_TRANSFER_MS))
+        .buffer_unordered(SWEEP_CONCURRENCY)
+        .fold(0, |sum, one| async move {
+            match one {
+                Ok(n) => sum + n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "finishing abandoned transfers failed");
+                    sum
+                }
+            }
+        })
+        .await;
+    if finished > 0 {
+        tracing::info!(
+            finished,
+            "finished transfers between stock buckets left pending"
+        );
     }
 }
 
@@ -112,7 +145,9 @@ async fn sweep_partition(inventory: &Inventory, p: Partition, skus_max: u32) -> 
     for (raw, deadline_ms) in skus {
         // The score is the SKU's earliest hold deadline.
         lag.record((now_ms as f64 - deadline_ms).max(0.0) / 1000.0);
-        let Ok(sku) = Sku::parse(&raw) else { continue };
+        let Ok(sku) = Sku::parse_stored(&raw) else {
+            continue;
+        };
         swept.attempted += 1;
         match inventory.expire(&sku).await {
             Ok(n) => swept.expired += n,

@@ -117,6 +117,7 @@ fn random_requests(p: Partition, skus: &[Sku], seed: u64, count: usize) -> Vec<R
                 idempotency_key: key,
                 cart: None,
                 admission: None,
+                claimed: false,
             }
         })
         .collect()
@@ -240,6 +241,7 @@ async fn a_sell_out_in_the_middle_of_a_batch_holds_exactly_the_stock(backend: Ba
             idempotency_key: None,
             cart: None,
             admission: None,
+            claimed: false,
         })
         .collect();
     let replies = apply(&redis, p, &requests.iter().collect::<Vec<_>>()).await;
@@ -273,6 +275,7 @@ async fn one_idempotency_key_twice_in_a_batch_holds_once_and_replays_once(backen
         idempotency_key: Some(IdempotencyKey::parse("same-key").unwrap()),
         cart: None,
         admission: None,
+        claimed: false,
     };
     let (first, second) = (request(), request());
     let replies = apply(&redis, p, &[&first, &second]).await;
@@ -310,6 +313,7 @@ async fn a_resent_batch_holds_nothing_twice(backend: Backend) {
             idempotency_key: None,
             cart: None,
             admission: None,
+            claimed: false,
         })
         .collect();
     let batch: Vec<&ReserveRequest> = requests.iter().collect();

@@ -108,6 +108,7 @@ async fn a_resent_reserve_command_holds_once(backend: Backend) {
         idempotency_key: None,
         cart: None,
         admission: None,
+        claimed: false,
     };
     let first = redis.reserve(request()).await.unwrap();
     let second = redis.reserve(request()).await.unwrap();

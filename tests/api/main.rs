@@ -9,6 +9,7 @@ mod harness;
 mod access;
 mod admission;
 mod batching;
+mod buckets;
 mod carts;
 mod contention;
 mod failover;

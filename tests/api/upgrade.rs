@@ -52,6 +52,7 @@ fn request(sku: &Sku, redis: &Redis, key: Option<&str>) -> ReserveRequest {
         idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
         cart: None,
         admission: None,
+        claimed: false,
     }
 }
 

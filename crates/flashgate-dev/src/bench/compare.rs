@@ -333,6 +333,7 @@ async fn redis_benchmark(target: &Target, pipeline: u32) -> anyhow::Result<(f64,
         idempotency_key: None,
         cart: None,
         admission: None,
+        claimed: false,
     };
     let (keys, args) = redis.reserve_call(&request);
     let reserved = || async {

@@ -1,0 +1,380 @@
+//! Calls of lua/bucket.lua: a SKU's bucket layout, caps claimed in an
+//! account's home bucket, and the steps of a transfer between buckets.
+
+use serde::Serialize;
+
+use super::{Caller, Redis, RedisError, batch::Applied, scripts::ScriptName};
+use crate::inventory::{AccountId, Location, Partition, Sku, view::Counts};
+
+/// How long a transfer's records are kept after its last step: a step
+/// re-sent within it is recognised and changes nothing.
+const TRANSFER_RECORD_TTL_MS: u64 = 7 * 24 * 3_600_000;
+
+/// The policy fields every bucket keeps a copy of (what lua/reserve.lua
+/// reads: the cap, the sale window, the hold TTL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BucketPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+}
+
+/// Why a layout was not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutReply {
+    Set,
+    /// The SKU holds units: buckets are laid out before stock arrives.
+    HasHolds,
+    HasStock,
+    AlreadyBucketed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimReply {
+    Claimed,
+    /// The SKU has no cap: nothing to count.
+    Uncapped,
+    PurchaseLimit {
+        limit: i64,
+        already: i64,
+    },
+}
+
+/// A move of units of one location between two buckets of a SKU (see
+/// lua/bucket.lua for the protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub id: String,
+    pub from: Sku,
+    pub to: Sku,
+    pub location: Location,
+    pub qty: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WithdrawReply {
+    /// The units left the source (now, or by an earlier attempt).
+    Withdrawn,
+    /// The transfer was completed before.
+    Done,
+    /// The source cannot spare that many.
+    Insufficient {
+        free: i64,
+    },
+    UnknownLocation,
+}
+
+impl Transfer {
+    pub fn new(from: Sku, to: Sku, location: Location, qty: i64) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            from,
+            to,
+            location,
+            qty,
+        }
+    }
+
+    /// Reads a pending transfer from its source's record
+    /// (`<destination>|<location>|<qty>|<source>`).
+    pub fn from_record(id: &str, record: &str) -> Option<Self> {
+        let mut parts = record.splitn(4, '|');
+        let to = Sku::parse_stored(parts.next()?).ok()?;
+        let location = Location::parse(parts.next()?).ok()?;
+        let qty = parts.next()?.parse().ok()?;
+        let from = Sku::parse_stored(parts.next()?).ok()?;
+        Some(Self {
+            id: id.to_owned(),
+            from,
+            to,
+            location,
+            qty,
+        })
+    }
+}
+
+/// The actor transfers are journaled with.
+const TRANSFER_ACTOR: &str = "flashgate";
+
+impl Redis {
+    /// A bucket's version and one location's counts (zero when it has none).
+    pub async fn bucket_counts(
+        &self,
+        bucket: &Sku,
+        location: &Location,
+    ) -> Result<(u64, Counts), RedisError> {
+        let key = self.keys().sku(self.keys().partition_of(bucket), bucket);
+        let key = &key;
+        let fields: Vec<String> = ["ver", "oh", "rs", "ss", "lt", "bo"]
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match i {
+                0 => (*f).to_owned(),
+                _ => format!("l:{location}:{f}"),
+            })
+            .collect();
+        let values: Vec<Option<i64>> = self
+            .command(key, "bucket_counts", Caller::Request, |client| async move {
+                use fred::interfaces::HashesInterface;
+                client.hmget(key, fields).await
+            })
+            .await?;
+        let v = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+        Ok((
+            v(0) as u64,
+            Counts {
+                on_hand: v(1),
+                reserved: v(2),
+                safety_stock: v(3),
+                low_stock_threshold: v(4),
+                backorder_limit: v(5),
+            },
+        ))
+    }
+
+    /// A SKU's hash (field, value pairs; empty when it does not exist);
+    /// for a bucketed SKU its own fields (policy, layout) with every
+    /// bucket's counts and versions summed in.
+    pub async fn summed_fields(
+        &self,
+        sku: &Sku,
+        caller: Caller,
+    ) -> Result<Vec<(String, String)>, RedisError> {
+        let own = self.hash_of(sku, caller).await?;
+        let Some(bk) = own.iter().find(|(f, _)| f == "bk").map(|(_, v)| v.clone()) else {
+            return Ok(own);
+        };
+        let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for (field, value) in own {
+            if field == "ver" || field.starts_with("l:") {
+                *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
+            } else {
+                fields.push((field, value));
+            }
+        }
+        for p in bk.split(',').filter_map(|p| p.parse().ok().map(Partition)) {
+            for (field, value) in self.hash_of(&sku.bucket(p), caller).await? {
+                if field == "ver" || field.starts_with("l:") {
+                    *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
+                }
+            }
+        }
+        fields.extend(sums.into_iter().map(|(f, v)| (f, v.to_string())));
+        Ok(fields)
+    }
+
+    async fn hash_of(
+        &self,
+        sku: &Sku,
+        caller: Caller,
+    ) -> Result<Vec<(String, String)>, RedisError> {
+        let key = &self.keys().sku(self.keys().partition_of(sku), sku);
+        let fields: std::collections::HashMap<String, String> = self
+            .command(key, "inventory", caller, |client| async move {
+                use fred::interfaces::HashesInterface;
+                client.hgetall(key).await
+            })
+            .await?;
+        Ok(fields.into_iter().collect())
+    }
+
+    /// Runs one operation of lua/bucket.lua on `sku`; `record` names the
+    /// transfer record in the SKU's slot (`side` and transfer id).
+    async fn bucket_op(
+        &self,
+        sku: &Sku,
+        record: (&str, &str),
+        args: &[&str],
+    ) -> Result<Applied<String>, RedisError> {
+        let keys = self.keys();
+        let p = keys.partition_of(sku);
+        let (mut k, mut a) = self.partition_call(p, &[sku]);
+        k.extend([
+            keys.claims(p, sku),
+            keys.transfers(p),
+            keys.transfer(p, record.0, record.1),
+        ]);
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        self.eval_one(ScriptName::Bucket, p, k, a).await
+    }
+
+    /// Lays a SKU's stock out in buckets in `partitions` (lua/bucket.lua
+    /// `layout`).
+    pub async fn set_layout(
+        &self,
+        sku: &Sku,
+        partitions: &[Partition],
+    ) -> Result<LayoutReply, RedisError> {
+        let list = partitions
+            .iter()
+            .map(|p| p.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let applied = self
+            .bucket_op(sku, ("out", "-"), &["layout", &list])
+            .await?;
+        Ok(match applied.reply.as_str() {
+            "ok" => LayoutReply::Set,
+            "holds" => LayoutReply::HasHolds,
+            "stock" => LayoutReply::HasStock,
+            _ => LayoutReply::AlreadyBucketed,
+        })
+    }
+
+    /// Gives a bucket its SKU's policy, creating the bucket when needed.
+    pub async fn set_bucket_policy(
+        &self,
+        bucket: &Sku,
+        policy: &BucketPolicy,
+    ) -> Result<(), RedisError> {
+        let json = serde_json::to_string(policy).unwrap_or_else(|_| "{}".into());
+        self.bucket_op(bucket, ("out", "-"), &["policy", &json])
+            .await
+            .map(drop)
+    }
+
+    /// Counts `qty` units against `account`'s cap in its home bucket for a
+    /// hold elsewhere (`id`: the hold's claim id).
+    pub async fn claim(
+        &self,
+        home: &Sku,
+        account: &AccountId,
+        id: &str,
+        qty: u32,
+    ) -> Result<ClaimReply, RedisError> {
+        let qty = qty.to_string();
+        let applied = self
+            .bucket_op(home, ("out", "-"), &["claim", account.as_str(), id, &qty])
+            .await?;
+        let reply = applied.reply;
+        Ok(match reply.split('|').collect::<Vec<_>>().as_slice() {
+            ["claimed"] => ClaimReply::Claimed,
+            ["uncapped"] => ClaimReply::Uncapped,
+            ["purchase_limit", limit, already] => ClaimReply::PurchaseLimit {
+                limit: limit.parse().unwrap_or(0),
+                already: already.parse().unwrap_or(0),
+            },
+            _ => {
+                return Err(super::reply::not_understood(ScriptName::Bucket, reply));
+            }
+        })
+    }
+
+    /// Ends a claim: its units go back to the account's cap (`keep` false:
+    /// the hold was released or expired), or stay counted (a confirmation).
+    /// Returns whether the claim was still there.
+    pub async fn unclaim(&self, home: &Sku, id: &str, keep: bool) -> Result<bool, RedisError> {
+        let how = if keep { "keep" } else { "give" };
+        let applied = self
+            .bucket_op(home, ("out", "-"), &["unclaim", id, how])
+            .await?;
+        Ok(applied.reply == "ok")
+    }
+
+    /// A transfer's first step, in its source's slot.
+    pub async fn withdraw(&self, t: &Transfer) -> Result<Applied<WithdrawReply>, RedisError> {
+        let (qty, ttl) = (t.qty.to_string(), TRANSFER_RECORD_TTL_MS.to_string());
+        let applied = self
+            .bucket_op(
+                &t.from,
+                ("out", &t.id),
+                &[
+                    "withdraw",
+                    t.location.as_str(),
+                    &qty,
+                    &t.id,
+                    t.to.as_str(),
+                    &ttl,
+                    TRANSFER_ACTOR,
+                ],
+            )
+            .await?;
+        let reply = match applied.reply.split_once('|') {
+            None if applied.reply == "withdrawn" => WithdrawReply::Withdrawn,
+            None if applied.reply == "done" => WithdrawReply::Done,
+            None if applied.reply == "unknown_location" => WithdrawReply::UnknownLocation,
+            Some(("insufficient_stock", free)) => WithdrawReply::Insufficient {
+                free: free.parse().unwrap_or(0),
+            },
+            _ => {
+                return Err(super::reply::not_understood(
+                    ScriptName::Bucket,
+                    applied.reply,
+                ));
+            }
+        };
+        Ok(Applied {
+            reply,
+            events: applied.events,
+        })
+    }
+
+    /// A transfer's second step, in its destination's slot; once only,
+    /// however often it is sent.
+    pub async fn deposit(&self, t: &Transfer) -> Result<Applied<String>, RedisError> {
+        let (qty, ttl) = (t.qty.to_string(), TRANSFER_RECORD_TTL_MS.to_string());
+        self.bucket_op(
+            &t.to,
+            ("in", &t.id),
+            &[
+                "deposit",
+                t.location.as_str(),
+                &qty,
+                &t.id,
+                t.from.as_str(),
+                &ttl,
+                TRANSFER_ACTOR,
+            ],
+        )
+        .await
+    }
+
+    /// A transfer's last step: its source's record says it is done.
+    pub async fn complete(&self, t: &Transfer) -> Result<(), RedisError> {
+        let ttl = TRANSFER_RECORD_TTL_MS.to_string();
+        self.bucket_op(&t.from, ("out", &t.id), &["complete", &t.id, &ttl])
+            .await
+            .map(drop)
+    }
+
+    /// Transfers of partition `p` withdrawn before `before_ms` and not
+    /// completed, with their source records (at most `limit`).
+    pub async fn pending_transfers(
+        &self,
+        p: Partition,
+        before_ms: i64,
+        limit: i64,
+        caller: Caller,
+    ) -> Result<Vec<(String, Option<String>)>, RedisError> {
+        let keys = self.keys();
+        let set = keys.transfers(p);
+        let set = &set;
+        let ids: Vec<String> = self
+            .command(set, "pending_transfers", caller, |client| async move {
+                use fred::interfaces::SortedSetsInterface;
+                client
+                    .zrangebyscore(set, "-inf", before_ms, false, Some((0, limit)))
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = keys.transfer(p, "out", &id);
+            let key = &key;
+            let record: Option<String> = self
+                .command(key, "transfer_record", caller, |client| async move {
+                    use fred::interfaces::KeysInterface;
+                    client.get(key).await
+                })
+                .await?;
+            out.push((id, record));
+        }
+        Ok(out)
+    }
+}

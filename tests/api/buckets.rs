@@ -1,0 +1,227 @@
+//! Hot-SKU stock buckets: one SKU's stock over several masters, exact
+//! holds and caps, `insufficient-stock` only once every bucket is empty,
+//! and transfers between buckets that neither lose nor duplicate units.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use flashgate::{
+    inventory::{Location, Sku, view::Counts},
+    redis::{Caller, Redis, buckets::Transfer},
+};
+use futures::{StreamExt, stream};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::{Backend, TestApp, on_every_node, spawn_app, token};
+
+const STOCK: i64 = 1_000;
+const BUCKETS: usize = 8;
+const ACCOUNTS: usize = 5_000;
+const ATTEMPTS: usize = 20_000;
+
+/// The buckets of `sku` as its hash names them.
+async fn buckets_of(redis: &Redis, sku: &Sku) -> Vec<Sku> {
+    let key = redis.keys().sku(redis.keys().partition_of(sku), sku);
+    let key = &key;
+    let bk: String = redis
+        .command(key, "test", Caller::Request, |client| async move {
+            use fred::prelude::*;
+            client.hget(key, "bk").await
+        })
+        .await
+        .unwrap();
+    bk.split(',')
+        .map(|p| sku.bucket(flashgate::inventory::Partition(p.parse().unwrap())))
+        .collect()
+}
+
+async fn counts(redis: &Redis, buckets: &[Sku]) -> Vec<Counts> {
+    let default = Location::parse("default").unwrap();
+    let mut out = Vec::new();
+    for b in buckets {
+        out.push(redis.bucket_counts(b, &default).await.unwrap().1);
+    }
+    out
+}
+
+/// Which cluster nodes hold a key named `<prefix>:*:sku:<name>` of each
+/// bucket.
+fn nodes_holding(prefix: &str, buckets: &[Sku]) -> std::collections::HashSet<usize> {
+    let mut nodes = std::collections::HashSet::new();
+    for b in buckets {
+        let pattern = format!("{prefix}:*:sku:{b}");
+        for (i, out) in on_every_node(Backend::Cluster, &["--scan", "--pattern", &pattern])
+            .iter()
+            .enumerate()
+        {
+            if !out.trim().is_empty() {
+                nodes.insert(i);
+            }
+        }
+    }
+    nodes
+}
+
+async fn bucketed_sku(app: &TestApp, sku: &str, cap: i64) {
+    let r = app
+        .policy(sku, json!({ "buckets": BUCKETS, "max_per_account": cap }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["buckets"], BUCKETS);
+    app.stock(sku, STOCK).await;
+}
+
+/// 20,000 attempts from 5,000 accounts, capped at 2, on 1,000 units in 8
+/// buckets over a 3-master cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_buckets_hold_exactly_the_stock_and_refuse_only_once_all_are_empty() {
+    let app = spawn_app(Backend::Cluster).await;
+    let redis = Redis::connect(&app.settings).await.unwrap();
+    let sku = Sku::parse("MEGA-DROP").unwrap();
+    bucketed_sku(&app, sku.as_str(), 2).await;
+    let buckets = buckets_of(&redis, &sku).await;
+    assert_eq!(buckets.len(), BUCKETS);
+    let prefix = &app.settings.redis.key_prefix;
+    assert_eq!(
+        nodes_holding(prefix, &buckets).len(),
+        3,
+        "the buckets' keys sit on every master"
+    );
+    let before = counts(&redis, &buckets).await;
+    assert_eq!(before.iter().map(|c| c.on_hand).sum::<i64>(), STOCK);
+    assert!(
+        before.iter().all(|c| c.on_hand == STOCK / BUCKETS as i64),
+        "stock split evenly: {before:?}"
+    );
+
+    let tokens: Vec<String> = (0..ACCOUNTS)
+        .map(|i| token(&format!("crowd-{i}")))
+        .collect();
+    let sampled = Arc::new(AtomicBool::new(false));
+    let replies: Vec<(usize, StatusCode, String, Option<Vec<Counts>>)> = stream::iter(0..ATTEMPTS)
+        .map(|i| {
+            let (app, redis, buckets, sampled) = (&app, &redis, &buckets, sampled.clone());
+            // Each account's four attempts arrive together, so caps
+            // and buckets are both contended.
+            let account = i / (ATTEMPTS / ACCOUNTS);
+            let token = &tokens[account];
+            async move {
+                let r = app
+                    .reserve(token, json!({ "sku": "MEGA-DROP", "qty": 1 }), None)
+                    .await;
+                let code = r.code().to_owned();
+                // At the first insufficient-stock answer: every bucket.
+                let sample = (r.status == StatusCode::CONFLICT
+                    && code == "insufficient-stock"
+                    && !sampled.swap(true, Ordering::SeqCst))
+                .then_some(());
+                let sample = match sample {
+                    Some(()) => Some(counts(redis, buckets).await),
+                    None => None,
+                };
+                (account, r.status, code, sample)
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+
+    let mut per_account: HashMap<usize, i64> = HashMap::new();
+    let (mut held, mut capped, mut sold_out) = (0, 0, 0);
+    for (account, status, code, _) in &replies {
+        match (*status, code.as_str()) {
+            (StatusCode::CREATED, _) => {
+                held += 1;
+                *per_account.entry(*account).or_default() += 1;
+            }
+            (StatusCode::CONFLICT, "purchase-limit") => capped += 1,
+            (StatusCode::CONFLICT, "insufficient-stock") => sold_out += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(held, STOCK, "exactly the stock is held");
+    let most = per_account.values().max().copied().unwrap_or(0);
+    assert!(most <= 2, "an account holds {most}");
+    assert!(
+        capped > 0,
+        "no attempt met its cap: the test did not contend caps"
+    );
+    let at_first_refusal = replies
+        .iter()
+        .find_map(|(_, _, _, sample)| sample.clone())
+        .expect("some attempt was refused for stock");
+    for (b, c) in buckets.iter().zip(&at_first_refusal) {
+        assert_eq!(
+            c.on_hand - c.safety_stock - c.reserved,
+            0,
+            "bucket {b} still had units when the first insufficient-stock was answered"
+        );
+    }
+    let view = app.view("MEGA-DROP").await.body;
+    assert_eq!(view["reserved"], STOCK);
+    assert_eq!(view["available"], 0);
+    assert_eq!(view["on_hand"], STOCK);
+    eprintln!(
+        "buckets: {held} held, {capped} capped, {sold_out} refused for stock over {BUCKETS} buckets on {} masters",
+        nodes_holding(prefix, &buckets).len()
+    );
+}
+
+/// A transfer left after any of its steps (as a mover killed there leaves
+/// it) is finished once, by whoever finds it pending: the SKU's on hand is
+/// whole again and no unit was counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_interrupted_after_each_step_loses_and_duplicates_nothing() {
+    let app = spawn_app(Backend::Cluster).await;
+    let redis = Redis::connect(&app.settings).await.unwrap();
+    let sku = Sku::parse("MOVED").unwrap();
+    bucketed_sku(&app, sku.as_str(), 5).await;
+    let buckets = buckets_of(&redis, &sku).await;
+    let default = Location::parse("default").unwrap();
+    let total = |c: &[Counts]| c.iter().map(|c| c.on_hand).sum::<i64>();
+    for stop_after in 0..3 {
+        let t = Transfer::new(buckets[0].clone(), buckets[1].clone(), default.clone(), 7);
+        // The steps a mover made before it died.
+        if stop_after >= 1 {
+            redis.withdraw(&t).await.unwrap();
+        }
+        if stop_after >= 2 {
+            redis.deposit(&t).await.unwrap();
+        }
+        let mid = counts(&redis, &buckets).await;
+        let in_transit = if stop_after == 1 { 7 } else { 0 };
+        assert_eq!(total(&mid) + in_transit, STOCK, "after step {stop_after}");
+        // Whoever finds it pending (the sweeper of the gateway) finishes
+        // it, once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while total(&counts(&redis, &buckets).await) != STOCK {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the transfer left after step {stop_after} was never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if stop_after >= 1 {
+            // Steps sent again (a mover that was only slow) change nothing.
+            redis.deposit(&t).await.unwrap();
+            redis.withdraw(&t).await.unwrap();
+        }
+        let after = counts(&redis, &buckets).await;
+        assert_eq!(total(&after), STOCK, "after finishing step {stop_after}");
+    }
+    let after = counts(&redis, &buckets).await;
+    assert_eq!(
+        after[0].on_hand,
+        STOCK / 8 - 14,
+        "two transfers left bucket 0"
+    );
+    assert_eq!(after[1].on_hand, STOCK / 8 + 14, "and reached bucket 1");
+    let view = app.view("MOVED").await.body;
+    assert_eq!(view["on_hand"], STOCK);
+}
