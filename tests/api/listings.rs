@@ -311,7 +311,7 @@ async fn an_operator_reads_a_sku_with_its_policy(backend: Backend) {
     );
     assert_eq!(
         r.body["policy"],
-        json!({"sku": "ADMIN-READ", "max_per_account": 2, "reservation_ttl_seconds": 120,
+        json!({"sku": "ADMIN-READ", "max_per_account": 2, "reservation_ttl_seconds": 120, "buckets": 1,
                "sale_opens_at": "2026-01-01T00:00:00Z", "sale_closes_at": null, "seller": null,
                "waiting_room": null})
     );
