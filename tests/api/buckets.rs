@@ -13,12 +13,14 @@ use std::{
 use flashgate::{
     inventory::{Location, Sku, view::Counts},
     redis::{Caller, Redis, buckets::Transfer},
+    service::buckets::Layout,
 };
 use futures::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{Backend, TestApp, on_every_node, spawn_app, token};
+use crate::harness::{Backend, Reply, TestApp, on_every_node, spawn_app, token};
+use crate::on_both_topologies;
 
 const STOCK: i64 = 1_000;
 const BUCKETS: usize = 8;
@@ -225,3 +227,119 @@ async fn a_transfer_interrupted_after_each_step_loses_and_duplicates_nothing() {
     let view = app.view("MOVED").await.body;
     assert_eq!(view["on_hand"], STOCK);
 }
+
+/// An account whose home bucket (where its cap is counted) is `home`.
+fn account_with_home(layout: &Layout, home: usize, stem: &str) -> String {
+    (0..)
+        .map(|i| format!("{stem}-{i}"))
+        .find(|a| layout.home(a) == home)
+        .unwrap()
+}
+
+/// Retries `attempt` until it answers `status` (a claim ends in the
+/// background, just after the answer that ended its hold).
+async fn eventually(status: StatusCode, attempt: impl AsyncFn() -> Reply) -> Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = attempt().await;
+        if r.status == status || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A hold that spilled over from its account's home bucket counts against
+/// the cap at home until it ends: released or expired, the units count no
+/// more; confirmed, they count for good.
+async fn a_spilled_hold_counts_against_the_cap_until_it_ends(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let redis = Redis::connect(&app.settings).await.unwrap();
+    let sku = Sku::parse("SPILL").unwrap();
+    let r = app
+        .policy(
+            sku.as_str(),
+            json!({ "buckets": 2, "max_per_account": 2, "reservation_ttl_seconds": 1 }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.stock(sku.as_str(), 2).await;
+    let layout = Layout::new(
+        &sku,
+        &buckets_of(&redis, &sku)
+            .await
+            .iter()
+            .map(|b| b.bucket_partition().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let shopper = account_with_home(&layout, 0, "spiller");
+    let t = token(&shopper);
+    let reserve = || app.reserve(&t, json!({ "sku": "SPILL", "qty": 1 }), None);
+
+    let home = reserve().await;
+    assert_eq!(home.status, StatusCode::CREATED);
+    assert_eq!(
+        home.body["sku"], "SPILL",
+        "clients see the SKU, not a bucket"
+    );
+    let spilled = reserve().await;
+    assert_eq!(spilled.status, StatusCode::CREATED, "{:?}", spilled.body);
+    let spilled_id = spilled.body["reservation_id"].as_str().unwrap().to_owned();
+    assert!(
+        spilled_id.contains(layout.buckets[1].as_str()),
+        "the second hold is in the other bucket: {spilled_id}"
+    );
+    // The cap counts both, though each bucket saw one.
+    let third = reserve().await;
+    assert_eq!(
+        (third.status, third.code()),
+        (StatusCode::CONFLICT, "purchase-limit")
+    );
+
+    // Released: its unit and its place under the cap come back.
+    let r = app.reservation(&t, &spilled_id, Some("release")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let again = eventually(StatusCode::CREATED, || reserve()).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+
+    // Expired: the same.
+    let expiring = again.body["reservation_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let r = app.reservation(&t, &expiring, None).await;
+    assert_eq!(r.body["status"], "expired");
+    let after_expiry = eventually(StatusCode::CREATED, || reserve()).await;
+    assert_eq!(after_expiry.status, StatusCode::CREATED);
+    let spilled_id = after_expiry.body["reservation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Confirmed: it counts for good, even with stock back.
+    let r = app.reservation(&t, &spilled_id, Some("confirm")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let first = home.body["reservation_id"].as_str().unwrap();
+    let r = app.reservation(&t, first, Some("confirm")).await;
+    assert!(
+        [StatusCode::OK, StatusCode::CONFLICT].contains(&r.status),
+        "the first hold is confirmed or expired: {:?}",
+        r.body
+    );
+    let confirmed = if r.status == StatusCode::OK { 2 } else { 1 };
+    app.adjust(
+        "SPILL",
+        "default",
+        json!({ "delta": 4, "reason": "receipt" }),
+    )
+    .await;
+    let mut held = 0;
+    for _ in 0..3 {
+        if reserve().await.status == StatusCode::CREATED {
+            held += 1;
+        }
+    }
+    assert_eq!(held, 2 - confirmed, "confirmed units keep counting");
+    let view = app.view("SPILL").await.body;
+    assert_eq!(view["on_hand"], 6 - confirmed);
+}
+
+on_both_topologies!(a_spilled_hold_counts_against_the_cap_until_it_ends);
