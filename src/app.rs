@@ -265,6 +265,11 @@ impl App {
             background.clone(),
         ));
         let cart_sweep = tokio::spawn(service::carts::run(state.carts.clone(), background.clone()));
+        tokio::spawn(service::buckets::run(
+            state.inventory.clone(),
+            settings.buckets.clone(),
+            background.clone(),
+        ));
         let recovery = tokio::spawn(service::recovery::run(
             state.inventory.redis.clone(),
             state.journal.clone(),

@@ -37,6 +37,31 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub cart: CartSettings,
     pub admin: AdminSettings,
+    pub buckets: BucketSettings,
+}
+
+/// Hot-SKU stock buckets (`service::buckets`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BucketSettings {
+    /// How often every instance evens out the free units of each bucketed
+    /// SKU's buckets (0: never).
+    pub rebalance_interval_ms: u64,
+    /// Buckets whose free units differ by at most this many are left as
+    /// they are.
+    pub rebalance_slack: i64,
+}
+
+pub const DEFAULT_REBALANCE_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_REBALANCE_SLACK: i64 = 2;
+
+impl Default for BucketSettings {
+    fn default() -> Self {
+        Self {
+            rebalance_interval_ms: DEFAULT_REBALANCE_INTERVAL_MS,
+            rebalance_slack: DEFAULT_REBALANCE_SLACK,
+        }
+    }
 }
 
 /// Operator endpoints' own limits.

@@ -164,6 +164,14 @@ metric_table! {
     /// Waiting-room ticket takes and reads, by the status they answered
     /// (`waiting`, `admitted`, `sold_out`, `expired`).
     QUEUE_TICKET_READS_TOTAL: Counter = "flashgate_queue_ticket_reads_total";
+    /// Reservations of bucketed SKUs by where they ended (`home`: held in
+    /// the account's home bucket; `spilled`: held in another; `refused`:
+    /// no bucket could hold them).
+    BUCKET_HOLDS_TOTAL: Counter = "flashgate_bucket_holds_total";
+    /// Transfers between stock buckets by how they ended (`moved` by their
+    /// mover, `finished` by the sweeper after their mover stopped,
+    /// `refused`: the source could not spare the units).
+    BUCKET_TRANSFERS_TOTAL: Counter = "flashgate_bucket_transfers_total";
     /// Changes of live holds by kind (`extend`, `shrink`, `release`) and
     /// outcome (`ok` or the problem code).
     HOLD_CHANGES_TOTAL: Counter = "flashgate_hold_changes_total";

@@ -571,3 +571,61 @@ pub async fn import(
     }
     Ok(response)
 }
+
+/// One transfer a rebalance made: `qty` units of `location` from the
+/// bucket in partition `from_bucket` to the one in `to_bucket`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferView {
+    id: String,
+    location: String,
+    qty: i64,
+    from_bucket: u32,
+    to_bucket: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebalanceView {
+    sku: String,
+    /// The transfers made, in order (none when the buckets were even).
+    transfers: Vec<TransferView>,
+}
+
+/// `POST /v1/admin/inventory/{sku}/rebalance`: evens out the free units of
+/// a bucketed SKU's buckets now (every instance also does it every
+/// `buckets.rebalance_interval_ms`).
+#[utoipa::path(post, path = "/v1/admin/inventory/{sku}/rebalance", operation_id = "rebalanceBuckets", tag = "admin",
+    summary = "Even out the free units of a bucketed SKU's stock buckets now",
+    params(("sku" = String, Path, description = "1-64 characters of `[A-Za-z0-9._-]`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The transfers made", body = RebalanceView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = UnknownSku),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ))]
+pub async fn rebalance(
+    State(state): State<AppState>,
+    crate::http::extract::Admin(_): crate::http::extract::Admin,
+    Path(sku): Path<String>,
+) -> Result<Json<RebalanceView>, ApiError> {
+    let sku = Sku::parse(&sku)?;
+    let Some(layout) = state.inventory.layout_of(&sku).await? else {
+        return Err(ApiError::UnknownSku);
+    };
+    let transfers = state.inventory.rebalance_sku(&layout, 0).await?;
+    Ok(Json(RebalanceView {
+        sku: sku.to_string(),
+        transfers: transfers
+            .into_iter()
+            .map(|t| TransferView {
+                id: t.id,
+                location: t.location.to_string(),
+                qty: t.qty,
+                from_bucket: t.from.bucket_partition().map_or(0, |p| p.0),
+                to_bucket: t.to.bucket_partition().map_or(0, |p| p.0),
+            })
+            .collect(),
+    }))
+}

@@ -47,6 +47,10 @@ pub fn router(
         .route("/v1/admin/reservations", get(listings::all))
         .route("/v1/admin/inventory", get(listings::skus))
         .route("/v1/admin/inventory/{sku}/history", get(listings::history))
+        .route(
+            "/v1/admin/inventory/{sku}/rebalance",
+            post(admin::rebalance),
+        )
         .route(middleware::IMPORT_ROUTE, post(admin::import))
         .route(
             "/v1/reservations/{id}",

@@ -54,6 +54,7 @@ use super::{
         admin::set_policy,
         admin::get_sku,
         admin::adjust,
+        admin::rebalance,
         feed::list,
         webhooks::create,
         webhooks::list,
@@ -462,7 +463,7 @@ mod tests {
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} is missing");
         }
-        assert_eq!(doc.paths.paths.len(), 32);
+        assert_eq!(doc.paths.paths.len(), 33);
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
     }

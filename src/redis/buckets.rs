@@ -102,6 +102,34 @@ impl Transfer {
 const TRANSFER_ACTOR: &str = "flashgate";
 
 impl Redis {
+    /// Adds `sku` to the bucketed SKUs (`Keys::bucketed_skus`, a hash).
+    pub async fn note_bucketed(&self, sku: &Sku) -> Result<(), RedisError> {
+        let key = &self.keys().bucketed_skus();
+        self.command(key, "bucketed_skus", Caller::Request, |client| async move {
+            use fred::interfaces::HashesInterface;
+            client.hset::<i64, _, _>(key, (sku.as_str(), "1")).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The SKUs whose stock lives in buckets.
+    pub async fn bucketed_skus(&self) -> Result<Vec<Sku>, RedisError> {
+        let key = &self.keys().bucketed_skus();
+        let names: Vec<String> = self
+            .command(
+                key,
+                "bucketed_skus",
+                Caller::Background,
+                |client| async move {
+                    use fred::interfaces::HashesInterface;
+                    client.hkeys(key).await
+                },
+            )
+            .await?;
+        Ok(names.iter().filter_map(|n| Sku::parse(n).ok()).collect())
+    }
+
     /// A bucket's version and one location's counts (zero when it has none).
     pub async fn bucket_counts(
         &self,
@@ -341,6 +369,29 @@ impl Redis {
         self.bucket_op(&t.from, ("out", &t.id), &["complete", &t.id, &ttl])
             .await
             .map(drop)
+    }
+
+    /// Whether any of these buckets' partitions has a transfer withdrawn
+    /// and not completed.
+    pub async fn transfers_in_flight(&self, buckets: &[Sku]) -> Result<bool, RedisError> {
+        for bucket in buckets {
+            let key = &self.keys().transfers(self.keys().partition_of(bucket));
+            let n: i64 = self
+                .command(
+                    key,
+                    "transfers_in_flight",
+                    Caller::Request,
+                    |client| async move {
+                        use fred::interfaces::SortedSetsInterface;
+                        client.zcard(key).await
+                    },
+                )
+                .await?;
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Transfers of partition `p` withdrawn before `before_ms` and not

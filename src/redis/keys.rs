@@ -91,6 +91,12 @@ impl Keys {
         ["q", "t", "a", "adm", "tb"].map(|part| self.tagged(p, format_args!("room:{sku}:{part}")))
     }
 
+    /// The hash of SKUs whose stock lives in buckets (no hash tag: one key
+    /// for the deployment, read by every instance's rebalancer).
+    pub fn bucketed_skus(&self) -> String {
+        format!("{}:bucketed", self.prefix)
+    }
+
     /// A SKU's claims hash: caps its accounts claimed for holds in other
     /// stock buckets (lua/bucket.lua).
     pub fn claims(&self, p: Partition, sku: &Sku) -> String {

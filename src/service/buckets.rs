@@ -17,12 +17,17 @@
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
+    time::Duration,
 };
+
+use tokio_util::sync::CancellationToken;
 
 use super::{Inventory, ServiceError};
 use crate::{
+    config::BucketSettings,
     events::{Event, EventKind},
     inventory::{AccountId, Location, Partition, ReservationId, Sku, digest_hex},
+    metrics as names,
     redis::{
         Caller, RedisError,
         buckets::{BucketPolicy, ClaimReply, LayoutReply, Transfer, WithdrawReply},
@@ -189,42 +194,61 @@ impl Inventory {
                 }
             }
         }
-        let mut refusals = Vec::with_capacity(k);
-        match self.hold_once(attempt(home, false)).await? {
-            refused @ ReserveReply::InsufficientStock { .. } => refusals.push(refused),
-            other => return Ok(other),
-        }
-        if k > 1 {
-            let home_bucket = &layout.buckets[home];
-            let claim_id = base.random_part();
-            let capped = match self
-                .redis
-                .claim(home_bucket, &req.account, claim_id, req.qty.get())
-                .await?
-            {
-                ClaimReply::PurchaseLimit { limit, already } => {
-                    return Ok(ReserveReply::PurchaseLimit { limit, already });
+        // Units a transfer has withdrawn and not yet deposited are in no
+        // bucket for a moment: a refusal by every bucket while one is in
+        // flight is tried again once it has landed.
+        let mut tries = 0;
+        let refusals = loop {
+            let mut refusals = Vec::with_capacity(k);
+            match self.hold_once(attempt(home, false)).await? {
+                refused @ ReserveReply::InsufficientStock { .. } => refusals.push(refused),
+                other => {
+                    if matches!(other, ReserveReply::Held(_)) {
+                        count_hold("home");
+                    }
+                    return Ok(other);
                 }
-                ClaimReply::Claimed => true,
-                ClaimReply::Uncapped => false,
-            };
-            for d in 1..k {
-                // An unknown outcome (an error) keeps the claim: a hold it
-                // may have made still counts against the cap.
-                match self.hold_once(attempt((home + d) % k, true)).await? {
-                    refused @ ReserveReply::InsufficientStock { .. } => refusals.push(refused),
-                    other => {
-                        if capped && !matches!(other, ReserveReply::Held(_)) {
-                            self.redis.unclaim(home_bucket, claim_id, false).await?;
+            }
+            if k > 1 {
+                let home_bucket = &layout.buckets[home];
+                let claim_id = base.random_part();
+                let capped = match self
+                    .redis
+                    .claim(home_bucket, &req.account, claim_id, req.qty.get())
+                    .await?
+                {
+                    ClaimReply::PurchaseLimit { limit, already } => {
+                        return Ok(ReserveReply::PurchaseLimit { limit, already });
+                    }
+                    ClaimReply::Claimed => true,
+                    ClaimReply::Uncapped => false,
+                };
+                for d in 1..k {
+                    // An unknown outcome (an error) keeps the claim: a hold it
+                    // may have made still counts against the cap.
+                    match self.hold_once(attempt((home + d) % k, true)).await? {
+                        refused @ ReserveReply::InsufficientStock { .. } => refusals.push(refused),
+                        other => {
+                            if matches!(other, ReserveReply::Held(_)) {
+                                count_hold("spilled");
+                            } else if capped {
+                                self.redis.unclaim(home_bucket, claim_id, false).await?;
+                            }
+                            return Ok(other);
                         }
-                        return Ok(other);
                     }
                 }
+                if capped {
+                    self.redis.unclaim(home_bucket, claim_id, false).await?;
+                }
             }
-            if capped {
-                self.redis.unclaim(home_bucket, claim_id, false).await?;
+            tries += 1;
+            if tries >= 3 || !self.redis.transfers_in_flight(&layout.buckets).await? {
+                break refusals;
             }
-        }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        count_hold("refused");
         let refused = sum_refusals(&refusals);
         if let ReserveReply::InsufficientStock {
             holdable,
@@ -336,7 +360,7 @@ impl Inventory {
             round += 1;
         }
         match self.redis.set_layout(sku, &chosen).await? {
-            LayoutReply::Set => {}
+            LayoutReply::Set => self.redis.note_bucketed(sku).await?,
             LayoutReply::HasHolds => {
                 return Err(ServiceError::Buckets(
                     "buckets change only while the SKU has no live holds".into(),
@@ -538,9 +562,11 @@ impl Inventory {
         let applied = self.redis.withdraw(t).await?;
         self.offer(applied.events);
         if applied.reply != WithdrawReply::Withdrawn {
+            count_transfer("refused");
             return Ok(applied.reply);
         }
         self.finish_transfer(t).await?;
+        count_transfer("moved");
         Ok(WithdrawReply::Withdrawn)
     }
 
@@ -575,6 +601,7 @@ impl Inventory {
             {
                 Some(t) => {
                     self.finish_transfer(&t).await?;
+                    count_transfer("finished");
                     finished += 1;
                 }
                 None => tracing::warn!(transfer = %id, ?record, "a pending transfer has no record"),
@@ -635,6 +662,75 @@ impl Inventory {
                 _ => return Ok(made),
             }
         }
+    }
+}
+
+fn count_hold(outcome: &'static str) {
+    metrics::counter!(names::BUCKET_HOLDS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+fn count_transfer(outcome: &'static str) {
+    metrics::counter!(names::BUCKET_TRANSFERS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Every instance's rebalancer: every `rebalance_interval_ms`, evens out
+/// the free units of each bucketed SKU's buckets, location by location.
+/// Several instances may do it at once: each transfer's withdraw checks
+/// that the source can spare the units.
+pub async fn run(inventory: Inventory, settings: BucketSettings, shutdown: CancellationToken) {
+    for outcome in ["home", "spilled", "refused"] {
+        metrics::counter!(names::BUCKET_HOLDS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for outcome in ["moved", "finished", "refused"] {
+        metrics::counter!(names::BUCKET_TRANSFERS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    if settings.rebalance_interval_ms == 0 {
+        return;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(settings.rebalance_interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = inventory.rebalance_all(settings.rebalance_slack).await {
+            tracing::debug!(error = %e, "rebalancing stock buckets failed");
+        }
+    }
+}
+
+impl Inventory {
+    async fn rebalance_all(&self, slack: i64) -> Result<(), RedisError> {
+        for sku in self.redis.bucketed_skus().await? {
+            if let Some(layout) = self.layout_of(&sku).await? {
+                self.rebalance_sku(&layout, slack).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evens out every location of a bucketed SKU; returns the transfers.
+    pub async fn rebalance_sku(
+        &self,
+        layout: &Layout,
+        slack: i64,
+    ) -> Result<Vec<Transfer>, RedisError> {
+        let fields = self
+            .redis
+            .summed_fields(&layout.sku, Caller::Background)
+            .await?;
+        let locations: std::collections::BTreeSet<&str> = fields
+            .iter()
+            .filter_map(|(f, _)| f.strip_prefix("l:")?.strip_suffix(":oh"))
+            .collect();
+        let mut made = Vec::new();
+        for loc in locations {
+            if let Ok(location) = Location::parse(loc) {
+                made.extend(self.rebalance(layout, &location, slack).await?);
+            }
+        }
+        Ok(made)
     }
 }
 

@@ -343,3 +343,182 @@ async fn a_spilled_hold_counts_against_the_cap_until_it_ends(backend: Backend) {
 }
 
 on_both_topologies!(a_spilled_hold_counts_against_the_cap_until_it_ends);
+
+/// Rebalancing gateways killed (`kill -9`) in the middle of a transfer: the
+/// destinations' masters pause writes (`CLIENT PAUSE … WRITE`), so the
+/// mover has withdrawn and waits on its deposit when it is killed. At that
+/// moment and after, the buckets' on hand plus the units in transit is the
+/// stock, and the next gateway finishes the transfer once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
+    use crate::failover::master_of;
+    use crate::harness::{GatewayProcess, admin_token, test_settings, unique_prefix};
+    use flashgate_dev::devstack::{self, DevStack, redis_cli};
+
+    let mut stack = DevStack::create("xfer-kill").unwrap();
+    let nodes = stack.redis_cluster_with_replicas(3, 0).unwrap();
+    for node in &nodes {
+        // A stop below is not a failure to the cluster.
+        redis_cli(
+            node.port,
+            &["config", "set", "cluster-node-timeout", "60000"],
+        );
+    }
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
+    settings.redis.url = devstack::cluster_url(&ports).into();
+    // Transfers only when the test asks (POST …/rebalance).
+    settings.buckets.rebalance_interval_ms = 0;
+    let redis = Redis::connect(&settings).await.unwrap();
+    let http = reqwest::Client::new();
+    let mut gateway = GatewayProcess::start(&settings);
+    gateway.wait_ready().await;
+    let sku = Sku::parse("KILLED-MOVER").unwrap();
+    let r = http
+        .put(gateway.url("/v1/admin/inventory/KILLED-MOVER"))
+        .bearer_auth(admin_token())
+        .json(&json!({ "buckets": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    gateway.stock("KILLED-MOVER", 300).await;
+    let buckets = buckets_of(&redis, &sku).await;
+    let pid_of = |bucket: &Sku| {
+        let key = redis.keys().sku(redis.keys().partition_of(bucket), bucket);
+        let port = master_of(ports[0], &key);
+        nodes.iter().find(|n| n.port == port).unwrap().pid
+    };
+    let masters: std::collections::HashSet<u32> = buckets.iter().map(pid_of).collect();
+    assert_eq!(masters.len(), 3, "one bucket per master");
+    // Units withdrawn and not yet deposited, from the transfers' records.
+    let in_transit = async || {
+        let mut units = 0;
+        for b in &buckets {
+            let p = b.bucket_partition().unwrap();
+            let now = flashgate::clock::now_ms() + 60_000;
+            for (id, record) in redis
+                .pending_transfers(p, now, 100, Caller::Request)
+                .await
+                .unwrap()
+            {
+                let t = Transfer::from_record(&id, &record.unwrap()).unwrap();
+                let key = redis
+                    .keys()
+                    .transfer(redis.keys().partition_of(&t.to), "in", &id);
+                let key = &key;
+                let deposited: i64 = redis
+                    .command(key, "test", Caller::Request, |client| async move {
+                        use fred::prelude::*;
+                        client.exists(key).await
+                    })
+                    .await
+                    .unwrap();
+                if deposited == 0 {
+                    units += t.qty;
+                }
+            }
+        }
+        units
+    };
+    let pending = async || {
+        let mut n = 0;
+        for b in &buckets {
+            let p = b.bucket_partition().unwrap();
+            let now = flashgate::clock::now_ms() + 60_000;
+            n += redis
+                .pending_transfers(p, now, 100, Caller::Request)
+                .await
+                .unwrap()
+                .len();
+        }
+        n
+    };
+    let mut stock = 300;
+    for round in 0..2 {
+        // 90 more units arrive in one bucket: the richest.
+        let r = http
+            .post(gateway.url("/v1/admin/inventory/KILLED-MOVER/locations/default/adjustments"))
+            .bearer_auth(admin_token())
+            .json(&json!({ "delta": 90, "reason": "receipt" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        stock += 90;
+        let now = counts(&redis, &buckets).await;
+        let rich = (0..3).max_by_key(|i| now[*i].on_hand).unwrap();
+        let paused: Vec<u16> = (0..3)
+            .filter(|i| *i != rich)
+            .map(|i| {
+                let key = redis
+                    .keys()
+                    .sku(redis.keys().partition_of(&buckets[i]), &buckets[i]);
+                master_of(ports[0], &key)
+            })
+            .collect();
+        for port in &paused {
+            redis_cli(*port, &["client", "pause", "1500", "write"]);
+        }
+        let url = gateway.url("/v1/admin/inventory/KILLED-MOVER/rebalance");
+        let mover = tokio::spawn(
+            http.post(url)
+                .bearer_auth(admin_token())
+                .timeout(std::time::Duration::from_secs(5))
+                .send(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        gateway.kill_9();
+        let _ = mover.await;
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        // What the dead mover left: one transfer pending, its units in
+        // exactly one place (in transit, or in the destination).
+        let left = counts(&redis, &buckets).await;
+        let on_hand: i64 = left.iter().map(|c| c.on_hand).sum();
+        let moving = in_transit().await;
+        assert_eq!(
+            pending().await,
+            1,
+            "the killed mover left its transfer pending"
+        );
+        assert_eq!(
+            on_hand + moving,
+            stock,
+            "on hand {on_hand} + in transit {moving}"
+        );
+        eprintln!(
+            "killed mover (round {round}): {on_hand} on hand + {moving} in transit = {stock}"
+        );
+        // The next gateway's sweeper finishes it, once.
+        gateway = GatewayProcess::start(&settings);
+        gateway.wait_ready().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while pending().await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the transfer was never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let after = counts(&redis, &buckets).await;
+        assert_eq!(after.iter().map(|c| c.on_hand).sum::<i64>(), stock);
+    }
+    // A rebalance nobody interrupts evens the buckets out.
+    let r: serde_json::Value = http
+        .post(gateway.url("/v1/admin/inventory/KILLED-MOVER/rebalance"))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let after = counts(&redis, &buckets).await;
+    let (most, least) = (
+        after.iter().map(|c| c.on_hand).max().unwrap(),
+        after.iter().map(|c| c.on_hand).min().unwrap(),
+    );
+    assert!(most - least <= 1, "buckets even after {r}: {after:?}");
+    assert_eq!(after.iter().map(|c| c.on_hand).sum::<i64>(), stock);
+    drop(stack);
+}

@@ -18,7 +18,7 @@ use crate::harness::{
 const NODE_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// The master port serving `key`'s slot, from `CLUSTER NODES` of `port`.
-fn master_of(port: u16, key: &str) -> u16 {
+pub(crate) fn master_of(port: u16, key: &str) -> u16 {
     let slot = fred::util::redis_keyslot(key.as_bytes());
     let nodes = redis_cli(port, &["cluster", "nodes"]);
     for line in nodes.lines() {
