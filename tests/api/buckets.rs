@@ -299,7 +299,7 @@ async fn a_spilled_hold_counts_against_the_cap_until_it_ends(backend: Backend) {
     // Released: its unit and its place under the cap come back.
     let r = app.reservation(&t, &spilled_id, Some("release")).await;
     assert_eq!(r.status, StatusCode::OK);
-    let again = eventually(StatusCode::CREATED, || reserve()).await;
+    let again = eventually(StatusCode::CREATED, &reserve).await;
     assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
 
     // Expired: the same.
@@ -307,7 +307,7 @@ async fn a_spilled_hold_counts_against_the_cap_until_it_ends(backend: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let r = app.reservation(&t, &expiring, None).await;
     assert_eq!(r.body["status"], "expired");
-    let after_expiry = eventually(StatusCode::CREATED, || reserve()).await;
+    let after_expiry = eventually(StatusCode::CREATED, &reserve).await;
     assert_eq!(after_expiry.status, StatusCode::CREATED);
     let spilled_id = after_expiry.body["reservation_id"]
         .as_str()
