@@ -119,6 +119,14 @@ fn sum_refusals(refusals: &[ReserveReply]) -> ReserveReply {
     }
 }
 
+/// The units a bucket's refusal said were available.
+fn available_of(reply: &ReserveReply) -> i64 {
+    match reply {
+        ReserveReply::InsufficientStock { available, .. } => *available,
+        _ => 0,
+    }
+}
+
 /// `n` split into `k` shares as even as can be, the larger first.
 fn shares(n: i64, k: usize) -> Vec<i64> {
     let k = k as i64;
@@ -197,7 +205,7 @@ impl Inventory {
         // Units a transfer has withdrawn and not yet deposited are in no
         // bucket for a moment: a refusal by every bucket while one is in
         // flight is tried again once it has landed.
-        let mut tries = 0;
+        let (mut tries, mut consolidated) = (0, false);
         let refusals = loop {
             let mut refusals = Vec::with_capacity(k);
             match self.hold_once(attempt(home, false)).await? {
@@ -243,7 +251,22 @@ impl Inventory {
                 }
             }
             tries += 1;
-            if tries >= 3 || !self.redis.transfers_in_flight(&layout.buckets).await? {
+            if tries >= 3 {
+                break refusals;
+            }
+            // Enough units, but no one bucket has them all: gather them in
+            // the home bucket and try again.
+            let qty = i64::from(req.qty.get());
+            if !consolidated && refusals.iter().map(available_of).sum::<i64>() >= qty {
+                consolidated = true;
+                if self
+                    .consolidate(&layout, home, req.location.as_ref(), qty)
+                    .await?
+                {
+                    continue;
+                }
+            }
+            if !self.redis.transfers_in_flight(&layout.buckets).await? {
                 break refusals;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -262,6 +285,68 @@ impl Inventory {
                 .remember(&layout.sku, *version, *next_expiry_ms);
         }
         Ok(refused)
+    }
+
+    /// Moves free units of `location` (or of the location whose buckets
+    /// have the most, when the request named none) from the other buckets
+    /// into bucket `target` until it has `qty` free. Returns whether it
+    /// does.
+    async fn consolidate(
+        &self,
+        layout: &Layout,
+        target: usize,
+        location: Option<&Location>,
+        qty: i64,
+    ) -> Result<bool, RedisError> {
+        let locations = match location {
+            Some(l) => vec![l.clone()],
+            None => {
+                let fields = self
+                    .redis
+                    .summed_fields(&layout.sku, Caller::Request)
+                    .await?;
+                fields
+                    .iter()
+                    .filter_map(|(f, _)| f.strip_prefix("l:")?.strip_suffix(":oh"))
+                    .filter_map(|l| Location::parse(l).ok())
+                    .collect()
+            }
+        };
+        for location in locations {
+            let mut free = Vec::with_capacity(layout.buckets.len());
+            for bucket in &layout.buckets {
+                let (_, c) = self.redis.bucket_counts(bucket, &location).await?;
+                free.push((c.on_hand - c.safety_stock - c.reserved).max(0));
+            }
+            if free.iter().sum::<i64>() < qty {
+                continue;
+            }
+            let mut need = qty - free[target];
+            let mut donors: Vec<usize> = (0..free.len()).filter(|i| *i != target).collect();
+            donors.sort_by_key(|i| std::cmp::Reverse(free[*i]));
+            for j in donors {
+                if need <= 0 {
+                    break;
+                }
+                let take = need.min(free[j]);
+                if take == 0 {
+                    continue;
+                }
+                let t = Transfer::new(
+                    layout.buckets[j].clone(),
+                    layout.buckets[target].clone(),
+                    location.clone(),
+                    take,
+                );
+                if self.transfer(&t).await? == WithdrawReply::Withdrawn {
+                    need -= take;
+                }
+            }
+            if need <= 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Ends the cap claims of spilled-over holds that `events` end: given

@@ -522,3 +522,46 @@ async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
     assert_eq!(after.iter().map(|c| c.on_hand).sum::<i64>(), stock);
     drop(stack);
 }
+
+/// A request for more units than any one bucket has, while the buckets
+/// together have them, is held: the units are gathered in one bucket first.
+async fn units_spread_over_buckets_are_gathered_for_a_larger_request(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let r = app.policy("SPREAD", json!({ "buckets": 4 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.stock("SPREAD", 8).await;
+    let t = token("bulk-buyer");
+    let r = app
+        .reserve(&t, json!({ "sku": "SPREAD", "qty": 5 }), None)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["qty"], 5);
+    let r = app
+        .reserve(&t, json!({ "sku": "SPREAD", "qty": 4 }), None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "insufficient-stock"),
+        "3 left"
+    );
+    let r = app
+        .reserve(
+            &t,
+            json!({ "sku": "SPREAD", "qty": 3, "location": "default" }),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "the last 3, named location: {:?}",
+        r.body
+    );
+    let view = app.view("SPREAD").await.body;
+    assert_eq!(
+        (view["on_hand"].clone(), view["reserved"].clone()),
+        (json!(8), json!(8))
+    );
+}
+
+on_both_topologies!(units_spread_over_buckets_are_gathered_for_a_larger_request);
