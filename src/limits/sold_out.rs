@@ -203,7 +203,17 @@ impl SoldOut {
 
 impl Listener for SoldOut {
     fn announced(&self, a: &Announcement<'_>) {
-        if self.mode != LimitMode::Off {
+        if self.mode == LimitMode::Off {
+            return;
+        }
+        if a.bucket {
+            // One bucket's units: any means the SKU has some again.
+            if a.holdable > 0
+                && let Ok(sku) = Sku::parse(a.sku)
+            {
+                self.forget(&sku);
+            }
+        } else {
             self.announced(a.sku, a.version, a.holdable);
         }
     }

@@ -27,13 +27,23 @@ pub struct Announcement<'a> {
     pub available: i64,
     /// Units that can still be held, backorders included.
     pub holdable: i64,
+    /// Announced by one of the SKU's stock buckets: the counts and version
+    /// are the bucket's, not the SKU's (which sums them), so listeners read
+    /// the SKU again rather than compare versions.
+    pub bucket: bool,
 }
 
 impl<'a> Announcement<'a> {
     pub fn parse(text: &'a str) -> Option<Self> {
         let mut parts = text.split('|');
+        let name = parts.next()?;
+        let (sku, bucket) = match name.split_once(crate::inventory::BUCKET_MARK) {
+            Some((sku, _)) => (sku, true),
+            None => (name, false),
+        };
         Some(Self {
-            sku: parts.next()?,
+            sku,
+            bucket,
             version: parts.next()?.parse().ok()?,
             available: parts.next()?.parse().ok()?,
             holdable: parts.next()?.parse().ok()?,
@@ -158,9 +168,12 @@ mod tests {
                 sku: "A-1",
                 version: 12,
                 available: 0,
-                holdable: 3
+                holdable: 3,
+                bucket: false,
             })
         );
+        let bucket = Announcement::parse("A-1~17|4|2|2").unwrap();
+        assert_eq!((bucket.sku, bucket.bucket), ("A-1", true));
         assert_eq!(Announcement::parse("A-1|x|0|3"), None);
         assert_eq!(Announcement::parse("A-1|12|0"), None);
     }

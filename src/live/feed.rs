@@ -248,7 +248,7 @@ impl Listener for Feed {
             return;
         };
         if let Some(topic) = topics.get(a.sku)
-            && a.version > topic.newest.borrow().version
+            && (a.bucket || a.version > topic.newest.borrow().version)
         {
             topic.wake.notify_one();
         }

@@ -565,3 +565,44 @@ async fn units_spread_over_buckets_are_gathered_for_a_larger_request(backend: Ba
 }
 
 on_both_topologies!(units_spread_over_buckets_are_gathered_for_a_larger_request);
+
+/// A bucketed SKU's live stream follows changes in any of its buckets.
+async fn a_stock_stream_follows_every_bucket(backend: Backend) {
+    use crate::sse::{Until, follow};
+    let app = spawn_app(backend).await;
+    let r = app.policy("LIVE-BUCKETS", json!({ "buckets": 3 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.stock("LIVE-BUCKETS", 30).await;
+    let v0 = app.view("LIVE-BUCKETS").await.body["version"]
+        .as_u64()
+        .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(Until::Version(v0 + 3));
+    let stream = tokio::spawn(follow(
+        app.http.clone(),
+        app.url("/v1/inventory/LIVE-BUCKETS/events"),
+        None,
+        rx,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Three shoppers, three home buckets at most: each hold changes one.
+    for i in 0..3 {
+        let r = app
+            .reserve(
+                &token(&format!("watcher-{i}")),
+                json!({ "sku": "LIVE-BUCKETS", "qty": 1 }),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let (events, _) = tokio::time::timeout(std::time::Duration::from_secs(5), stream)
+        .await
+        .expect("the stream saw the three holds within 5 s")
+        .unwrap();
+    drop(tx);
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["reserved"], 3, "{events:?}");
+    assert_eq!(last["sku"], "LIVE-BUCKETS");
+}
+
+on_both_topologies!(a_stock_stream_follows_every_bucket);
