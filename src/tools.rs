@@ -132,7 +132,7 @@ pub async fn rebuild(
     };
     let (mut restored, mut failed) = (0u64, 0u64);
     for name in &names {
-        let sku = Sku::parse(name).with_context(|| format!("sku {name:?}"))?;
+        let sku = Sku::parse_stored(name).with_context(|| format!("sku {name:?}"))?;
         match rebuild::rebuild_sku(&redis, &store, &sku, overwrite).await {
             Ok(Outcome::Restored { version, holds }) => {
                 restored += 1;

@@ -63,7 +63,15 @@ pub async fn rebuild_sku(
 ) -> Result<Outcome, JournalError> {
     let retention_ms = redis.limits().record_retention_ms as i64;
     let stock = store.stock(StockFilter::Sku(sku.as_str())).await?;
-    let Some(pg_version) = stock.iter().map(|r| r.version).max() else {
+    // A bucket keeps its SKU's policy; a bucketed SKU may have no stock
+    // rows of its own, only its policy and layout.
+    let policy = store.policy(sku.parent_str()).await?;
+    let Some(pg_version) = stock
+        .iter()
+        .map(|r| r.version)
+        .max()
+        .or_else(|| policy.buckets.is_some().then_some(0))
+    else {
         return Ok(Outcome::Unknown);
     };
     let p = redis.keys().partition_of(sku);
@@ -82,7 +90,6 @@ pub async fn rebuild_sku(
             postgres_version: pg_version,
         });
     }
-    let policy = store.policy(sku.as_str()).await?;
     let rows = store
         .reservations_to_restore(sku.as_str(), retention_ms)
         .await?;
@@ -114,6 +121,10 @@ pub async fn rebuild_sku(
                    "lt": s.low_stock_threshold, "bl": s.backorder_limit})
         })
         .collect();
+    let claims = match (&policy.buckets, sku.bucket_partition()) {
+        (Some(bk), Some(_)) => claims_at(store, sku, bk, retention_ms).await?,
+        _ => Vec::new(),
+    };
     // Never below what Redis showed, so no version is ever reused.
     let version = pg_version.max(current.unwrap_or(0));
     let doc = json!({
@@ -124,13 +135,49 @@ pub async fn rebuild_sku(
         "policy": {"max": policy.max_per_account, "open": policy.opens_at_ms,
                    "close": policy.closes_at_ms, "ttl": policy.hold_ttl_seconds,
                    "seller": policy.seller, "wra": policy.admit_per_second,
-                   "wrt": policy.admission_ttl_seconds},
+                   "wrt": policy.admission_ttl_seconds,
+                   "bk": if sku.is_bucket() { None } else { policy.buckets.clone() }},
         "records": records,
+        "claims": claims,
     });
     Ok(match redis.restore(sku, &ids, &doc).await? {
-        RestoreReply::Ok { holds } => Outcome::Restored { version, holds },
+        RestoreReply::Ok { holds } => {
+            if policy.buckets.is_some() && !sku.is_bucket() {
+                redis.note_bucketed(sku).await?;
+            }
+            Outcome::Restored { version, holds }
+        }
         RestoreReply::Changed { .. } => Outcome::Changed,
     })
+}
+
+/// The cap claims a stock bucket keeps (lua/bucket.lua): the live and
+/// confirmed reservations in the SKU's other buckets of accounts whose home
+/// bucket is `bucket`.
+async fn claims_at(
+    store: &Store,
+    bucket: &Sku,
+    bk: &str,
+    retention_ms: i64,
+) -> Result<Vec<serde_json::Value>, JournalError> {
+    let parent = bucket.parent();
+    let Some(layout) = crate::service::buckets::Layout::parse(&parent, bk) else {
+        return Ok(Vec::new());
+    };
+    let mut claims = Vec::new();
+    for other in layout.buckets.iter().filter(|b| *b != bucket) {
+        for r in store
+            .reservations_to_restore(other.as_str(), retention_ms)
+            .await?
+        {
+            let home = &layout.buckets[layout.home(&r.account_id)];
+            if home == bucket && (r.state == "held" || r.state == "confirmed") {
+                let id = r.reservation_id.split('.').nth(1).unwrap_or_default();
+                claims.push(json!({"id": id, "acct": r.account_id, "qty": r.qty}));
+            }
+        }
+    }
+    Ok(claims)
 }
 
 /// Whether a SKU found to have lost writes is rebuilt at once

@@ -107,6 +107,8 @@ pub struct PolicyRow {
     pub seller: Option<String>,
     pub admit_per_second: Option<i64>,
     pub admission_ttl_seconds: Option<i64>,
+    /// The partitions of the SKU's stock buckets, comma separated.
+    pub buckets: Option<String>,
 }
 
 /// Who changed a SKU's policy, at which version, to what.
@@ -370,14 +372,16 @@ impl Store {
         let tx = client.transaction().await?;
         tx.execute(
             "INSERT INTO sku_policies AS p (sku, max_per_account, opens_at, closes_at,
-                 hold_ttl_seconds, seller, admit_per_second, admission_ttl_seconds, updated_at)
+                 hold_ttl_seconds, seller, admit_per_second, admission_ttl_seconds, buckets,
+                 updated_at)
              VALUES ($1, $2::int8, to_timestamp($3::int8 / 1000.0), to_timestamp($4::int8 / 1000.0),
-                 $5::int8, $6, $7::int8, $8::int8, now())
+                 $5::int8, $6, $7::int8, $8::int8, $9, now())
              ON CONFLICT (sku) DO UPDATE SET max_per_account = EXCLUDED.max_per_account,
                  opens_at = EXCLUDED.opens_at, closes_at = EXCLUDED.closes_at,
                  hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, seller = EXCLUDED.seller,
                  admit_per_second = EXCLUDED.admit_per_second,
-                 admission_ttl_seconds = EXCLUDED.admission_ttl_seconds, updated_at = now()",
+                 admission_ttl_seconds = EXCLUDED.admission_ttl_seconds,
+                 buckets = EXCLUDED.buckets, updated_at = now()",
             &[
                 &sku,
                 &policy.max_per_account,
@@ -387,6 +391,7 @@ impl Store {
                 &policy.seller,
                 &policy.admit_per_second,
                 &policy.admission_ttl_seconds,
+                &policy.buckets,
             ],
         )
         .await?;
@@ -412,7 +417,7 @@ impl Store {
             .query_opt(
                 "SELECT max_per_account, (extract(epoch FROM opens_at) * 1000)::bigint,
                      (extract(epoch FROM closes_at) * 1000)::bigint, hold_ttl_seconds, seller,
-                     admit_per_second, admission_ttl_seconds
+                     admit_per_second, admission_ttl_seconds, buckets
                  FROM sku_policies WHERE sku = $1",
                 &[&sku],
             )
@@ -425,6 +430,7 @@ impl Store {
             seller: r.get(4),
             admit_per_second: r.get(5),
             admission_ttl_seconds: r.get(6),
+            buckets: r.get(7),
         }))
     }
 
@@ -432,7 +438,12 @@ impl Store {
     pub async fn skus(&self) -> Result<Vec<String>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT DISTINCT sku FROM stock_levels ORDER BY sku", &[])
+            .query(
+                "SELECT sku FROM stock_levels
+                 UNION SELECT sku FROM sku_policies WHERE buckets IS NOT NULL
+                 ORDER BY sku",
+                &[],
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }

@@ -938,6 +938,7 @@ impl Redis {
         let p = self.keys().partition_of(sku);
         let (mut keys, mut args) = self.partition_call(p, &[sku]);
         keys.extend(ids.iter().map(|id| self.keys().reservation(id)));
+        keys.push(self.keys().claims(p, sku));
         args.push(doc.to_string());
         let json: String = self.eval(ScriptName::Restore, keys, args).await?;
         decode(ScriptName::Restore, &json)

@@ -296,6 +296,7 @@ impl Inventory {
             seller: policy.seller.clone(),
             admit_per_second: policy.wra,
             admission_ttl_seconds: policy.wrt,
+            buckets: policy.bk.clone(),
         };
         let change = crate::journal::store::PolicyChange {
             version: policy.ver.unwrap_or(0),
