@@ -50,6 +50,10 @@ pub struct FeedEvent {
     /// `reserved`, `confirmed`, `released`, `expired`, `stock_set` or `adjusted`.
     kind: String,
     sku: String,
+    /// For a SKU with stock buckets, the partition of the bucket the event
+    /// happened in (its `version` is that bucket's: per SKU and bucket,
+    /// `version` orders the events); null otherwise.
+    bucket: Option<u32>,
     location: String,
     reservation_id: Option<String>,
     account_id: Option<String>,
@@ -72,7 +76,11 @@ impl From<FeedRow> for FeedEvent {
         Self {
             cursor: r.cursor.to_string(),
             kind: r.kind,
-            sku: r.sku,
+            bucket: Sku::parse_stored(&r.sku)
+                .ok()
+                .and_then(|s| s.bucket_partition())
+                .map(|p| p.0),
+            sku: crate::inventory::client_sku(&r.sku).to_owned(),
             location: r.location,
             reservation_id: r.reservation_id,
             account_id: r.account_id,

@@ -66,6 +66,14 @@ string_id!(SellerId, "seller", 64, b":@", "[A-Za-z0-9._:@-]");
 /// SKUs never contain it, so a bucket's name is never a client's SKU.
 pub const BUCKET_MARK: char = '~';
 
+/// The SKU a client knows a stored name by: a stock bucket's owner, or the
+/// name itself.
+pub fn client_sku(stored: &str) -> &str {
+    stored
+        .split_once(BUCKET_MARK)
+        .map_or(stored, |(sku, _)| sku)
+}
+
 impl Sku {
     /// The name of this SKU's stock bucket in partition `p`.
     pub fn bucket(&self, p: Partition) -> Sku {

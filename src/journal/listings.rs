@@ -58,7 +58,12 @@ pub async fn reservations(
     }
     if let Some(sku) = &filter.sku {
         params.push(sku);
-        predicates.push(format!("sku = ${}", params.len()));
+        // Its stock buckets' reservations too.
+        let n = params.len();
+        predicates.push(format!(
+            "(sku = ${n} OR starts_with(sku, ${n} || '{}'))",
+            crate::inventory::BUCKET_MARK
+        ));
     }
     if let Some(seller) = &filter.seller {
         params.push(seller);
@@ -94,7 +99,7 @@ pub async fn reservations(
             Ok(ListedReservation {
                 seq: r.try_get(0)?,
                 reservation_id: r.try_get(1)?,
-                sku: r.try_get(2)?,
+                sku: crate::inventory::client_sku(r.try_get(2)?).to_owned(),
                 location: r.try_get(3)?,
                 account_id: r.try_get(4)?,
                 qty: r.try_get(5)?,

@@ -81,7 +81,12 @@ struct Step<'e> {
 /// caller's transaction has just inserted, none of them there before)
 /// touched; returns how many notifications were new.
 pub async fn record(client: &impl GenericClient, inserted: &[&Event]) -> Result<u64, StoreError> {
-    let skus: BTreeSet<&str> = inserted.iter().map(|e| e.sku.as_str()).collect();
+    // A stock bucket's status is not its SKU's: buckets notify nothing.
+    let skus: BTreeSet<&str> = inserted
+        .iter()
+        .map(|e| e.sku.as_str())
+        .filter(|sku| !sku.contains(crate::inventory::BUCKET_MARK))
+        .collect();
     if skus.is_empty() {
         return Ok(0);
     }

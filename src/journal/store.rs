@@ -312,7 +312,11 @@ impl Store {
                 client.query(&sql, &[&xid, &after.seq, &limit]).await?
             }
             Some(sku) => {
-                let sql = format!("{COLUMNS} AND sku = $4 {ORDER}");
+                // A SKU's events and its stock buckets'.
+                let sql = format!(
+                    "{COLUMNS} AND (sku = $4 OR starts_with(sku, $4 || '{}')) {ORDER}",
+                    crate::inventory::BUCKET_MARK
+                );
                 client
                     .query(&sql, &[&xid, &after.seq, &limit, &sku])
                     .await?

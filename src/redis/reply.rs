@@ -140,7 +140,7 @@ impl<'a> Record<'a> {
     fn hold(&self, replayed: bool) -> Hold {
         Hold {
             reservation_id: self.rid.to_owned(),
-            sku: client_sku(self.sku).to_owned(),
+            sku: crate::inventory::client_sku(self.sku).to_owned(),
             location: self.loc.to_owned(),
             qty: self.qty,
             expires_at_ms: self.exp,
@@ -160,7 +160,7 @@ impl<'a> Record<'a> {
         };
         Ok(Reservation {
             reservation_id: self.rid.to_owned(),
-            sku: client_sku(self.sku).to_owned(),
+            sku: crate::inventory::client_sku(self.sku).to_owned(),
             location: self.loc.to_owned(),
             qty: self.qty,
             status,
@@ -170,13 +170,6 @@ impl<'a> Record<'a> {
             stream_id: self.sid.to_owned(),
         })
     }
-}
-
-/// The SKU a client knows a record by: a stock bucket's owner.
-fn client_sku(stored: &str) -> &str {
-    stored
-        .split_once(crate::inventory::BUCKET_MARK)
-        .map_or(stored, |(sku, _)| sku)
 }
 
 impl ScriptReply for ReserveReply {

@@ -679,3 +679,82 @@ async fn a_bucketed_sku_lost_by_redis_is_rebuilt_with_its_caps(backend: Backend)
 }
 
 on_both_topologies!(a_bucketed_sku_lost_by_redis_is_rebuilt_with_its_caps);
+
+/// Listings, the change feed and webhooks speak of the SKU, never of a
+/// bucket's name; the feed says which bucket an event happened in.
+async fn the_journal_reads_name_the_sku_not_its_buckets(backend: Backend) {
+    use crate::harness::{admin_token, journal_db};
+    use reqwest::Method;
+    let app = spawn_app(backend).await;
+    let r = app.policy("NAMED", json!({ "buckets": 3 })).await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.stock("NAMED", 6).await;
+    let shopper = token("named-shopper");
+    for _ in 0..3 {
+        let r = app
+            .reserve(&shopper, json!({ "sku": "NAMED", "qty": 1 }), None)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mine = loop {
+        let r = app
+            .send(Method::GET, "/v1/reservations", Some(&shopper), &[], None)
+            .await;
+        let rows = r.body["reservations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if rows.len() == 3 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(mine.len(), 3, "the shopper's three reservations are listed");
+    assert!(mine.iter().all(|r| r["sku"] == "NAMED"), "{mine:?}");
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/reservations?sku=NAMED",
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["reservations"].as_array().map(Vec::len),
+        Some(3),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .send(
+            Method::GET,
+            "/v1/admin/events?sku=NAMED&limit=100",
+            Some(&admin_token()),
+            &[],
+            None,
+        )
+        .await;
+    let events = r.body["events"].as_array().cloned().unwrap_or_default();
+    let reserved: Vec<_> = events.iter().filter(|e| e["kind"] == "reserved").collect();
+    assert_eq!(reserved.len(), 3, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["sku"] == "NAMED" && e["bucket"].is_u64()),
+        "{events:?}"
+    );
+    let db = journal_db(app.settings.postgres.url.expose()).await;
+    let leaked: i64 = db
+        .query_one(
+            "SELECT count(*) FROM stock_notifications WHERE sku LIKE 'NAMED~%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "buckets notify nothing of their own");
+}
+
+on_both_topologies!(the_journal_reads_name_the_sku_not_its_buckets);
