@@ -20,7 +20,8 @@
 -- `transfer_out` / `transfer_in`, reference `transfer:<id>:<other bucket>`).
 --
 -- KEYS: the partition convention (prelude) with one SKU, then 6 the SKU's
---   claims hash (SKU hash field -> `acct|qty`), 7 the partition's pending
+--   claims hash (claim id -> `acct|qty|claimed at ms`; `acct|qty` when a
+--   rebuild restored it), 7 the partition's pending
 --   transfers (sorted set: transfer id scored by when it was withdrawn), 8
 --   the transfer's record in this slot (`out:` in the source:
 --   `<destination>|<location>|<qty>|<source>` while pending, `done` after;
@@ -95,7 +96,7 @@ elseif op == 'claim' then
   local already = account_units(s, acct)
   if already + qty > max then return answer('purchase_limit|' .. max .. '|' .. already) end
   account_add(s, acct, qty)
-  redis.call('HSET', KEYS[6], id, acct .. '|' .. qty)
+  redis.call('HSET', KEYS[6], id, acct .. '|' .. qty .. '|' .. ctx.now_s)
   return answer('claimed')
 elseif op == 'unclaim' then
   local id = ARGV[7]
@@ -103,7 +104,7 @@ elseif op == 'unclaim' then
   if not v then return answer('none') end
   redis.call('HDEL', KEYS[6], id)
   if ARGV[8] == 'give' then
-    local acct, qty = string.match(v, '^(.*)|(%d+)$')
+    local acct, qty = string.match(v, '^([^|]*)|(%d+)')
     account_add(s, acct, -tonumber(qty))
   end
   return answer('ok')

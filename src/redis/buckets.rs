@@ -186,11 +186,16 @@ impl Redis {
                 fields.push((field, value));
             }
         }
-        for p in bk.split(',').filter_map(|p| p.parse().ok().map(Partition)) {
-            for (field, value) in self.hash_of(&sku.bucket(p), caller).await? {
-                if field == "ver" || field.starts_with("l:") {
-                    *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
-                }
+        let buckets: Vec<Sku> = bk
+            .split(',')
+            .filter_map(|p| p.parse().ok().map(|p| sku.bucket(Partition(p))))
+            .collect();
+        let hashes =
+            futures_util::future::try_join_all(buckets.iter().map(|b| self.hash_of(b, caller)))
+                .await?;
+        for (field, value) in hashes.into_iter().flatten() {
+            if field == "ver" || field.starts_with("l:") {
+                *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
             }
         }
         fields.extend(sums.into_iter().map(|(f, v)| (f, v.to_string())));
@@ -371,27 +376,36 @@ impl Redis {
             .map(drop)
     }
 
+    /// A bucket's cap claims: claim id and `acct|qty|claimed at ms`.
+    pub async fn claims_of(&self, bucket: &Sku) -> Result<Vec<(String, String)>, RedisError> {
+        let key = &self.keys().claims(self.keys().partition_of(bucket), bucket);
+        let claims: std::collections::HashMap<String, String> = self
+            .command(key, "claims", Caller::Background, |client| async move {
+                use fred::interfaces::HashesInterface;
+                client.hgetall(key).await
+            })
+            .await?;
+        Ok(claims.into_iter().collect())
+    }
+
     /// Whether any of these buckets' partitions has a transfer withdrawn
     /// and not completed.
     pub async fn transfers_in_flight(&self, buckets: &[Sku]) -> Result<bool, RedisError> {
-        for bucket in buckets {
+        let counts = buckets.iter().map(|bucket| async move {
             let key = &self.keys().transfers(self.keys().partition_of(bucket));
-            let n: i64 = self
-                .command(
-                    key,
-                    "transfers_in_flight",
-                    Caller::Request,
-                    |client| async move {
-                        use fred::interfaces::SortedSetsInterface;
-                        client.zcard(key).await
-                    },
-                )
-                .await?;
-            if n > 0 {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            self.command(
+                key,
+                "transfers_in_flight",
+                Caller::Request,
+                |client| async move {
+                    use fred::interfaces::SortedSetsInterface;
+                    client.zcard::<i64, _>(key).await
+                },
+            )
+            .await
+        });
+        let counts = futures_util::future::try_join_all(counts).await?;
+        Ok(counts.iter().any(|n| *n > 0))
     }
 
     /// Transfers of partition `p` withdrawn before `before_ms` and not

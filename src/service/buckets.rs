@@ -466,6 +466,44 @@ impl Inventory {
         Ok(())
     }
 
+    /// A SKU has a waiting room or stock buckets, not both (the room's
+    /// admissions live in the SKU's slot, its buckets' holds elsewhere).
+    pub(super) async fn check_room_and_buckets(
+        &self,
+        sku: &Sku,
+        update: &crate::redis::calls::PolicyUpdate,
+    ) -> Result<(), ServiceError> {
+        use crate::redis::calls::PolicyField;
+        let room_on = matches!(update.admit_per_second, Some(PolicyField::Set(_)));
+        let buckets_on = update.buckets.is_some_and(|k| k > 1);
+        if !room_on && !buckets_on {
+            return Ok(());
+        }
+        let conflict = if room_on {
+            buckets_on || self.layout_of(sku).await?.is_some()
+        } else {
+            let key = self
+                .redis
+                .keys()
+                .sku(self.redis.keys().partition_of(sku), sku);
+            let key = &key;
+            let room: Option<String> = self
+                .redis
+                .command(key, "layout", Caller::Request, |client| async move {
+                    use fred::interfaces::HashesInterface;
+                    client.hget(key, "wra").await
+                })
+                .await?;
+            room.is_some() && update.admit_per_second != Some(PolicyField::Clear)
+        };
+        if conflict {
+            return Err(ServiceError::Buckets(
+                "a SKU has a waiting room or stock buckets, not both (yet)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Copies the SKU's policy into every bucket (creating them).
     pub(super) async fn copy_policy(
         &self,
@@ -774,25 +812,92 @@ pub async fn run(inventory: Inventory, settings: BucketSettings, shutdown: Cance
     }
     let mut ticker = tokio::time::interval(Duration::from_millis(settings.rebalance_interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pass: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = inventory.rebalance_all(settings.rebalance_slack).await {
+        pass += 1;
+        if let Err(e) = inventory
+            .rebalance_all(settings.rebalance_slack, pass)
+            .await
+        {
             tracing::debug!(error = %e, "rebalancing stock buckets failed");
         }
     }
 }
 
+/// A claim this old is checked against its hold (a spill takes
+/// milliseconds).
+const CLAIM_CHECK_AFTER_MS: i64 = 30_000;
+/// Claims are checked every this many rebalancer passes.
+const CLAIM_SWEEP_EVERY: u64 = 10;
+
 impl Inventory {
-    async fn rebalance_all(&self, slack: i64) -> Result<(), RedisError> {
+    async fn rebalance_all(&self, slack: i64, pass: u64) -> Result<(), RedisError> {
         for sku in self.redis.bucketed_skus().await? {
             if let Some(layout) = self.layout_of(&sku).await? {
                 self.rebalance_sku(&layout, slack).await?;
+                if pass.is_multiple_of(CLAIM_SWEEP_EVERY) {
+                    self.sweep_claims(&layout).await?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Ends the cap claims whose gateway stopped before ending them: a
+    /// claim older than `CLAIM_CHECK_AFTER_MS` is looked up as the hold it
+    /// counts in the SKU's other buckets; released or expired, it is given
+    /// back, confirmed, kept; live, left. Found nowhere, it is given back
+    /// while a hold made with it would still have its record (so it was
+    /// never held), and kept after that (the cap stays stricter, never
+    /// looser). Returns how many claims it ended.
+    pub async fn sweep_claims(&self, layout: &Layout) -> Result<usize, RedisError> {
+        use crate::redis::calls::ReservationStatus;
+        let partitions = self.redis.keys().partitions();
+        let retention = self.redis.limits().record_retention_ms as i64;
+        let now = crate::clock::now_ms();
+        let mut ended = 0;
+        for home in &layout.buckets {
+            for (id, value) in self.redis.claims_of(home).await? {
+                let claimed_at: i64 = value
+                    .split('|')
+                    .nth(2)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let age = now - claimed_at;
+                if age < CLAIM_CHECK_AFTER_MS {
+                    continue;
+                }
+                let mut status = None;
+                for other in layout.buckets.iter().filter(|b| *b != home) {
+                    let p = other.partition(partitions).0;
+                    let Some(rid) = ReservationId::parse(&format!("{p}.{id}.{other}"), partitions)
+                    else {
+                        continue;
+                    };
+                    if let ReservationReply::Ok(r) = self.redis.reservation(&rid, None).await? {
+                        status = Some(r.status);
+                        break;
+                    }
+                }
+                let keep = match status {
+                    Some(ReservationStatus::Held) => continue,
+                    Some(ReservationStatus::Confirmed) => true,
+                    Some(_) => false,
+                    None if age < retention => false,
+                    None => true,
+                };
+                self.redis.unclaim(home, &id, keep).await?;
+                ended += 1;
+            }
+        }
+        if ended > 0 {
+            tracing::info!(sku = %layout.sku, ended, "ended cap claims their gateway left");
+        }
+        Ok(ended)
     }
 
     /// Evens out every location of a bucketed SKU; returns the transfers.

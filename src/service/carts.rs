@@ -127,7 +127,7 @@ fn refusal(reply: &ReserveReply) -> (&'static str, Option<i64>) {
         ReserveReply::IdempotencyKeyReused => ("idempotency-key-reused", None),
         ReserveReply::Voided => ("cart-unavailable", None),
         ReserveReply::AdmissionRequired => ("admission-required", None),
-        ReserveReply::Bucketed(_) => ("unknown-sku", None),
+        ReserveReply::Bucketed(_) => ("buckets-locked", None),
     }
 }
 

@@ -96,12 +96,18 @@ impl Inventory {
     /// rolls it back itself when its outcome is unknown. A SKU whose stock
     /// lives in buckets is held there (`buckets`).
     pub async fn hold(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
+        // A cart names its lines' reservations itself, in the SKU's
+        // partition: lines of a bucketed SKU are refused (not built yet).
         if let Some(layout) = self.layouts.get(req.id.sku()) {
+            if req.cart.is_some() {
+                let partitions = layout.buckets.iter().filter_map(Sku::bucket_partition);
+                return Ok(ReserveReply::Bucketed(partitions.collect()));
+            }
             return self.hold_in_buckets(layout, req).await;
         }
         let again = req.clone();
         match self.hold_once(req).await? {
-            ReserveReply::Bucketed(partitions) => {
+            ReserveReply::Bucketed(partitions) if again.cart.is_none() => {
                 let layout = buckets::Layout::new(again.id.sku(), &partitions);
                 let layout = self.layouts.insert(layout);
                 self.hold_in_buckets(layout, again).await
@@ -281,6 +287,7 @@ impl Inventory {
         staff: &Staff<'_>,
         view: impl FnOnce(&crate::redis::calls::Policy) -> serde_json::Value,
     ) -> Result<crate::redis::calls::Policy, ServiceError> {
+        self.check_room_and_buckets(sku, update).await?;
         if let Some(k) = update.buckets {
             self.lay_out(sku, k).await?;
         }

@@ -62,6 +62,15 @@ pub struct DemoOptions {
     /// How long a hold lasts before it expires.
     #[arg(long, default_value_t = 10)]
     pub hold_ttl_seconds: u64,
+    /// Spread the SKU's stock over this many stock buckets (2-64) on the
+    /// cluster's masters (README, "Stock buckets"); 1: one hash, as usual.
+    #[arg(long, default_value_t = 1)]
+    pub buckets: u32,
+    /// Put the drop behind a waiting room admitting this many shoppers per
+    /// second (README, "The waiting room"): the crowd takes tickets, waits
+    /// for its admission and reserves with it; 0: no room.
+    #[arg(long, default_value_t = 0)]
+    pub waiting_room: u32,
     /// Leave the servers and the gateway running, and print how to reach them.
     #[arg(long)]
     pub keep: bool,
@@ -105,6 +114,127 @@ impl Workload for Crowd {
                 account: account_name(account),
                 qty,
             });
+        }
+        Outcome::of(&response)
+    }
+}
+
+/// Where one shopper of a waiting-room drop stands.
+#[derive(Debug, Clone)]
+enum Shopper {
+    /// No ticket yet.
+    New,
+    /// Its ticket, not admitted yet.
+    Waiting(String),
+    /// Its ticket and admission token.
+    Admitted(String, String),
+    /// Held, or told the SKU is sold out.
+    Done,
+}
+
+/// The crowd of a waiting-room drop: each attempt moves one shopper on
+/// (take a ticket, read it, reserve with its admission); shoppers done try
+/// once more without an admission, which the gateway must refuse.
+struct RoomCrowd {
+    tokens: Vec<String>,
+    shoppers: Mutex<Vec<Shopper>>,
+    holds: Mutex<Vec<Hold>>,
+    /// Reservations held without an admission: must stay 0.
+    ungated: std::sync::atomic::AtomicU64,
+    /// Admissions the room issued to the crowd.
+    admissions: std::sync::atomic::AtomicU64,
+}
+
+impl RoomCrowd {
+    fn set(&self, account: usize, shopper: Shopper) {
+        if let Ok(mut all) = self.shoppers.lock() {
+            all[account] = shopper;
+        }
+    }
+
+    /// Moves the shopper on from a ticket's answer.
+    fn ticket_read(&self, account: usize, ticket: &str, v: &Value) {
+        match v["status"].as_str() {
+            Some("admitted") => {
+                if let Some(admission) = v["admission"].as_str() {
+                    self.admissions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.set(account, Shopper::Admitted(ticket.into(), admission.into()));
+                }
+            }
+            Some("sold_out") => self.set(account, Shopper::Done),
+            _ => self.set(account, Shopper::Waiting(ticket.into())),
+        }
+    }
+}
+
+impl Workload for RoomCrowd {
+    async fn run(&self, conn: &mut Conn, i: u64) -> Outcome {
+        let draw = splitmix(i);
+        let account = (draw % self.tokens.len() as u64) as usize;
+        let token = &self.tokens[account];
+        let shopper = match self.shoppers.lock() {
+            Ok(all) => all[account].clone(),
+            Err(_) => return Outcome::Failed,
+        };
+        let tickets = format!("/v1/queue/{SKU}/tickets");
+        let result = match &shopper {
+            Shopper::New => conn.send(Method::POST, &tickets, Some(token), None).await,
+            Shopper::Waiting(ticket) => {
+                let path = format!("{tickets}/{ticket}");
+                conn.send(Method::GET, &path, Some(token), None).await
+            }
+            Shopper::Admitted(_, admission) => {
+                let body = json!({ "sku": SKU, "qty": 1 }).to_string();
+                let headers = [("queue-admission", admission.as_str())];
+                conn.send_with(
+                    Method::POST,
+                    "/v1/reservations",
+                    Some(token),
+                    &headers,
+                    Some(body),
+                )
+                .await
+            }
+            Shopper::Done => {
+                let body = json!({ "sku": SKU, "qty": 1 }).to_string();
+                conn.send(Method::POST, "/v1/reservations", Some(token), Some(body))
+                    .await
+            }
+        };
+        let Ok(response) = result else {
+            return Outcome::Failed;
+        };
+        let v = response.json().unwrap_or(Value::Null);
+        match shopper {
+            Shopper::New | Shopper::Waiting(_) => {
+                if let Some(ticket) = v["ticket"].as_str() {
+                    self.ticket_read(account, ticket, &v);
+                }
+            }
+            Shopper::Admitted(ticket, _) => match response.status {
+                StatusCode::CREATED => {
+                    if let (Some(id), Ok(mut holds)) =
+                        (v["reservation_id"].as_str(), self.holds.lock())
+                    {
+                        holds.push(Hold {
+                            id: id.to_owned(),
+                            account: account_name(account),
+                            qty: 1,
+                        });
+                    }
+                    self.set(account, Shopper::Done);
+                }
+                // The admission lapsed: back to the ticket.
+                StatusCode::FORBIDDEN => self.set(account, Shopper::Waiting(ticket)),
+                _ => self.set(account, Shopper::Done),
+            },
+            Shopper::Done => {
+                if response.status == StatusCode::CREATED {
+                    self.ungated
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
         Outcome::of(&response)
     }
@@ -200,17 +330,22 @@ async fn sale(
     let mut conn = Conn::new(gateway.addr);
     let initial = seed(&mut conn, &admin, options).await?;
 
-    let crowd = Arc::new(Crowd {
-        tokens: (0..options.accounts as usize)
-            .map(|n| {
-                AccountId::parse(&account_name(n)).map(|a| auth.issue(&a, Role::Shopper, 3600))
-            })
-            .collect::<Result<_, _>>()?,
-        holds: Mutex::new(Vec::new()),
-    });
+    let tokens: Vec<String> = (0..options.accounts as usize)
+        .map(|n| AccountId::parse(&account_name(n)).map(|a| auth.issue(&a, Role::Shopper, 3600)))
+        .collect::<Result<_, _>>()?;
     println!(
-        "The drop opens: {} attempts from {} accounts at {}/s",
-        options.attempts, options.accounts, options.rate
+        "The drop opens: {} attempts from {} accounts at {}/s{}",
+        options.attempts,
+        options.accounts,
+        options.rate,
+        if options.waiting_room > 0 {
+            format!(
+                ", through a waiting room admitting {}/s",
+                options.waiting_room
+            )
+        } else {
+            String::new()
+        }
     );
     let progress = ProgressBar::new(options.attempts);
     progress.set_style(
@@ -224,21 +359,49 @@ async fn sale(
         duration: Duration::from_secs_f64(options.attempts as f64 / options.rate),
         connections: CROWD_CONNECTIONS,
     };
-    let report = loadgen::run(
-        "demo-crowd",
-        gateway.addr,
-        plan,
-        crowd.clone(),
-        Some(progress.clone()),
-    )
-    .await?;
-    progress.finish_and_clear();
-    let holds = std::mem::take(
-        &mut *crowd
-            .holds
+    let taken = |holds: &Mutex<Vec<Hold>>| {
+        holds
             .lock()
-            .map_err(|_| anyhow::anyhow!("a crowd task panicked"))?,
-    );
+            .map(|mut h| std::mem::take(&mut *h))
+            .map_err(|_| anyhow::anyhow!("a crowd task panicked"))
+    };
+    let (report, holds, room) = if options.waiting_room > 0 {
+        let crowd = Arc::new(RoomCrowd {
+            shoppers: Mutex::new(vec![Shopper::New; tokens.len()]),
+            tokens,
+            holds: Mutex::new(Vec::new()),
+            ungated: Default::default(),
+            admissions: Default::default(),
+        });
+        let report = loadgen::run(
+            "demo-room",
+            gateway.addr,
+            plan,
+            crowd.clone(),
+            Some(progress.clone()),
+        )
+        .await?;
+        let room = RoomTally {
+            admissions: crowd.admissions.load(std::sync::atomic::Ordering::Relaxed),
+            ungated: crowd.ungated.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        (report, taken(&crowd.holds)?, Some(room))
+    } else {
+        let crowd = Arc::new(Crowd {
+            tokens,
+            holds: Mutex::new(Vec::new()),
+        });
+        let report = loadgen::run(
+            "demo-crowd",
+            gateway.addr,
+            plan,
+            crowd.clone(),
+            Some(progress.clone()),
+        )
+        .await?;
+        (report, taken(&crowd.holds)?, None)
+    };
+    progress.finish_and_clear();
 
     let settled = settle(gateway.addr, &auth, &holds).await?;
     println!(
@@ -256,7 +419,7 @@ async fn sale(
         .and_then(|r| r.json())
         .unwrap_or(Value::Null);
 
-    let checks = Checks::run(&initial, &journal, &holds, &settled);
+    let checks = Checks::run(&initial, &journal, &holds, &settled, room.as_ref());
     print_report(&report, &settled, journal_ms, &readiness, &checks);
     let code = if checks.all_pass() {
         ExitCode::SUCCESS
@@ -284,6 +447,25 @@ struct Initial {
 }
 
 async fn seed(conn: &mut Conn, admin: &str, options: &DemoOptions) -> anyhow::Result<Initial> {
+    // The policy first: stock buckets are laid out before the stock arrives.
+    let mut policy = json!({
+        "max_per_account": options.per_account,
+        "reservation_ttl_seconds": options.hold_ttl_seconds,
+    });
+    if options.buckets > 1 {
+        policy["buckets"] = json!(options.buckets);
+    }
+    if options.waiting_room > 0 {
+        policy["waiting_room"] =
+            json!({ "admit_per_second": options.waiting_room, "admission_ttl_seconds": 30 });
+    }
+    conn.expect_ok(
+        Method::PUT,
+        &format!("/v1/admin/inventory/{SKU}"),
+        admin,
+        policy,
+    )
+    .await?;
     let mut locations = Vec::new();
     let mut left = i64::from(options.units);
     for (n, (location, share)) in LOCATIONS.iter().enumerate() {
@@ -298,19 +480,8 @@ async fn seed(conn: &mut Conn, admin: &str, options: &DemoOptions) -> anyhow::Re
             .await?;
         locations.push((*location, units));
     }
-    let policy = json!({
-        "max_per_account": options.per_account,
-        "reservation_ttl_seconds": options.hold_ttl_seconds,
-    });
-    conn.expect_ok(
-        Method::PUT,
-        &format!("/v1/admin/inventory/{SKU}"),
-        admin,
-        policy,
-    )
-    .await?;
     println!(
-        "Seeded {SKU}: {} units ({}), {} per account, {} s holds",
+        "Seeded {SKU}: {} units ({}), {} per account, {} s holds{}",
         options.units,
         locations
             .iter()
@@ -318,7 +489,12 @@ async fn seed(conn: &mut Conn, admin: &str, options: &DemoOptions) -> anyhow::Re
             .collect::<Vec<_>>()
             .join(", "),
         options.per_account,
-        options.hold_ttl_seconds
+        options.hold_ttl_seconds,
+        if options.buckets > 1 {
+            format!(", in {} stock buckets", options.buckets)
+        } else {
+            String::new()
+        }
     );
     Ok(Initial { locations })
 }
@@ -415,12 +591,16 @@ async fn wait_for_expiry(conn: &mut Conn, ttl_seconds: u64) -> anyhow::Result<()
     }
 }
 
+/// The journal rows of the demo's SKU: its own, and its stock buckets'
+/// (named `<sku>~<partition>`).
+const OF_SKU: &str = "(sku = $1 OR starts_with(sku, $1 || '~'))";
+
 /// What Postgres holds once it has caught up with Redis.
 struct JournalState {
     /// The inventory view from Redis at the moment of comparison.
     redis: Value,
-    /// stock_levels per location: (on_hand, reserved, version).
-    stock: BTreeMap<String, (i64, i64, i64)>,
+    /// stock_levels per location (over the SKU's buckets): (on_hand, reserved).
+    stock: BTreeMap<String, (i64, i64)>,
     /// reservations per state: (rows, units), and held + confirmed units
     /// per location.
     states: BTreeMap<String, (i64, i64)>,
@@ -450,19 +630,36 @@ async fn read_journal(
     client: &tokio_postgres::Client,
     redis: Value,
 ) -> anyhow::Result<JournalState> {
-    let stock: BTreeMap<String, (i64, i64, i64)> = client
+    let stock: BTreeMap<String, (i64, i64)> = client
         .query(
-            "SELECT location, on_hand, reserved, version FROM stock_levels WHERE sku = $1",
+            // A bucketed SKU's rows are its buckets': summed per location.
+            &format!(
+                "SELECT location, sum(on_hand)::bigint, sum(reserved)::bigint \
+                 FROM stock_levels WHERE {OF_SKU} GROUP BY location"
+            ),
             &[&SKU],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
+    // The SKU's version: the sum of its buckets' (each bucket's newest row).
+    let version: i64 = client
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(v), 0)::bigint FROM \
+                 (SELECT max(version) AS v FROM stock_levels WHERE {OF_SKU} GROUP BY sku) b"
+            ),
+            &[&SKU],
+        )
+        .await?
+        .get(0);
     let states = client
         .query(
-            "SELECT state, count(*), coalesce(sum(qty), 0)::bigint FROM reservations \
-             WHERE sku = $1 GROUP BY state",
+            &format!(
+                "SELECT state, count(*), coalesce(sum(qty), 0)::bigint FROM reservations \
+                 WHERE {OF_SKU} GROUP BY state"
+            ),
             &[&SKU],
         )
         .await?
@@ -471,8 +668,10 @@ async fn read_journal(
         .collect();
     let taken_by_location = client
         .query(
-            "SELECT location, coalesce(sum(qty), 0)::bigint FROM reservations \
-             WHERE sku = $1 AND state IN ('held', 'confirmed') GROUP BY location",
+            &format!(
+                "SELECT location, coalesce(sum(qty), 0)::bigint FROM reservations \
+                 WHERE {OF_SKU} AND state IN ('held', 'confirmed') GROUP BY location"
+            ),
             &[&SKU],
         )
         .await?
@@ -481,9 +680,11 @@ async fn read_journal(
         .collect();
     let over_cap: i64 = client
         .query_one(
-            "SELECT count(*) FROM (SELECT account_id FROM reservations \
-             WHERE sku = $1 AND state = 'confirmed' GROUP BY account_id \
-             HAVING sum(qty) > (SELECT max_per_account FROM sku_policies WHERE sku = $1)) o",
+            &format!(
+                "SELECT count(*) FROM (SELECT account_id FROM reservations \
+                 WHERE {OF_SKU} AND state = 'confirmed' GROUP BY account_id \
+                 HAVING sum(qty) > (SELECT max_per_account FROM sku_policies WHERE sku = $1)) o"
+            ),
             &[&SKU],
         )
         .await?
@@ -493,9 +694,9 @@ async fn read_journal(
         .all(|(location, on_hand, reserved)| {
             stock
                 .get(location)
-                .is_some_and(|(o, r, _)| o == on_hand && r == reserved)
+                .is_some_and(|(o, r)| o == on_hand && r == reserved)
         })
-        && stock.values().map(|s| s.2).max() == redis["version"].as_i64();
+        && Some(version) == redis["version"].as_i64();
     Ok(JournalState {
         redis,
         stock,
@@ -531,11 +732,23 @@ struct Check {
     detail: String,
 }
 
+/// What the waiting room's crowd saw.
+struct RoomTally {
+    admissions: u64,
+    ungated: u64,
+}
+
 /// The demo's verdict: what must never happen, checked on both stores.
 struct Checks(Vec<Check>);
 
 impl Checks {
-    fn run(initial: &Initial, journal: &JournalState, holds: &[Hold], settled: &Settled) -> Self {
+    fn run(
+        initial: &Initial,
+        journal: &JournalState,
+        holds: &[Hold],
+        settled: &Settled,
+        room: Option<&RoomTally>,
+    ) -> Self {
         let start = |location: &str| {
             initial
                 .locations
@@ -559,13 +772,13 @@ impl Checks {
             + journal
                 .stock
                 .values()
-                .map(|(on_hand, _, _)| (-on_hand).max(0))
+                .map(|(on_hand, _)| (-on_hand).max(0))
                 .sum::<i64>();
         let state = |s: &str| journal.states.get(s).copied().unwrap_or((0, 0));
         let rows: i64 = journal.states.values().map(|(n, _)| n).sum();
         let expired_expected = holds.len() as u64 - settled.confirmed - settled.released;
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        Self(vec![
+        let mut checks = Self(vec![
             Check {
                 name: "no unit oversold, by Redis",
                 pass: oversold_redis == 0,
@@ -614,11 +827,25 @@ impl Checks {
                 name: "Postgres matches Redis",
                 pass: journal.caught_up,
                 detail: format!(
-                    "stock_levels {:?} vs Redis version {}",
-                    journal.stock, journal.redis["version"]
+                    "stock_levels {:?} vs Redis {}",
+                    journal.stock,
+                    serde_json::to_string(&redis_locations(&journal.redis)).unwrap_or_default()
                 ),
             },
-        ])
+        ]);
+        if let Some(room) = room {
+            checks.0.push(Check {
+                name: "every hold went through the waiting room",
+                pass: room.ungated == 0 && holds.len() as u64 <= room.admissions,
+                detail: format!(
+                    "{} holds for {} admissions; {} held without one",
+                    holds.len(),
+                    room.admissions,
+                    room.ungated
+                ),
+            });
+        }
+        checks
     }
 
     fn all_pass(&self) -> bool {

@@ -99,6 +99,79 @@ fn the_demo_sells_out_without_overselling_and_removes_what_it_started() {
     assert!(!announced_dir(&stdout).exists(), "the demo left its files");
 }
 
+#[test]
+fn a_demo_with_stock_buckets_checks_the_same_invariants() {
+    let mut args = SMALL_SALE.to_vec();
+    args.extend(["--buckets", "4"]);
+    let out = flashgate(&args).output().expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("in 4 stock buckets"), "{stdout}");
+    let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  ok ")).collect();
+    assert_eq!(checks.len(), 7, "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("insufficient-stock"), "{stdout}");
+}
+
+#[test]
+fn the_buckets_bench_counts_each_masters_script_calls() {
+    let out = flashgate(&[
+        "bench",
+        "--scenario",
+        "buckets",
+        "--duration-seconds",
+        "2",
+        "--connections",
+        "16",
+    ])
+    .output()
+    .expect("run the bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    let calls = |sku: &str| -> Vec<u64> {
+        lines
+            .iter()
+            .find(|l| {
+                l["scenario"] == format!("buckets:{sku}") && l["script_calls_per_master"].is_array()
+            })
+            .map(|l| {
+                l["script_calls_per_master"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_u64().unwrap())
+                    .collect()
+            })
+            .expect("the per-master counts")
+    };
+    // The plain SKU's calls land on one master; the bucketed SKU's on all.
+    let plain = calls("BENCH-PLAIN");
+    let busiest = *plain.iter().max().unwrap();
+    assert!(busiest > 100, "{plain:?}");
+    assert!(
+        plain.iter().filter(|c| **c * 10 > busiest).count() == 1,
+        "{plain:?}"
+    );
+    let bucketed = calls("BENCH-BUCKETED");
+    assert!(
+        bucketed
+            .iter()
+            .all(|c| *c * 2 > *bucketed.iter().max().unwrap()),
+        "{bucketed:?}"
+    );
+}
+
 /// Reads the demo's output until `marker`; returns what it read.
 fn read_until(child: &mut Child, marker: &str) -> String {
     let stdout = child.stdout.take().expect("piped stdout");

@@ -6,6 +6,7 @@
 //! to stderr). `compare` also measures, in the same run, the ceilings
 //! flashgate is judged against (see `compare`), and prints every ratio.
 
+pub mod buckets;
 pub mod compare;
 pub mod fanout;
 
@@ -68,6 +69,10 @@ pub enum Scenario {
     Knee,
     /// Ceilings and ratios: see BENCHMARKS.md.
     Compare,
+    /// One SKU in 6 stock buckets against one plain SKU, each at its
+    /// maximum, on a 3-master cluster of its own, with every master's
+    /// script calls.
+    Buckets,
     /// hot, confirm, sold-out, many, rate-limited, overloaded and
     /// cached-read at --rate, then sse-fanout.
     All,
@@ -379,6 +384,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<std::process::ExitCode
     if options.rate <= 0.0 || options.duration_seconds == 0 || options.connections == 0 {
         anyhow::bail!("--rate, --duration-seconds and --connections must be above 0");
     }
+    if options.scenario == Scenario::Buckets {
+        buckets::run(&options).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     eprintln!("Starting Redis, PostgreSQL and a gateway on local throwaway servers…");
     let target = Target::start().await?;
     let plan = Plan {
@@ -406,6 +415,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<std::process::ExitCode
             knee(&target, &options).await?;
         }
         Scenario::Compare => compare::run(&target, &options).await?,
+        Scenario::Buckets => unreachable!("measured on a cluster of its own, above"),
         scenario => emit(&target.measure(scenario, plan).await?)?,
     }
     Ok(std::process::ExitCode::SUCCESS)

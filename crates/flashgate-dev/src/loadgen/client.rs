@@ -88,10 +88,22 @@ impl Conn {
         token: Option<&str>,
         body: Option<String>,
     ) -> Result<Response, ClientError> {
-        let result =
-            tokio::time::timeout(RESPONSE_TIMEOUT, self.exchange(method, path, token, body))
-                .await
-                .unwrap_or(Err(ClientError::Timeout));
+        self.send_with(method, path, token, &[], body).await
+    }
+
+    /// `send` with more request headers.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<Response, ClientError> {
+        let exchange = self.exchange(method, path, token, headers, body);
+        let result = tokio::time::timeout(RESPONSE_TIMEOUT, exchange)
+            .await
+            .unwrap_or(Err(ClientError::Timeout));
         if result.is_err() {
             self.sender = None;
         }
@@ -126,12 +138,16 @@ impl Conn {
         method: Method,
         path: &str,
         token: Option<&str>,
+        headers: &[(&str, &str)],
         body: Option<String>,
     ) -> Result<Response, ClientError> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, self.addr.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
