@@ -50,16 +50,21 @@ pub struct BucketSettings {
     /// Buckets whose free units differ by at most this many are left as
     /// they are.
     pub rebalance_slack: i64,
+    /// A cap claim this old is checked against its hold by the
+    /// rebalancer's claims sweep (a spill takes milliseconds).
+    pub claim_check_after_ms: u64,
 }
 
 pub const DEFAULT_REBALANCE_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_REBALANCE_SLACK: i64 = 2;
+pub const DEFAULT_CLAIM_CHECK_AFTER_MS: u64 = 30_000;
 
 impl Default for BucketSettings {
     fn default() -> Self {
         Self {
             rebalance_interval_ms: DEFAULT_REBALANCE_INTERVAL_MS,
             rebalance_slack: DEFAULT_REBALANCE_SLACK,
+            claim_check_after_ms: DEFAULT_CLAIM_CHECK_AFTER_MS,
         }
     }
 }

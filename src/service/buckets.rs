@@ -819,28 +819,24 @@ pub async fn run(inventory: Inventory, settings: BucketSettings, shutdown: Cance
             _ = ticker.tick() => {}
         }
         pass += 1;
-        if let Err(e) = inventory
-            .rebalance_all(settings.rebalance_slack, pass)
-            .await
-        {
+        if let Err(e) = inventory.rebalance_all(&settings, pass).await {
             tracing::debug!(error = %e, "rebalancing stock buckets failed");
         }
     }
 }
 
-/// A claim this old is checked against its hold (a spill takes
-/// milliseconds).
-const CLAIM_CHECK_AFTER_MS: i64 = 30_000;
 /// Claims are checked every this many rebalancer passes.
 const CLAIM_SWEEP_EVERY: u64 = 10;
 
 impl Inventory {
-    async fn rebalance_all(&self, slack: i64, pass: u64) -> Result<(), RedisError> {
+    async fn rebalance_all(&self, settings: &BucketSettings, pass: u64) -> Result<(), RedisError> {
         for sku in self.redis.bucketed_skus().await? {
             if let Some(layout) = self.layout_of(&sku).await? {
-                self.rebalance_sku(&layout, slack).await?;
+                self.rebalance_sku(&layout, settings.rebalance_slack)
+                    .await?;
                 if pass.is_multiple_of(CLAIM_SWEEP_EVERY) {
-                    self.sweep_claims(&layout).await?;
+                    let after = i64::try_from(settings.claim_check_after_ms).unwrap_or(i64::MAX);
+                    self.sweep_claims(&layout, after).await?;
                 }
             }
         }
@@ -848,13 +844,17 @@ impl Inventory {
     }
 
     /// Ends the cap claims whose gateway stopped before ending them: a
-    /// claim older than `CLAIM_CHECK_AFTER_MS` is looked up as the hold it
+    /// claim older than `check_after_ms` is looked up as the hold it
     /// counts in the SKU's other buckets; released or expired, it is given
     /// back, confirmed, kept; live, left. Found nowhere, it is given back
     /// while a hold made with it would still have its record (so it was
     /// never held), and kept after that (the cap stays stricter, never
     /// looser). Returns how many claims it ended.
-    pub async fn sweep_claims(&self, layout: &Layout) -> Result<usize, RedisError> {
+    pub async fn sweep_claims(
+        &self,
+        layout: &Layout,
+        check_after_ms: i64,
+    ) -> Result<usize, RedisError> {
         use crate::redis::calls::ReservationStatus;
         let partitions = self.redis.keys().partitions();
         let retention = self.redis.limits().record_retention_ms as i64;
@@ -868,7 +868,7 @@ impl Inventory {
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(0);
                 let age = now - claimed_at;
-                if age < CLAIM_CHECK_AFTER_MS {
+                if age < check_after_ms {
                     continue;
                 }
                 let mut status = None;

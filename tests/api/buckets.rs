@@ -814,3 +814,61 @@ async fn the_journal_reads_name_the_sku_not_its_buckets(backend: Backend) {
 }
 
 on_both_topologies!(the_journal_reads_name_the_sku_not_its_buckets);
+
+/// A gateway that claimed an account's cap for a spill and stopped before
+/// holding (or before giving the claim back) leaves a claim; the claims
+/// sweep gives it back once it is old enough, so the account may buy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_its_gateway_left_is_given_back_by_the_sweep() {
+    use crate::harness::{spawn_app_with, test_settings, unique_prefix};
+    let mut settings = test_settings(Backend::Standalone, &unique_prefix());
+    settings.buckets.rebalance_interval_ms = 50;
+    settings.buckets.claim_check_after_ms = 300;
+    let app = spawn_app_with(settings).await;
+    let redis = Redis::connect(&app.settings).await.unwrap();
+    let sku = Sku::parse("LEFT-CLAIM").unwrap();
+    let r = app
+        .policy(sku.as_str(), json!({ "buckets": 2, "max_per_account": 1 }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    app.stock(sku.as_str(), 10).await;
+    let layout = Layout::new(
+        &sku,
+        &buckets_of(&redis, &sku)
+            .await
+            .iter()
+            .map(|b| b.bucket_partition().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let name = account_with_home(&layout, 0, "left");
+    let account = flashgate::inventory::AccountId::parse(&name).unwrap();
+    // What a gateway that died mid-spill leaves: the claim, no hold.
+    let claimed = redis
+        .claim(&layout.buckets[0], &account, &"ab".repeat(16), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed, flashgate::redis::buckets::ClaimReply::Claimed);
+    let t = token(&name);
+    let r = app
+        .reserve(&t, json!({ "sku": "LEFT-CLAIM", "qty": 1 }), None)
+        .await;
+    assert_eq!(r.code(), "purchase-limit", "the claim counts: {:?}", r.body);
+    let r = eventually(StatusCode::CREATED, async || {
+        app.reserve(&t, json!({ "sku": "LEFT-CLAIM", "qty": 1 }), None)
+            .await
+    })
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "the sweep gave it back: {:?}",
+        r.body
+    );
+    assert!(
+        redis
+            .claims_of(&layout.buckets[0])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
