@@ -273,17 +273,7 @@ impl Inventory {
         };
         count_hold("refused");
         let refused = sum_refusals(&refusals);
-        if let ReserveReply::InsufficientStock {
-            holdable,
-            version,
-            next_expiry_ms,
-            ..
-        } = &refused
-            && *holdable <= 0
-        {
-            self.sold_out
-                .remember(&layout.sku, *version, *next_expiry_ms);
-        }
+        self.remember_if_sold_out(&layout.sku, &refused);
         Ok(refused)
     }
 

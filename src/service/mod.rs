@@ -121,17 +121,26 @@ impl Inventory {
         let sku = req.id.sku().clone();
         let Applied { reply, events } = self.redis.reserve(req).await?;
         self.offer(events);
+        // A bucket's refusal says nothing of its SKU (`buckets` sums them).
+        if !sku.is_bucket() {
+            self.remember_if_sold_out(&sku, &reply);
+        }
+        Ok(reply)
+    }
+
+    /// A refusal that says the whole SKU can hold nothing more teaches this
+    /// instance to answer "sold out" locally.
+    fn remember_if_sold_out(&self, sku: &Sku, reply: &ReserveReply) {
         if let ReserveReply::InsufficientStock {
             holdable,
             version,
             next_expiry_ms,
             ..
-        } = &reply
+        } = reply
             && *holdable <= 0
         {
-            self.sold_out.remember(&sku, *version, *next_expiry_ms);
+            self.sold_out.remember(sku, *version, *next_expiry_ms);
         }
-        Ok(reply)
     }
 
     /// Changes one live hold (see `Amendment`); `owner` limits it to one

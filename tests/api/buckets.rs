@@ -232,6 +232,27 @@ async fn a_transfer_interrupted_after_each_step_loses_and_duplicates_nothing() {
     assert_eq!(view["on_hand"], STOCK);
 }
 
+/// A SKU laid out with `policy` (which names its buckets), stocked with
+/// `stock` units, and its layout as Redis has it.
+async fn bucketed(
+    app: &TestApp,
+    redis: &Redis,
+    name: &str,
+    policy: serde_json::Value,
+    stock: i64,
+) -> Layout {
+    let r = app.policy(name, policy).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.stock(name, stock).await;
+    let sku = Sku::parse(name).unwrap();
+    let partitions: Vec<_> = buckets_of(redis, &sku)
+        .await
+        .iter()
+        .map(|b| b.bucket_partition().unwrap())
+        .collect();
+    Layout::new(&sku, &partitions)
+}
+
 /// An account whose home bucket (where its cap is counted) is `home`.
 fn account_with_home(layout: &Layout, home: usize, stem: &str) -> String {
     (0..)
@@ -259,23 +280,8 @@ async fn eventually(status: StatusCode, attempt: impl AsyncFn() -> Reply) -> Rep
 async fn a_spilled_hold_counts_against_the_cap_until_it_ends(backend: Backend) {
     let app = spawn_app(backend).await;
     let redis = Redis::connect(&app.settings).await.unwrap();
-    let sku = Sku::parse("SPILL").unwrap();
-    let r = app
-        .policy(
-            sku.as_str(),
-            json!({ "buckets": 2, "max_per_account": 2, "reservation_ttl_seconds": 1 }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    app.stock(sku.as_str(), 2).await;
-    let layout = Layout::new(
-        &sku,
-        &buckets_of(&redis, &sku)
-            .await
-            .iter()
-            .map(|b| b.bucket_partition().unwrap())
-            .collect::<Vec<_>>(),
-    );
+    let policy = json!({ "buckets": 2, "max_per_account": 2, "reservation_ttl_seconds": 1 });
+    let layout = bucketed(&app, &redis, "SPILL", policy, 2).await;
     let shopper = account_with_home(&layout, 0, "spiller");
     let t = token(&shopper);
     let reserve = || app.reserve(&t, json!({ "sku": "SPILL", "qty": 1 }), None);
@@ -670,20 +676,8 @@ async fn a_bucketed_sku_lost_by_redis_is_rebuilt_with_its_caps(backend: Backend)
     use crate::harness::{run_tool, wipe_prefix};
     let app = spawn_app(backend).await;
     let redis = Redis::connect(&app.settings).await.unwrap();
-    let sku = Sku::parse("REBUILT").unwrap();
-    let r = app
-        .policy(sku.as_str(), json!({ "buckets": 2, "max_per_account": 2 }))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    app.stock(sku.as_str(), 4).await;
-    let layout = Layout::new(
-        &sku,
-        &buckets_of(&redis, &sku)
-            .await
-            .iter()
-            .map(|b| b.bucket_partition().unwrap())
-            .collect::<Vec<_>>(),
-    );
+    let policy = json!({ "buckets": 2, "max_per_account": 2 });
+    let layout = bucketed(&app, &redis, "REBUILT", policy, 4).await;
     // Two shoppers at home in bucket 0 empty it; the second's next hold
     // spills over to bucket 1 and counts at home.
     let first = token(&account_with_home(&layout, 0, "first"));
@@ -826,20 +820,8 @@ async fn a_claim_its_gateway_left_is_given_back_by_the_sweep() {
     settings.buckets.claim_check_after_ms = 300;
     let app = spawn_app_with(settings).await;
     let redis = Redis::connect(&app.settings).await.unwrap();
-    let sku = Sku::parse("LEFT-CLAIM").unwrap();
-    let r = app
-        .policy(sku.as_str(), json!({ "buckets": 2, "max_per_account": 1 }))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    app.stock(sku.as_str(), 10).await;
-    let layout = Layout::new(
-        &sku,
-        &buckets_of(&redis, &sku)
-            .await
-            .iter()
-            .map(|b| b.bucket_partition().unwrap())
-            .collect::<Vec<_>>(),
-    );
+    let policy = json!({ "buckets": 2, "max_per_account": 1 });
+    let layout = bucketed(&app, &redis, "LEFT-CLAIM", policy, 10).await;
     let name = account_with_home(&layout, 0, "left");
     let account = flashgate::inventory::AccountId::parse(&name).unwrap();
     // What a gateway that died mid-spill leaves: the claim, no hold.
