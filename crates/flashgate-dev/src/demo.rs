@@ -420,7 +420,15 @@ async fn sale(
         .unwrap_or(Value::Null);
 
     let checks = Checks::run(&initial, &journal, &holds, &settled, room.as_ref());
-    print_report(&report, &settled, journal_ms, &readiness, &checks);
+    print_report(
+        &report,
+        holds.len(),
+        room.as_ref(),
+        &settled,
+        journal_ms,
+        &readiness,
+        &checks,
+    );
     let code = if checks.all_pass() {
         ExitCode::SUCCESS
     } else {
@@ -855,6 +863,8 @@ impl Checks {
 
 fn print_report(
     crowd: &Report,
+    holds: usize,
+    room: Option<&RoomTally>,
     settled: &Settled,
     journal_ms: u128,
     readiness: &Value,
@@ -879,9 +889,19 @@ fn print_report(
         crowd.offered_per_s.unwrap_or_default(),
         crowd.achieved_per_s
     );
-    println!("  reserved     {} holds (201)", crowd.ok);
+    println!("  reserved     {holds} holds (201)");
+    if let Some(room) = room {
+        println!(
+            "  room         {} admissions issued; {} holds made without one",
+            room.admissions, room.ungated
+        );
+    }
     for (code, n) in &refused {
-        let status = if *code == "rate-limited" { 429 } else { 409 };
+        let status = match *code {
+            "rate-limited" => 429,
+            "admission-required" => 403,
+            _ => 409,
+        };
         println!("  {status}          {n} {code}");
     }
     if crowd.failed > 0 {

@@ -118,6 +118,28 @@ fn a_demo_with_stock_buckets_checks_the_same_invariants() {
 }
 
 #[test]
+fn a_demo_through_a_waiting_room_checks_every_hold_was_admitted() {
+    let mut args = SMALL_SALE.to_vec();
+    args.extend(["--waiting-room", "200"]);
+    let out = flashgate(&args).output().expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  ok ")).collect();
+    assert_eq!(checks.len(), 8, "{stdout}");
+    assert!(
+        stdout.contains("ok   every hold went through the waiting room"),
+        "{stdout}"
+    );
+    // Shoppers done tried once more without an admission, and were refused.
+    assert!(stdout.contains("403          "), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
 fn the_buckets_bench_counts_each_masters_script_calls() {
     let out = flashgate(&[
         "bench",
