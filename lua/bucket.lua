@@ -9,7 +9,8 @@
 -- (lua/reserve.lua, `claimed`), and gives the claim back when it is
 -- released or expires, or keeps it for good when confirmed (`unclaim`).
 --
--- A transfer moves `qty` units of one location from a bucket to another in
+-- A transfer moves `qty` units of one location (and, when a SKU's own
+-- stock moves into its buckets, a share of its settings) from a bucket to another in
 -- two steps, each atomic in its own slot: `withdraw` takes them off the
 -- source's on hand and records the transfer there as pending; `deposit`
 -- adds them to the destination once (it keeps the transfer id); `complete`
@@ -24,23 +25,25 @@
 --   rebuild restored it), 7 the partition's pending
 --   transfers (sorted set: transfer id scored by when it was withdrawn), 8
 --   the transfer's record in this slot (`out:` in the source:
---   `<destination>|<location>|<qty>|<source>` while pending, `done` after;
+--   `<destination>|<location>|<qty>|<source>|<ss>|<lt>|<bo>` while pending,
+--   `done` after;
 --   `in:` in the destination)
 -- ARGV: the partition convention, then 6 operation, and per operation:
 --   layout:   7 bucket partitions (comma separated); sets `bk` on a SKU with
---             no holds and no stock, and copies the SKU's policy fields into
---             each bucket (the caller creates them with `policy` next)
+--             no holds (the caller then gives each bucket the policy, and
+--             moves the SKU's own stock into them with transfers)
 --   policy:   7 the owner SKU's policy as JSON {max, open, close, ttl}; a
 --             bucket takes it (creating its hash, version 0, when needed)
 --   claim:    7 account, 8 claim id, 9 qty
 --   unclaim:  7 claim id, 8 'give' (units back to the account) or 'keep'
 --   withdraw: 7 location, 8 qty, 9 transfer id, 10 destination bucket,
---             11 record TTL (ms), 12 actor
---   deposit:  7 location, 8 qty, 9 transfer id, 10 source bucket,
---             11 record TTL (ms), 12 actor
+--             11 record TTL (ms), 12 actor, 13-15 the safety stock,
+--             low-stock threshold and backorder limit that go with the units
+--             (a SKU's own stock moving into its buckets; 0 otherwise)
+--   deposit:  the same, 10 being the source bucket
 --   complete: 7 transfer id, 8 record TTL (ms)
 -- Returns the partition convention's array with one item, whose reply is text:
---   layout:   ok | holds | stock | bucketed
+--   layout:   ok | holds | bucketed
 --   policy:   ok
 --   claim:    claimed | uncapped (no cap: nothing to count) |
 --             purchase_limit|limit|already
@@ -71,8 +74,7 @@ if op == 'layout' then
   if s.buckets then return answer('bucketed') end
   if redis.call('ZCARD', s.holds) > 0 then return answer('holds') end
   for _, name in ipairs(s.names) do
-    local l = s.locs[name]
-    if l.oh ~= 0 or l.rs ~= 0 then return answer('stock') end
+    if s.locs[name].rs ~= 0 then return answer('holds') end
   end
   redis.call('HSET', s.key, 'bk', ARGV[7])
   if not s.exists then redis.call('HSET', s.key, 'ver', 0) end
@@ -110,15 +112,21 @@ elseif op == 'unclaim' then
   return answer('ok')
 elseif op == 'withdraw' then
   local loc, qty, id, dst = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+  local ss, lt, bo = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
   local rec = redis.call('GET', KEYS[8])
   if rec == 'done' then return answer('done') end
   if rec then return answer('withdrawn') end
   local l = s.locs[loc]
   if not l then return answer('unknown_location') end
-  if free(l) < qty then return answer('insufficient_stock|' .. math.max(0, free(l))) end
-  l.oh = l.oh - qty
+  -- The units that go must not be held, and what stays must still cover
+  -- what is held: the settings that go with them come off too.
+  if l.ss < ss or l.lt < lt or l.bo < bo or (l.oh - qty) - (l.ss - ss) + (l.bo - bo) < l.rs
+    or qty - ss > free(l) then
+    return answer('insufficient_stock|' .. math.max(0, free(l)))
+  end
+  l.oh, l.ss, l.lt, l.bo = l.oh - qty, l.ss - ss, l.lt - lt, l.bo - bo
   journal_step(loc, -qty, 'transfer_out', id, dst, ARGV[12])
-  redis.call('SET', KEYS[8], dst .. '|' .. loc .. '|' .. qty .. '|' .. s.name, 'PX', ARGV[11])
+  redis.call('SET', KEYS[8], table.concat({dst, loc, qty, s.name, ss, lt, bo}, '|'), 'PX', ARGV[11])
   redis.call('ZADD', KEYS[7], ctx.now, id)
   return answer('withdrawn')
 elseif op == 'deposit' then
@@ -126,6 +134,7 @@ elseif op == 'deposit' then
   if redis.call('EXISTS', KEYS[8]) == 1 then return answer('deposited') end
   local l = s.locs[loc] or add_loc(s, loc)
   l.oh = l.oh + qty
+  l.ss, l.lt, l.bo = l.ss + tonumber(ARGV[13]), l.lt + tonumber(ARGV[14]), l.bo + tonumber(ARGV[15])
   journal_step(loc, qty, 'transfer_in', id, src, ARGV[12])
   redis.call('SET', KEYS[8], src, 'PX', ARGV[11])
   if not s.exists then redis.call('HSET', s.key, 'ver', s.ver) end

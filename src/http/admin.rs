@@ -281,8 +281,9 @@ pub struct PolicyBody {
     waiting_room: Option<Option<WaitingRoomBody>>,
     /// Hot-SKU stock buckets (1-64, default 1): the SKU's stock spread over
     /// this many partitions on distinct Redis masters (README, "Stock
-    /// buckets"). Laid out while the SKU has no holds and no stock (409
-    /// `buckets-locked` otherwise); not changed once laid out.
+    /// buckets"). Laid out while the SKU has no live holds (its stock moves
+    /// into the buckets; 409 `buckets-locked` otherwise, or with a waiting
+    /// room); not changed once laid out.
     #[schema(minimum = 1, maximum = 64)]
     buckets: Option<i64>,
 }

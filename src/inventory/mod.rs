@@ -61,6 +61,14 @@ string_id!(AccountId, "account id", 64, b":@", "[A-Za-z0-9._:@-]");
 string_id!(SellerId, "seller", 64, b":@", "[A-Za-z0-9._:@-]");
 
 /// The largest count an operator may set for a location.
+impl AccountId {
+    /// The actor the journal names for changes flashgate makes on its own
+    /// (moving stock between buckets).
+    pub fn system() -> Self {
+        Self("flashgate".to_owned())
+    }
+}
+
 /// The mark between a SKU and the partition of one of its stock buckets:
 /// bucket `ABC-1~17` holds part of `ABC-1`'s stock in partition 17. Public
 /// SKUs never contain it, so a bucket's name is never a client's SKU.

@@ -28,9 +28,8 @@ pub struct BucketPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutReply {
     Set,
-    /// The SKU holds units: buckets are laid out before stock arrives.
+    /// The SKU holds units.
     HasHolds,
-    HasStock,
     AlreadyBucketed,
 }
 
@@ -54,6 +53,9 @@ pub struct Transfer {
     pub to: Sku,
     pub location: Location,
     pub qty: i64,
+    /// Safety stock, low-stock threshold and backorder limit that move with
+    /// the units (a SKU's own stock moving into its buckets).
+    pub settings: [i64; 3],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,23 +79,30 @@ impl Transfer {
             to,
             location,
             qty,
+            settings: [0; 3],
         }
     }
 
     /// Reads a pending transfer from its source's record
-    /// (`<destination>|<location>|<qty>|<source>`).
+    /// (`<destination>|<location>|<qty>|<source>|<ss>|<lt>|<bo>`; the
+    /// settings absent in a record of an older gateway).
     pub fn from_record(id: &str, record: &str) -> Option<Self> {
-        let mut parts = record.splitn(4, '|');
+        let mut parts = record.split('|');
         let to = Sku::parse_stored(parts.next()?).ok()?;
         let location = Location::parse(parts.next()?).ok()?;
         let qty = parts.next()?.parse().ok()?;
         let from = Sku::parse_stored(parts.next()?).ok()?;
+        let mut settings = [0; 3];
+        for s in &mut settings {
+            *s = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
         Some(Self {
             id: id.to_owned(),
             from,
             to,
             location,
             qty,
+            settings,
         })
     }
 }
@@ -202,7 +211,7 @@ impl Redis {
         Ok(fields)
     }
 
-    async fn hash_of(
+    pub async fn hash_of(
         &self,
         sku: &Sku,
         caller: Caller,
@@ -255,7 +264,6 @@ impl Redis {
         Ok(match applied.reply.as_str() {
             "ok" => LayoutReply::Set,
             "holds" => LayoutReply::HasHolds,
-            "stock" => LayoutReply::HasStock,
             _ => LayoutReply::AlreadyBucketed,
         })
     }
@@ -313,6 +321,7 @@ impl Redis {
     /// A transfer's first step, in its source's slot.
     pub async fn withdraw(&self, t: &Transfer) -> Result<Applied<WithdrawReply>, RedisError> {
         let (qty, ttl) = (t.qty.to_string(), TRANSFER_RECORD_TTL_MS.to_string());
+        let [ss, lt, bo] = t.settings.map(|v| v.to_string());
         let applied = self
             .bucket_op(
                 &t.from,
@@ -325,6 +334,9 @@ impl Redis {
                     t.to.as_str(),
                     &ttl,
                     TRANSFER_ACTOR,
+                    &ss,
+                    &lt,
+                    &bo,
                 ],
             )
             .await?;
@@ -352,6 +364,7 @@ impl Redis {
     /// however often it is sent.
     pub async fn deposit(&self, t: &Transfer) -> Result<Applied<String>, RedisError> {
         let (qty, ttl) = (t.qty.to_string(), TRANSFER_RECORD_TTL_MS.to_string());
+        let [ss, lt, bo] = t.settings.map(|v| v.to_string());
         self.bucket_op(
             &t.to,
             ("in", &t.id),
@@ -363,6 +376,9 @@ impl Redis {
                 t.from.as_str(),
                 &ttl,
                 TRANSFER_ACTOR,
+                &ss,
+                &lt,
+                &bo,
             ],
         )
         .await

@@ -441,18 +441,50 @@ impl Inventory {
                     "buckets change only while the SKU has no live holds".into(),
                 ));
             }
-            LayoutReply::HasStock => {
-                return Err(ServiceError::Buckets(
-                    "lay buckets out before the SKU has stock: set its on hand to 0 first".into(),
-                ));
-            }
             LayoutReply::AlreadyBucketed => {
                 return Err(ServiceError::Buckets(
                     "the SKU's buckets are laid out already".into(),
                 ));
             }
         }
-        self.layouts.insert(Layout::new(sku, &chosen));
+        let layout = self.layouts.insert(Layout::new(sku, &chosen));
+        self.drain_own_stock(&layout).await?;
+        Ok(())
+    }
+
+    /// Moves what a bucketed SKU's own hash still has into its buckets:
+    /// each location's on hand, with its safety stock, low-stock threshold
+    /// and backorder limit, in even shares, by transfers (each crash-safe,
+    /// the settings moving with the units). Runs when the layout is set and
+    /// on every rebalancer pass, which finishes a move a crash cut short.
+    pub(super) async fn drain_own_stock(&self, layout: &Layout) -> Result<(), RedisError> {
+        let own = self.redis.hash_of(&layout.sku, Caller::Request).await?;
+        let Some(view) =
+            crate::inventory::view::InventoryView::from_hash(layout.sku.as_str(), &own)
+        else {
+            return Ok(());
+        };
+        let k = layout.buckets.len();
+        for l in view.locations {
+            let Ok(location) = Location::parse(&l.location) else {
+                continue;
+            };
+            let (oh, ss, lt, bo) = (
+                shares(l.on_hand, k),
+                shares(l.safety_stock, k),
+                shares(l.low_stock_threshold, k),
+                shares(l.backorder_limit, k),
+            );
+            for (i, bucket) in layout.buckets.iter().enumerate() {
+                if oh[i] == 0 && ss[i] == 0 && lt[i] == 0 && bo[i] == 0 {
+                    continue;
+                }
+                let mut t =
+                    Transfer::new(layout.sku.clone(), bucket.clone(), location.clone(), oh[i]);
+                t.settings = [ss[i], lt[i], bo[i]];
+                self.transfer(&t).await?;
+            }
+        }
         Ok(())
     }
 
@@ -896,6 +928,7 @@ impl Inventory {
         layout: &Layout,
         slack: i64,
     ) -> Result<Vec<Transfer>, RedisError> {
+        self.drain_own_stock(layout).await?;
         let fields = self
             .redis
             .summed_fields(&layout.sku, Caller::Background)

@@ -854,3 +854,62 @@ async fn a_claim_its_gateway_left_is_given_back_by_the_sweep() {
             .is_empty()
     );
 }
+
+/// Buckets laid out over a SKU that has stock (and no holds) take it: the
+/// view is the same before and after, and every unit is holdable.
+async fn a_stocked_sku_moves_its_stock_into_its_buckets(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let redis = Redis::connect(&app.settings).await.unwrap();
+    let r = app
+        .set_stock(
+            "STOCKED",
+            "default",
+            json!({ "on_hand": 10, "safety_stock": 2 }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let before = app.view("STOCKED").await.body;
+    let t = token("stocked-shopper");
+    let held = app
+        .reserve(&t, json!({ "sku": "STOCKED", "qty": 1 }), None)
+        .await;
+    assert_eq!(held.status, StatusCode::CREATED);
+    // A live hold: no layout.
+    let r = app.policy("STOCKED", json!({ "buckets": 2 })).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "buckets-locked")
+    );
+    let id = held.body["reservation_id"].as_str().unwrap();
+    assert_eq!(
+        app.reservation(&t, id, Some("release")).await.status,
+        StatusCode::OK
+    );
+    let r = app.policy("STOCKED", json!({ "buckets": 2 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let buckets = buckets_of(&redis, &Sku::parse("STOCKED").unwrap()).await;
+    let after = app.view("STOCKED").await.body;
+    for field in ["on_hand", "available", "reserved", "status"] {
+        assert_eq!(after[field], before[field], "{field}: {after}");
+    }
+    let each = counts(&redis, &buckets).await;
+    assert_eq!(each.iter().map(|c| c.on_hand).collect::<Vec<_>>(), [5, 5]);
+    assert_eq!(
+        each.iter().map(|c| c.safety_stock).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    let mut held = 0;
+    for i in 0..10 {
+        let r = app
+            .reserve(
+                &token(&format!("stocked-{i}")),
+                json!({ "sku": "STOCKED", "qty": 1 }),
+                None,
+            )
+            .await;
+        held += usize::from(r.status == StatusCode::CREATED);
+    }
+    assert_eq!(held, 8, "all but the safety stock");
+}
+
+on_both_topologies!(a_stocked_sku_moves_its_stock_into_its_buckets);
