@@ -354,11 +354,14 @@ async fn a_spilled_hold_counts_against_the_cap_until_it_ends(backend: Backend) {
 
 on_both_topologies!(a_spilled_hold_counts_against_the_cap_until_it_ends);
 
-/// Rebalancing gateways killed (`kill -9`) in the middle of a transfer: the
-/// destinations' masters pause writes (`CLIENT PAUSE … WRITE`), so the
-/// mover has withdrawn and waits on its deposit when it is killed. At that
-/// moment and after, the buckets' on hand plus the units in transit is the
-/// stock, and the next gateway finishes the transfer once.
+/// Rebalancing gateways killed (`kill -9`) in the middle of a transfer,
+/// once after each step: the destinations' masters pause writes (`CLIENT
+/// PAUSE … WRITE`), so the mover has withdrawn and waits on its deposit when
+/// it is killed; then, with the source's master pausing writes once the
+/// withdraw is in, the deposit lands and the mover waits on its completion
+/// when it is killed. At that moment and after, the buckets' on hand plus
+/// the units in transit is the stock, and the next gateway finishes the
+/// transfer once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
     use crate::failover::master_of;
@@ -467,6 +470,14 @@ async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
                 master_of(ports[0], &key)
             })
             .collect();
+        let rich_master = {
+            let key = redis
+                .keys()
+                .sku(redis.keys().partition_of(&buckets[rich]), &buckets[rich]);
+            master_of(ports[0], &key)
+        };
+        // The mover withdraws from the richest bucket, then waits on its
+        // deposit: the destinations' masters pause writes.
         for port in &paused {
             redis_cli(*port, &["client", "pause", "1500", "write"]);
         }
@@ -474,13 +485,42 @@ async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
         let mover = tokio::spawn(
             http.post(url)
                 .bearer_auth(admin_token())
-                .timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(8))
                 .send(),
         );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let deposited = round == 1;
+        if deposited {
+            // Round 1: once it has withdrawn, the source's master pauses
+            // writes too, so the deposit lands (the destinations resume)
+            // and the mover waits on its completion when it is killed.
+            let since = std::time::Instant::now();
+            while pending().await == 0 {
+                assert!(
+                    since.elapsed() < std::time::Duration::from_secs(1),
+                    "no withdraw"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            redis_cli(rich_master, &["client", "pause", "4000", "write"]);
+            while in_transit().await > 0 {
+                assert!(
+                    since.elapsed() < std::time::Duration::from_secs(4),
+                    "no deposit"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
         gateway.kill_9();
         let _ = mover.await;
-        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(if deposited {
+            4_000
+        } else {
+            1_500
+        }))
+        .await;
         // What the dead mover left: one transfer pending, its units in
         // exactly one place (in transit, or in the destination).
         let left = counts(&redis, &buckets).await;
@@ -496,8 +536,14 @@ async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
             stock,
             "on hand {on_hand} + in transit {moving}"
         );
+        if deposited {
+            assert_eq!(moving, 0, "killed after its deposit: nothing in transit");
+        } else {
+            assert!(moving > 0, "killed after its withdraw: units in transit");
+        }
         eprintln!(
-            "killed mover (round {round}): {on_hand} on hand + {moving} in transit = {stock}"
+            "killed mover (after its {}): {on_hand} on hand + {moving} in transit = {stock}",
+            if deposited { "deposit" } else { "withdraw" }
         );
         // The next gateway's sweeper finishes it, once.
         gateway = GatewayProcess::start(&settings);
