@@ -83,7 +83,14 @@ async fn bucketed_sku(app: &TestApp, sku: &str, cap: i64) {
 /// buckets over a 3-master cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_buckets_hold_exactly_the_stock_and_refuse_only_once_all_are_empty() {
-    let app = spawn_app(Backend::Cluster).await;
+    use crate::harness::{spawn_app_with, test_settings, unique_prefix};
+    // Every answer decided, none a 503 timeout: the suite runs many tests
+    // at once on two cores, and a request answered 503 may still hold.
+    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
+    settings.http.request_timeout_ms = 30_000;
+    settings.redis.command_timeout_ms = 10_000;
+    settings.cart.recovery_seconds = 61;
+    let app = spawn_app_with(settings).await;
     let redis = Redis::connect(&app.settings).await.unwrap();
     let sku = Sku::parse("MEGA-DROP").unwrap();
     bucketed_sku(&app, sku.as_str(), 2).await;
