@@ -177,6 +177,10 @@ pub fn test_settings(backend: Backend, prefix: &str) -> Settings {
     s.redis.url = servers().url(backend).into();
     s.redis.key_prefix = prefix.to_owned();
     s.redis.partitions = 64;
+    // Dozens of gateways start at once on two cores while the suite runs:
+    // the default 2 s to connect is sometimes not enough. Tests of a Redis
+    // that does not answer set their own.
+    s.redis.connect_timeout_ms = 10_000;
     s.postgres.url = fresh_database().into();
     s.journal.reconcile_interval_ms = 200;
     s.journal.reconcile_settle_ms = 200;
