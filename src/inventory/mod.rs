@@ -247,11 +247,22 @@ impl ReservationId {
     /// the same random part, so every attempt of one reservation across
     /// buckets is recognisable (see `service::buckets`).
     pub fn in_bucket(&self, bucket: &Sku, partitions: u32) -> Self {
-        let partition = bucket.partition(partitions);
+        Self::compose(bucket, partitions, self.random_part())
+    }
+
+    /// The id with random part `random` (32 hex digits, else `None`) in
+    /// `sku`'s partition: an id derived from a client's key, or a claim's.
+    pub fn with_random(sku: &Sku, partitions: u32, random: &str) -> Option<Self> {
+        let hex = random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| Self::compose(sku, partitions, random))
+    }
+
+    fn compose(sku: &Sku, partitions: u32, random: &str) -> Self {
+        let partition = sku.partition(partitions);
         Self {
-            text: format!("{}.{}.{bucket}", partition.0, self.random_part()),
+            text: format!("{}.{random}.{sku}", partition.0),
             partition,
-            sku: bucket.clone(),
+            sku: sku.clone(),
         }
     }
 }
@@ -325,13 +336,8 @@ impl CartId {
 
     /// The reservation id of the cart's line `index` (its SKU `sku`).
     pub fn line(&self, index: usize, sku: &Sku, partitions: u32) -> ReservationId {
-        let partition = sku.partition(partitions);
         let hex = digest_hex(&["line", &self.text, &index.to_string()]);
-        ReservationId {
-            text: format!("{}.{hex}.{sku}", partition.0),
-            partition,
-            sku: sku.clone(),
-        }
+        ReservationId::compose(sku, partitions, &hex)
     }
 }
 

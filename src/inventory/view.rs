@@ -86,6 +86,19 @@ pub struct Counts {
     pub backorder_limit: i64,
 }
 
+impl Counts {
+    /// Units that can be sold now, never below 0 (lua/prelude.lua `available`).
+    pub fn available(&self) -> i64 {
+        (self.on_hand - self.reserved - self.safety_stock).max(0)
+    }
+
+    /// Units that can still be held, backorders included; negative while
+    /// more is held than that (lua/prelude.lua `room`).
+    pub fn room(&self) -> i64 {
+        self.on_hand - self.safety_stock + self.backorder_limit - self.reserved
+    }
+}
+
 impl InventoryView {
     /// Builds the view from `HGETALL` of the SKU hash; `None` when it is empty.
     pub fn from_hash<S: AsRef<str>>(sku: &str, fields: &[(S, S)]) -> Option<Self> {
@@ -124,8 +137,8 @@ impl InventoryView {
     pub fn status_of<'c>(locations: impl IntoIterator<Item = &'c Counts>) -> StockStatus {
         let (mut available, mut low, mut room) = (0, 0, 0);
         for c in locations {
-            let avail = (c.on_hand - c.reserved - c.safety_stock).max(0);
-            let holdable = (c.on_hand - c.safety_stock + c.backorder_limit - c.reserved).max(0);
+            let avail = c.available();
+            let holdable = c.room().max(0);
             available += avail;
             low += c.low_stock_threshold;
             room += holdable - avail;
@@ -142,8 +155,8 @@ impl InventoryView {
         let locations = locations
             .into_iter()
             .map(|(name, c)| {
-                let avail = (c.on_hand - c.reserved - c.safety_stock).max(0);
-                let holdable = (c.on_hand - c.safety_stock + c.backorder_limit - c.reserved).max(0);
+                let avail = c.available();
+                let holdable = c.room().max(0);
                 available += avail;
                 on_hand += c.on_hand;
                 reserved += c.reserved;

@@ -122,7 +122,10 @@ pub async fn rebuild_sku(
         })
         .collect();
     let claims = match (&policy.buckets, sku.bucket_partition()) {
-        (Some(bk), Some(_)) => claims_at(store, sku, bk, retention_ms).await?,
+        (Some(bk), Some(_)) => {
+            let partitions = redis.keys().partitions();
+            claims_at(store, sku, bk, partitions, retention_ms).await?
+        }
         _ => Vec::new(),
     };
     // Never below what Redis showed, so no version is ever reused.
@@ -158,6 +161,7 @@ async fn claims_at(
     store: &Store,
     bucket: &Sku,
     bk: &str,
+    partitions: u32,
     retention_ms: i64,
 ) -> Result<Vec<serde_json::Value>, JournalError> {
     let parent = bucket.parent();
@@ -171,8 +175,11 @@ async fn claims_at(
             .await?
         {
             let home = &layout.buckets[layout.home(&r.account_id)];
-            if home == bucket && (r.state == "held" || r.state == "confirmed") {
-                let id = r.reservation_id.split('.').nth(1).unwrap_or_default();
+            if home == bucket
+                && (r.state == "held" || r.state == "confirmed")
+                && let Some(id) = ReservationId::parse(&r.reservation_id, partitions)
+            {
+                let id = id.random_part();
                 claims.push(json!({"id": id, "acct": r.account_id, "qty": r.qty}));
             }
         }

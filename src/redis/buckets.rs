@@ -186,15 +186,6 @@ impl Redis {
         let Some(bk) = own.iter().find(|(f, _)| f == "bk").map(|(_, v)| v.clone()) else {
             return Ok(own);
         };
-        let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for (field, value) in own {
-            if field == "ver" || field.starts_with("l:") {
-                *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
-            } else {
-                fields.push((field, value));
-            }
-        }
         let buckets: Vec<Sku> = bk
             .split(',')
             .filter_map(|p| p.parse().ok().map(|p| sku.bucket(Partition(p))))
@@ -202,9 +193,16 @@ impl Redis {
         let hashes =
             futures_util::future::try_join_all(buckets.iter().map(|b| self.hash_of(b, caller)))
                 .await?;
-        for (field, value) in hashes.into_iter().flatten() {
+        // Counts and versions add up over the SKU's own hash and its
+        // buckets'; the rest (policy, layout) is the SKU's own.
+        let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut fields: Vec<(String, String)> = Vec::new();
+        let buckets_fields = hashes.into_iter().flatten().map(|f| (f, false));
+        for ((field, value), own) in own.into_iter().map(|f| (f, true)).chain(buckets_fields) {
             if field == "ver" || field.starts_with("l:") {
                 *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
+            } else if own {
+                fields.push((field, value));
             }
         }
         fields.extend(sums.into_iter().map(|(f, v)| (f, v.to_string())));

@@ -171,8 +171,8 @@ impl Inventory {
         let base = match &req.idempotency_key {
             Some(key) => {
                 let hex = digest_hex(&["bucketed", req.account.as_str(), key.as_str()]);
-                let text = format!("{}.{hex}.{}", req.id.partition().0, req.id.sku());
-                ReservationId::parse(&text, partitions).unwrap_or_else(|| req.id.clone())
+                ReservationId::with_random(req.id.sku(), partitions, &hex)
+                    .unwrap_or_else(|| req.id.clone())
             }
             None => req.id.clone(),
         };
@@ -306,7 +306,7 @@ impl Inventory {
             let mut free = Vec::with_capacity(layout.buckets.len());
             for bucket in &layout.buckets {
                 let (_, c) = self.redis.bucket_counts(bucket, &location).await?;
-                free.push((c.on_hand - c.safety_stock - c.reserved).max(0));
+                free.push(c.available());
             }
             if free.iter().sum::<i64>() < qty {
                 continue;
@@ -355,6 +355,13 @@ impl Inventory {
                 continue;
             };
             if !bucket.is_bucket() {
+                continue;
+            }
+            // A hold in its account's home bucket has no claim: known here
+            // without a task (the layout is known once its SKU was held).
+            if let Some(layout) = self.layouts.get(&bucket.parent())
+                && layout.buckets[layout.home(&r.account)] == bucket
+            {
                 continue;
             }
             let (inventory, rid, account) = (self.clone(), r.id.clone(), r.account.clone());
@@ -643,7 +650,7 @@ impl Inventory {
         let mut reserved = 0;
         for bucket in &layout.buckets {
             let (_, c) = self.redis.bucket_counts(bucket, location).await?;
-            free.push(c.on_hand - c.safety_stock + c.backorder_limit - c.reserved);
+            free.push(c.room());
             reserved += c.reserved;
         }
         let mut order: Vec<usize> = (0..free.len()).collect();
@@ -767,7 +774,7 @@ impl Inventory {
         let mut free = Vec::new();
         for bucket in &layout.buckets {
             let (_, c) = self.redis.bucket_counts(bucket, location).await?;
-            free.push((c.on_hand - c.safety_stock - c.reserved).max(0));
+            free.push(c.available());
         }
         let total: i64 = free.iter().sum();
         let target = shares(total, free.len());
@@ -895,9 +902,7 @@ impl Inventory {
                 }
                 let mut status = None;
                 for other in layout.buckets.iter().filter(|b| *b != home) {
-                    let p = other.partition(partitions).0;
-                    let Some(rid) = ReservationId::parse(&format!("{p}.{id}.{other}"), partitions)
-                    else {
+                    let Some(rid) = ReservationId::with_random(other, partitions, &id) else {
                         continue;
                     };
                     if let ReservationReply::Ok(r) = self.redis.reservation(&rid, None).await? {

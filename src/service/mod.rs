@@ -100,8 +100,7 @@ impl Inventory {
         // partition: lines of a bucketed SKU are refused (not built yet).
         if let Some(layout) = self.layouts.get(req.id.sku()) {
             if req.cart.is_some() {
-                let partitions = layout.buckets.iter().filter_map(Sku::bucket_partition);
-                return Ok(ReserveReply::Bucketed(partitions.collect()));
+                return Ok(ReserveReply::Bucketed(Vec::new()));
             }
             return self.hold_in_buckets(layout, req).await;
         }
