@@ -670,9 +670,12 @@ async fn insert_events<'e>(
     let refs: Vec<Option<&str>> = sorted.iter().map(|e| e.reference.as_deref()).collect();
     let actors: Vec<Option<&str>> = sorted.iter().map(|e| e.actor.as_deref()).collect();
     let requests: Vec<Option<&str>> = sorted.iter().map(|e| e.request_id.as_deref()).collect();
-    let rows = client
-        .query(
-            "INSERT INTO inventory_events (partition, stream_id, kind, sku, location,
+    // Prepared once per connection: these statements run with every
+    // journal write.
+    let insert = client
+        .prepare_cached(
+            "WITH inserted AS (
+             INSERT INTO inventory_events (partition, stream_id, kind, sku, location,
                  reservation_id, account_id, qty, on_hand_after, reserved_after, version,
                  occurred_at, reason, reference, safety_stock_after, low_stock_threshold_after,
                  backorder_limit_after, actor, request_id)
@@ -685,7 +688,16 @@ async fn insert_events<'e>(
                  AS t(p, s, k, sku, loc, rid, acct, qty, oh, rs, ver, ts, reason, ref, ss, lt, bl,
                      actor, req)
              ON CONFLICT DO NOTHING
-             RETURNING partition, stream_id",
+             RETURNING partition, stream_id
+             ), n AS (SELECT count(*) AS n FROM inserted)
+             SELECT n, NULL::int, NULL::text FROM n WHERE n = $20
+             UNION ALL
+             SELECT n, partition, stream_id FROM inserted, n WHERE n < $20",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &insert,
             &[
                 &partitions,
                 &ids,
@@ -706,14 +718,22 @@ async fn insert_events<'e>(
                 &col(|e| e.backorder_limit),
                 &actors,
                 &requests,
+                &(sorted.len() as i64),
             ],
         )
         .await?;
+    // Usually every event is new, and one row says so; otherwise (a replay,
+    // or an event given twice) the rows name the ones inserted.
+    if let Some(row) = rows.first()
+        && row.try_get::<_, i64>(0)? == sorted.len() as i64
+    {
+        return Ok(sorted);
+    }
     // Per partition, the stream ids inserted; `&str` lookups, no clones.
-    let mut new: HashMap<i32, std::collections::HashSet<String>> = HashMap::new();
+    let mut new: HashMap<i32, std::collections::HashSet<&str>> = HashMap::new();
     for row in &rows {
-        let partition: i32 = row.try_get(0)?;
-        new.entry(partition).or_default().insert(row.try_get(1)?);
+        let partition: i32 = row.try_get(1)?;
+        new.entry(partition).or_default().insert(row.try_get(2)?);
     }
     // `remove`: an event given twice was inserted once.
     Ok(sorted
@@ -795,8 +815,8 @@ async fn upsert_reservations(
         versions.push(e.version);
         sids.push(e.stream_id.as_str());
     }
-    client
-        .execute(
+    let upsert = client
+        .prepare_cached(
             "INSERT INTO reservations AS r (reservation_id, sku, location, account_id, qty, state,
                  backorder, created_at, expires_at, updated_at, version, stream_id, cart_id)
              SELECT rid, sku, loc, acct, qty, st, bo, to_timestamp(cr / 1000.0),
@@ -822,6 +842,11 @@ async fn upsert_reservations(
              WHERE r.version < EXCLUDED.version
                  OR (r.created_at IS NULL AND EXCLUDED.created_at IS NOT NULL)
                  OR (r.expires_at IS NULL AND EXCLUDED.expires_at IS NOT NULL)",
+        )
+        .await?;
+    client
+        .execute(
+            &upsert,
             &[
                 &ids, &skus, &locs, &accts, &qtys, &states, &bos, &created, &expires, &updated,
                 &versions, &sids, &carts,
@@ -846,8 +871,8 @@ async fn upsert_stock(client: &impl GenericClient, events: &[Event]) -> Result<(
     let text = |f: fn(&Event) -> &str| rows.iter().map(|e| f(e)).collect::<Vec<&str>>();
     let int = |f: fn(&Event) -> i64| rows.iter().map(|e| f(e)).collect::<Vec<i64>>();
     let partitions: Vec<i32> = rows.iter().map(|e| pg_partition(e.partition)).collect();
-    client
-        .execute(
+    let upsert = client
+        .prepare_cached(
             "INSERT INTO stock_levels AS s (sku, location, on_hand, reserved, version, updated_at,
                  safety_stock, low_stock_threshold, backorder_limit, partition)
              SELECT sku, loc, oh, rs, ver, to_timestamp(ts / 1000.0), ss, lt, bl, p
@@ -860,6 +885,11 @@ async fn upsert_stock(client: &impl GenericClient, events: &[Event]) -> Result<(
                  low_stock_threshold = EXCLUDED.low_stock_threshold,
                  backorder_limit = EXCLUDED.backorder_limit
              WHERE s.version < EXCLUDED.version",
+        )
+        .await?;
+    client
+        .execute(
+            &upsert,
             &[
                 &text(|e| e.sku.as_str()),
                 &text(|e| e.location.as_str()),
