@@ -37,13 +37,10 @@ impl<'a> Announcement<'a> {
     pub fn parse(text: &'a str) -> Option<Self> {
         let mut parts = text.split('|');
         let name = parts.next()?;
-        let (sku, bucket) = match name.split_once(crate::inventory::BUCKET_MARK) {
-            Some((sku, _)) => (sku, true),
-            None => (name, false),
-        };
+        let sku = crate::inventory::client_sku(name);
         Some(Self {
             sku,
-            bucket,
+            bucket: sku.len() < name.len(),
             version: parts.next()?.parse().ok()?,
             available: parts.next()?.parse().ok()?,
             holdable: parts.next()?.parse().ok()?,

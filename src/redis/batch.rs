@@ -60,7 +60,16 @@ type Outcome<T> = Result<Applied<T>, RedisError>;
 
 struct Pending<K: BatchKind> {
     request: K::Request,
-    reply: oneshot::Sender<Outcome<K::Reply>>,
+    /// The outcome, and the request handed back to its caller.
+    reply: oneshot::Sender<(Outcome<K::Reply>, K::Request)>,
+}
+
+impl<K: BatchKind> Pending<K> {
+    fn answer(self, outcome: Outcome<K::Reply>) {
+        // A caller that stopped waiting meanwhile loses nothing: the
+        // events of what was applied are in the stream for the reconciler.
+        let _ = self.reply.send((outcome, self.request));
+    }
 }
 
 /// Every partition's lane for one kind of call.
@@ -83,25 +92,38 @@ impl<K: BatchKind> Lanes<K> {
 
     /// Applies `request` in partition `p`'s next batch.
     pub async fn submit(&self, p: Partition, request: K::Request) -> Outcome<K::Reply> {
+        self.submit_returning(p, request).await.0
+    }
+
+    /// As `submit`, handing the request back (moved, never copied) unless
+    /// the lane stopped with it: for a caller that may send it again.
+    pub async fn submit_returning(
+        &self,
+        p: Partition,
+        request: K::Request,
+    ) -> (Outcome<K::Reply>, Option<K::Request>) {
         let script = K::SCRIPT.stem();
         let Some(lane) = self.lanes.get(p.0 as usize) else {
-            return Err(RedisError::Reply {
+            let error = RedisError::Reply {
                 script,
                 detail: format!("partition {} out of range", p.0),
-            });
+            };
+            return (Err(error), Some(request));
         };
         let sender = lane.get_or_init(|| self.start(p));
         let (reply, answer) = oneshot::channel();
-        if sender.try_send(Pending { request, reply }).is_err() {
+        if let Err(refused) = sender.try_send(Pending { request, reply }) {
             super::count_error(script, "overloaded");
-            return Err(RedisError::Overloaded { script });
+            let request = refused.into_inner().request;
+            return (Err(RedisError::Overloaded { script }), Some(request));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(RedisError::Unavailable {
-                script,
-                source: FredError::new(ErrorKind::Canceled, "the batch lane stopped"),
-            })
-        })
+        match answer.await {
+            Ok((outcome, request)) => (outcome, Some(request)),
+            Err(_) => {
+                let source = FredError::new(ErrorKind::Canceled, "the batch lane stopped");
+                (Err(RedisError::Unavailable { script, source }), None)
+            }
+        }
     }
 
     fn start(&self, p: Partition) -> mpsc::Sender<Pending<K>> {
@@ -171,7 +193,7 @@ impl<K: BatchKind> Lane<K> {
                         // same; its events are in the stream for the
                         // reconciler.
                         super::count_error(K::SCRIPT.stem(), "unreplicated");
-                        let _ = pending.reply.send(Err(RedisError::Unavailable {
+                        pending.answer(Err(RedisError::Unavailable {
                             script: K::SCRIPT.stem(),
                             source: fred::error::Error::new(
                                 fred::error::ErrorKind::Timeout,
@@ -183,9 +205,7 @@ impl<K: BatchKind> Lane<K> {
                         }));
                         continue;
                     }
-                    // A caller that stopped waiting meanwhile loses nothing:
-                    // its events are in the stream for the reconciler.
-                    let _ = pending.reply.send(Ok(applied));
+                    pending.answer(Ok(applied));
                 }
             }
             Ok((replies, _)) => {
@@ -195,12 +215,12 @@ impl<K: BatchKind> Lane<K> {
                 };
                 super::count_error(K::SCRIPT.stem(), error.kind());
                 for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(error.clone()));
+                    pending.answer(Err(error.clone()));
                 }
             }
             Err(error) => {
                 for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(error.clone()));
+                    pending.answer(Err(error.clone()));
                 }
             }
         }

@@ -699,36 +699,61 @@ impl Redis {
 
     /// Holds units for `req`, in its partition's next batch.
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Applied<ReserveReply>, RedisError> {
-        if let Some(key) = &req.idempotency_key {
-            // Ties the key to this body whatever SKU a later request names;
-            // the SKU-slot record the script keeps then answers same-body
-            // repeats.
-            let fingerprint = req.fingerprint();
-            let claim_key = self.keys().idempotency_claim(&req.account, key);
-            let ttl = Expiration::PX(self.limits().idempotency_ttl_ms as i64);
-            let claim_key = &claim_key;
-            let fingerprint = fingerprint.as_str();
-            let previous: Option<String> = self
-                .command(
-                    claim_key,
-                    "idempotency_claim",
-                    Caller::Request,
-                    |client| async move {
-                        let nx = Some(SetOptions::NX);
-                        client
-                            .set(claim_key, fingerprint, Some(ttl), nx, true)
-                            .await
-                    },
-                )
-                .await?;
-            if previous.is_some_and(|p| p != fingerprint) {
-                return Ok(Applied {
+        self.reserve_returning(req).await.0
+    }
+
+    /// As `reserve`, handing the request back (see `Lanes::submit_returning`)
+    /// for a caller that may send it again elsewhere.
+    pub async fn reserve_returning(
+        &self,
+        req: ReserveRequest,
+    ) -> (
+        Result<Applied<ReserveReply>, RedisError>,
+        Option<ReserveRequest>,
+    ) {
+        match self.claim_idempotency_key(&req).await {
+            Ok(true) => {
+                self.reserves
+                    .submit_returning(req.id.partition(), req)
+                    .await
+            }
+            Ok(false) => {
+                let reused = Applied {
                     reply: ReserveReply::IdempotencyKeyReused,
                     events: Vec::new(),
-                });
+                };
+                (Ok(reused), Some(req))
             }
+            Err(error) => (Err(error), Some(req)),
         }
-        self.reserves.submit(req.id.partition(), req).await
+    }
+
+    /// Ties a keyed request's key to its body whatever SKU a later request
+    /// names (the SKU-slot record the script keeps then answers same-body
+    /// repeats): false when the key already stands for another body.
+    async fn claim_idempotency_key(&self, req: &ReserveRequest) -> Result<bool, RedisError> {
+        let Some(key) = &req.idempotency_key else {
+            return Ok(true);
+        };
+        let fingerprint = req.fingerprint();
+        let claim_key = self.keys().idempotency_claim(&req.account, key);
+        let ttl = Expiration::PX(self.limits().idempotency_ttl_ms as i64);
+        let claim_key = &claim_key;
+        let fingerprint = fingerprint.as_str();
+        let previous: Option<String> = self
+            .command(
+                claim_key,
+                "idempotency_claim",
+                Caller::Request,
+                |client| async move {
+                    let nx = Some(SetOptions::NX);
+                    client
+                        .set(claim_key, fingerprint, Some(ttl), nx, true)
+                        .await
+                },
+            )
+            .await?;
+        Ok(previous.is_none_or(|p| p == fingerprint))
     }
 
     /// Confirms or releases the account's reservation, in its partition's

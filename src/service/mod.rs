@@ -104,27 +104,38 @@ impl Inventory {
             }
             return self.hold_in_buckets(layout, req).await;
         }
-        let again = req.clone();
-        match self.hold_once(req).await? {
-            ReserveReply::Bucketed(partitions) if again.cart.is_none() => {
-                let layout = buckets::Layout::new(again.id.sku(), &partitions);
+        // The request comes back with the answer (moved, not copied), for
+        // a SKU whose buckets this instance did not know of yet.
+        match self.hold_returning(req).await? {
+            (ReserveReply::Bucketed(partitions), Some(req)) if req.cart.is_none() => {
+                let layout = buckets::Layout::new(req.id.sku(), &partitions);
                 let layout = self.layouts.insert(layout);
-                self.hold_in_buckets(layout, again).await
+                self.hold_in_buckets(layout, req).await
             }
-            reply => Ok(reply),
+            (reply, _) => Ok(reply),
         }
     }
 
     /// Holds units in the one SKU (or bucket) `req` names.
     async fn hold_once(&self, req: ReserveRequest) -> Result<ReserveReply, RedisError> {
-        let sku = req.id.sku().clone();
-        let Applied { reply, events } = self.redis.reserve(req).await?;
+        Ok(self.hold_returning(req).await?.0)
+    }
+
+    /// As `hold_once`, handing the request back with the reply.
+    async fn hold_returning(
+        &self,
+        req: ReserveRequest,
+    ) -> Result<(ReserveReply, Option<ReserveRequest>), RedisError> {
+        let (outcome, returned) = self.redis.reserve_returning(req).await;
+        let Applied { reply, events } = outcome?;
         self.offer(events);
         // A bucket's refusal says nothing of its SKU (`buckets` sums them).
-        if !sku.is_bucket() {
-            self.remember_if_sold_out(&sku, &reply);
+        if let Some(req) = &returned
+            && !req.id.sku().is_bucket()
+        {
+            self.remember_if_sold_out(req.id.sku(), &reply);
         }
-        Ok(reply)
+        Ok((reply, returned))
     }
 
     /// A refusal that says the whole SKU can hold nothing more teaches this

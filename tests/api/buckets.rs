@@ -371,22 +371,13 @@ on_both_topologies!(a_spilled_hold_counts_against_the_cap_until_it_ends);
 /// transfer once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalancer_killed_mid_transfer_loses_and_duplicates_nothing() {
-    use crate::failover::master_of;
-    use crate::harness::{GatewayProcess, admin_token, test_settings, unique_prefix};
-    use flashgate_dev::devstack::{self, DevStack, redis_cli};
+    use crate::failover::{master_of, stall_tolerant_cluster};
+    use crate::harness::{GatewayProcess, admin_token};
+    use flashgate_dev::devstack::{DevStack, redis_cli};
 
     let mut stack = DevStack::create("xfer-kill").unwrap();
-    let nodes = stack.redis_cluster_with_replicas(3, 0).unwrap();
-    for node in &nodes {
-        // A stop below is not a failure to the cluster.
-        redis_cli(
-            node.port,
-            &["config", "set", "cluster-node-timeout", "60000"],
-        );
-    }
+    let (nodes, mut settings) = stall_tolerant_cluster(&mut stack);
     let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
-    settings.redis.url = devstack::cluster_url(&ports).into();
     // Transfers only when the test asks (POST …/rebalance).
     settings.buckets.rebalance_interval_ms = 0;
     let redis = Redis::connect(&settings).await.unwrap();

@@ -530,6 +530,24 @@ fn background_calls(metrics: &str, kind: &str) -> f64 {
         .sum()
 }
 
+/// Three masters of their own, without replicas, that take a minute to call
+/// a node failed (so a stall or a write pause in a test is not a failure to
+/// the cluster: without replicas that would stop every master), and test
+/// settings pointing at them.
+pub fn stall_tolerant_cluster(stack: &mut DevStack) -> (Vec<ClusterNode>, Settings) {
+    let nodes = stack.redis_cluster_with_replicas(3, 0).unwrap();
+    for node in &nodes {
+        redis_cli(
+            node.port,
+            &["config", "set", "cluster-node-timeout", "60000"],
+        );
+    }
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
+    settings.redis.url = devstack::cluster_url(&ports).into();
+    (nodes, settings)
+}
+
 /// A master that stops answering without being replaced (stalled for less
 /// than the cluster's node timeout): the sweeper and the reconciler back
 /// off from it instead of waiting a command timeout for each of its
@@ -539,18 +557,8 @@ fn background_calls(metrics: &str, kind: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn background_work_backs_off_from_a_stalled_master_and_resumes_when_it_answers() {
     let mut stack = DevStack::create("backoff").unwrap();
-    let nodes = stack.redis_cluster_with_replicas(3, 0).unwrap();
-    for node in &nodes {
-        // Long enough that the stall below is not a failure to the cluster
-        // (without replicas, that would stop every master).
-        redis_cli(
-            node.port,
-            &["config", "set", "cluster-node-timeout", "60000"],
-        );
-    }
+    let (nodes, settings) = stall_tolerant_cluster(&mut stack);
     let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    let mut settings = test_settings(Backend::Cluster, &unique_prefix());
-    settings.redis.url = devstack::cluster_url(&ports).into();
     let keys = Keys::new(&settings.redis.key_prefix, settings.redis.partitions);
     let (stalled_sku, control, stalled) = two_skus_on_two_masters(ports[0], &keys);
     let stalled_pid = nodes.iter().find(|n| n.port == stalled).unwrap().pid;
